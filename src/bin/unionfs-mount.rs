@@ -1,0 +1,218 @@
+//! unionfs-mount: mount a union of directories with FUSE.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
+use nix::sys::signal::{SigSet, Signal};
+use unionfs::{branch, sys, BranchSet, MountOptions};
+
+const ABOUT: &str = "Mount a union of directories (branches) with FUSE";
+
+const LONG_ABOUT: &str = "\
+unionfs-mount merges the directories of BRANCHES into one tree at MOUNTPOINT.
+A name is looked up from the leftmost branch rightwards: the first branch that
+has it (or a whiteout .wh.NAME for it) decides. Directories of the same name
+merge. Writing to a file whose topmost copy is on a read-only branch first
+copies it up to the highest writable branch above it; deleting a name that a
+read-only branch holds writes a whiteout. The on-disk format is that of OCI
+image layers: .wh.NAME whiteouts and .wh..wh..opq opaque directories.
+
+Without -f the command returns once the mount is live and the daemon keeps
+serving in the background. Unmount with `fusermount3 -u MOUNTPOINT` or
+`umount MOUNTPOINT`; SIGINT and SIGTERM to the daemon unmount cleanly too.";
+
+const AFTER_LONG_HELP: &str = "\
+BRANCHES:
+    DIR[=rw|=ro] joined by ':', leftmost = highest precedence, as in FSL Unionfs,
+    unionfs-fuse, aufs and the lowerdir of overlayfs. A branch without a mode is
+    rw when it is leftmost and ro otherwise. '\\:' stands for a ':' inside a path;
+    relative paths are resolved when mounting. Refused (exit status 2, nothing
+    mounted): a missing or non-directory branch, the same directory twice, a
+    branch nested in another, the mount point inside a branch or a branch
+    inside the mount point, an unknown mode. A read-only branch above every
+    writable one is allowed with a warning: its files cannot be modified.
+
+MOUNT OPTIONS (-o OPT[,OPT...]):
+    delete=all|whiteout|first
+                  How unlink and rmdir treat a name held by several branches.
+                  all (default): remove it from every writable branch, and
+                  whiteout what read-only branches still hold. whiteout: remove
+                  the topmost writable instance and hide every lower one with a
+                  whiteout. first: remove only the topmost instance, so a lower
+                  one shows through (a whiteout when the topmost is read-only).
+    allow_other   Let every user use the mount (needs user_allow_other in
+                  /etc/fuse.conf when not mounted by root).
+    allow_root    Let root use the mount too.
+    default_permissions
+                  Let the kernel check permissions against file modes (on by
+                  default; no_default_permissions turns it off).
+    ro            Mount read-only.
+    threads=N     Threads serving requests (default: the number of CPUs, at least 2).
+    passthrough=on|off
+                  FUSE passthrough: the kernel reads and writes files on writable
+                  branches directly (default on where the kernel has it).
+    entry_timeout=SECS, attr_timeout=SECS
+                  How long the kernel caches names and attributes (default 1).
+                  Changes made directly in a branch show after this long.
+    fsname=NAME   The source shown in /proc/mounts (default unionfs).
+    Generic options that mount(8) passes from /etc/fstab are accepted: rw,
+    defaults, dev, nodev, suid, nosuid, exec, noexec, atime, noatime, sync,
+    async, dirsync, auto, noauto, user, users, _netdev, nofail, x-*.
+
+ENVIRONMENT:
+    RUST_LOG      Log filter (error, warn, info, debug, trace; default warn).
+                  Logs go to stderr; in the background only when RUST_LOG is set.
+
+FSTAB:
+    /rw=rw:/ro=ro  /mnt  fuse.unionfs-mount  defaults,allow_other  0 0
+
+EXAMPLES:
+    mkdir -p /tmp/u/rw /tmp/u/ro /tmp/u/mnt && echo hi > /tmp/u/ro/hello
+    unionfs-mount /tmp/u/rw=rw:/tmp/u/ro=ro /tmp/u/mnt
+    echo more >> /tmp/u/mnt/hello      # copied up to /tmp/u/rw/hello
+    rm /tmp/u/mnt/hello                # /tmp/u/rw/.wh.hello hides the ro copy
+    fusermount3 -u /tmp/u/mnt";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "unionfs-mount",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_LONG_HELP,
+    override_usage = "unionfs-mount [-f] [-d] [-s] [-o OPT[,OPT...]] BRANCHES MOUNTPOINT"
+)]
+struct Cli {
+    /// Stay in the foreground.
+    #[arg(short = 'f')]
+    foreground: bool,
+    /// Debug: log every request (RUST_LOG=debug) and stay in the foreground.
+    #[arg(short = 'd')]
+    debug: bool,
+    /// Serve requests on a single thread (threads=1).
+    #[arg(short = 's')]
+    single: bool,
+    /// Mount options, comma-separated (see MOUNT OPTIONS in --help).
+    #[arg(short = 'o', value_name = "OPT[,OPT...]", action = ArgAction::Append)]
+    options: Vec<String>,
+    /// Branches: DIR[=rw|=ro] joined by ':', leftmost first.
+    branches: String,
+    /// Where to mount the union.
+    mountpoint: PathBuf,
+}
+
+/// One line on stderr, exit status 2: bad input, nothing mounted.
+fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("unionfs-mount: {msg}");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::command().try_get_matches() {
+        Ok(m) => Cli::from_arg_matches(&m).expect("clap checked the arguments"),
+        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            return usage_error(first.trim_start_matches("error: "));
+        }
+    };
+    let log_default = if cli.debug { "debug" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(log_default)).init();
+
+    let mut opts = MountOptions::default();
+    for list in &cli.options {
+        if let Err(e) = opts.apply(list) {
+            return usage_error(e);
+        }
+    }
+    if cli.single {
+        opts.threads = 1;
+    }
+    let specs = match branch::parse(&cli.branches).and_then(|s| branch::resolve(&s, Some(&cli.mountpoint))) {
+        Ok(s) => s,
+        Err(e) => return usage_error(e),
+    };
+    let branches = match BranchSet::open(&specs) {
+        Ok(b) => b,
+        Err(e) => return usage_error(format!("cannot open branch: {e}")),
+    };
+    if let Some(w) = branches.order_warning() {
+        eprintln!("unionfs-mount: {w}");
+    }
+    let foreground = cli.foreground || cli.debug;
+    if foreground {
+        return serve(branches, &cli.mountpoint, &opts, None);
+    }
+    // Background: the child mounts and serves; this process returns once the
+    // child says the mount is live, so scripts can use it on the next line.
+    let (mut ready_rx, ready_tx) = match UnixStream::pair() {
+        Ok(p) => p,
+        Err(e) => return usage_error(format!("cannot create a pipe: {e}")),
+    };
+    match sys::fork() {
+        Err(e) => {
+            eprintln!("unionfs-mount: fork: {e}");
+            ExitCode::from(1)
+        }
+        Ok(sys::Forked::Parent) => {
+            drop(ready_tx);
+            let mut b = [0u8; 1];
+            match ready_rx.read(&mut b) {
+                Ok(1) => ExitCode::SUCCESS,
+                _ => ExitCode::from(1),
+            }
+        }
+        Ok(sys::Forked::Child) => {
+            drop(ready_rx);
+            let _ = sys::setsid();
+            serve(branches, &cli.mountpoint, &opts, Some(ready_tx))
+        }
+    }
+}
+
+/// Mount, say so on `ready`, and serve until unmounted.
+fn serve(branches: BranchSet, mountpoint: &std::path::Path, opts: &MountOptions, ready: Option<UnixStream>) -> ExitCode {
+    // Signals are taken by one thread that unmounts; the serving threads never see them.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    if let Err(e) = signals.thread_block() {
+        eprintln!("unionfs-mount: cannot block signals: {e}");
+        return ExitCode::from(1);
+    }
+    let mut session = match unionfs::mount(branches, mountpoint, opts) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("unionfs-mount: cannot mount on {}: {e}", mountpoint.display());
+            return ExitCode::from(1);
+        }
+    };
+    let mut unmounter = session.unmount_callable();
+    std::thread::spawn(move || {
+        if let Ok(sig) = signals.wait() {
+            log::info!("{sig:?}: unmounting");
+            if let Err(e) = unmounter.unmount() {
+                log::error!("unmount failed: {e}");
+            }
+        }
+    });
+    if let Some(mut ready) = ready {
+        let _ = ready.write_all(b"1");
+        let _ = sys::detach_stdio(std::env::var_os("RUST_LOG").is_some());
+    }
+    match session.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("session ended: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

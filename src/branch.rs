@@ -1,0 +1,442 @@
+//! Branch list parsing, validation, and the live branch set.
+//!
+//! `DIR[=rw|=ro]` joined by `:`, leftmost first; `\:` escapes a colon. A branch
+//! without a mode is `rw` when leftmost, `ro` otherwise.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use nix::fcntl::OFlag;
+use parking_lot::Mutex;
+
+use crate::sys::{self, Errno};
+use crate::whiteout::WORK_DIR;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Rw,
+    Ro,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Rw => "rw",
+            Mode::Ro => "ro",
+        })
+    }
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "rw" | "RW" => Some(Mode::Rw),
+            "ro" | "RO" => Some(Mode::Ro),
+            _ => None,
+        }
+    }
+}
+
+/// A branch as written on the command line, before it is opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BranchSpec {
+    pub path: PathBuf,
+    pub mode: Mode,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BranchError {
+    #[error("no branches given")]
+    Empty,
+    #[error("empty branch in list (two ':' in a row?)")]
+    EmptyItem,
+    #[error("branch {0}: unknown mode '{1}' (use rw or ro)")]
+    UnknownMode(String, String),
+    #[error("branch {0}: {1}")]
+    Unusable(String, String),
+    #[error("branch {0}: not a directory")]
+    NotDirectory(String),
+    #[error("branch {0} is given twice")]
+    Duplicate(String),
+    #[error("branch {0} is nested inside branch {1}")]
+    Nested(String, String),
+    #[error("mount point {0}: {1}")]
+    MountPoint(String, String),
+    #[error("mount point {0} is inside branch {1}")]
+    MountInsideBranch(String, String),
+    #[error("branch {0} is inside the mount point {1}")]
+    BranchInsideMount(String, String),
+}
+
+/// Parse `DIR[=MODE]:DIR[=MODE]...`. Relative paths are kept relative here;
+/// [`resolve`] makes them absolute.
+pub fn parse(list: &str) -> Result<Vec<BranchSpec>, BranchError> {
+    let mut items = Vec::new();
+    let mut cur = String::new();
+    let mut chars = list.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&':') => {
+                cur.push(':');
+                chars.next();
+            }
+            ':' => items.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    items.push(cur);
+    if items.len() == 1 && items[0].is_empty() {
+        return Err(BranchError::Empty);
+    }
+    let mut specs = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        if item.is_empty() {
+            return Err(BranchError::EmptyItem);
+        }
+        let (path, mode) = match item.rsplit_once('=') {
+            Some((path, mode)) if !mode.contains('/') => {
+                let m = Mode::parse(mode)
+                    .ok_or_else(|| BranchError::UnknownMode(path.into(), mode.into()))?;
+                (path.to_string(), Some(m))
+            }
+            _ => (item, None),
+        };
+        if path.is_empty() {
+            return Err(BranchError::EmptyItem);
+        }
+        let mode = mode.unwrap_or(if i == 0 { Mode::Rw } else { Mode::Ro });
+        specs.push(BranchSpec {
+            path: PathBuf::from(path),
+            mode,
+        });
+    }
+    Ok(specs)
+}
+
+fn shown(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Make every branch path absolute and canonical, and check the rules of
+/// DESIGN.md section 2 against each other and against the mount point.
+pub fn resolve(
+    specs: &[BranchSpec],
+    mountpoint: Option<&Path>,
+) -> Result<Vec<BranchSpec>, BranchError> {
+    let mut out: Vec<BranchSpec> = Vec::new();
+    let mut ids: Vec<(u64, u64)> = Vec::new();
+    for spec in specs {
+        let canon = std::fs::canonicalize(&spec.path).map_err(|e| {
+            BranchError::Unusable(shown(&spec.path), strip_os_error(&e.to_string()))
+        })?;
+        let meta = std::fs::metadata(&canon).map_err(|e| {
+            BranchError::Unusable(shown(&spec.path), strip_os_error(&e.to_string()))
+        })?;
+        if !meta.is_dir() {
+            return Err(BranchError::NotDirectory(shown(&spec.path)));
+        }
+        if ids.contains(&(meta.dev(), meta.ino())) {
+            return Err(BranchError::Duplicate(shown(&spec.path)));
+        }
+        for other in &out {
+            if canon.starts_with(&other.path) {
+                return Err(BranchError::Nested(shown(&canon), shown(&other.path)));
+            }
+            if other.path.starts_with(&canon) {
+                return Err(BranchError::Nested(shown(&other.path), shown(&canon)));
+            }
+        }
+        ids.push((meta.dev(), meta.ino()));
+        out.push(BranchSpec {
+            path: canon,
+            mode: spec.mode,
+        });
+    }
+    if let Some(mp) = mountpoint {
+        let canon = std::fs::canonicalize(mp)
+            .map_err(|e| BranchError::MountPoint(shown(mp), strip_os_error(&e.to_string())))?;
+        if !canon.is_dir() {
+            return Err(BranchError::MountPoint(
+                shown(mp),
+                "not a directory".into(),
+            ));
+        }
+        for b in &out {
+            if canon.starts_with(&b.path) {
+                return Err(BranchError::MountInsideBranch(shown(&canon), shown(&b.path)));
+            }
+            if b.path.starts_with(&canon) {
+                return Err(BranchError::BranchInsideMount(shown(&b.path), shown(&canon)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// "No such file or directory (os error 2)" -> "No such file or directory".
+fn strip_os_error(s: &str) -> String {
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s.to_string(),
+    }
+}
+
+static NEXT_BRANCH_ID: AtomicU32 = AtomicU32::new(1);
+static NEXT_TEMP: AtomicU64 = AtomicU64::new(1);
+
+/// An open branch: its root directory fd is the anchor of every path in it.
+#[derive(Debug)]
+pub struct Branch {
+    /// Stable identity for the life of the process (indices change with unionctl).
+    pub id: u32,
+    pub path: PathBuf,
+    pub mode: Mode,
+    pub dev: u64,
+    pub name_max: u64,
+    root: OwnedFd,
+    work: Mutex<Option<Arc<OwnedFd>>>,
+}
+
+impl Branch {
+    pub fn open(spec: &BranchSpec) -> std::io::Result<Branch> {
+        let root: OwnedFd = nix::fcntl::open(
+            &spec.path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        let st = sys::fstat(root.as_fd())?;
+        let name_max = sys::statvfs(root.as_fd())
+            .map(|s| s.name_max())
+            .unwrap_or(255);
+        Ok(Branch {
+            id: NEXT_BRANCH_ID.fetch_add(1, Ordering::Relaxed),
+            path: spec.path.clone(),
+            mode: spec.mode,
+            dev: st.st_dev,
+            name_max,
+            root,
+            work: Mutex::new(None),
+        })
+    }
+
+    pub fn writable(&self) -> bool {
+        self.mode == Mode::Rw
+    }
+
+    pub fn root(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    /// The directory `rel` (relative to the branch root) as an `O_PATH` fd.
+    pub fn dir(&self, rel: &Path) -> sys::Result<OwnedFd> {
+        sys::open_dir(self.root(), rel)
+    }
+
+    /// The branch's work directory, where copy-ups and new directories are
+    /// built before they are renamed into place. Created on first use.
+    pub fn work(&self) -> sys::Result<Arc<OwnedFd>> {
+        let mut work = self.work.lock();
+        if let Some(fd) = &*work {
+            return Ok(fd.clone());
+        }
+        match sys::mkdir_at(self.root(), OsStr::new(WORK_DIR), 0o700) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+        let fd = Arc::new(self.dir(Path::new(WORK_DIR))?);
+        *work = Some(fd.clone());
+        Ok(fd)
+    }
+
+    /// Remove what an interrupted run left in the work directory. Nothing in
+    /// it is ever visible through the union, so it is always safe to clear.
+    pub fn clean_work(&self) -> sys::Result<()> {
+        if !self.writable() {
+            return Ok(());
+        }
+        match sys::stat_at(self.root(), OsStr::new(WORK_DIR)) {
+            Err(Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+        let work = self.work()?;
+        for entry in sys::read_dir(work.as_fd())? {
+            remove_tree(work.as_fd(), &entry.name)?;
+        }
+        Ok(())
+    }
+}
+
+/// A fresh name for a temporary entry in a work directory.
+pub fn temp_name() -> OsString {
+    OsString::from(format!(
+        "#{}-{}",
+        std::process::id(),
+        NEXT_TEMP.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Remove `name` in `dir` and, if it is a directory, everything below it.
+/// Fd-relative all the way down: symlinks are removed, never followed.
+pub fn remove_tree(dir: BorrowedFd, name: &OsStr) -> sys::Result<()> {
+    let st = match sys::stat_at(dir, name) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        let sub = sys::open_dir(dir, Path::new(name))?;
+        for entry in sys::read_dir(sub.as_fd())? {
+            remove_tree(sub.as_fd(), &entry.name)?;
+        }
+        sys::unlink_at(dir, name, true)
+    } else {
+        sys::unlink_at(dir, name, false)
+    }
+}
+
+/// The branches of a mount, highest precedence first. Requests take an `Arc`
+/// of the current set and work on it from start to end.
+#[derive(Debug, Default)]
+pub struct BranchSet {
+    pub branches: Vec<Arc<Branch>>,
+}
+
+impl BranchSet {
+    pub fn open(specs: &[BranchSpec]) -> std::io::Result<BranchSet> {
+        let branches = specs
+            .iter()
+            .map(|s| Branch::open(s).map(Arc::new))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(BranchSet { branches })
+    }
+
+    pub fn len(&self) -> usize {
+        self.branches.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.branches.is_empty()
+    }
+
+    pub fn get(&self, idx: usize) -> &Arc<Branch> {
+        &self.branches[idx]
+    }
+
+    pub fn index_of(&self, id: u32) -> Option<usize> {
+        self.branches.iter().position(|b| b.id == id)
+    }
+
+    /// The highest writable branch strictly above `idx` (where a copy-up of
+    /// something whose topmost instance is in `idx` goes).
+    pub fn writable_above(&self, idx: usize) -> Option<usize> {
+        (0..idx.min(self.len())).find(|&i| self.branches[i].writable())
+    }
+
+    /// The highest writable branch at or above `idx`.
+    pub fn writable_at_or_above(&self, idx: usize) -> Option<usize> {
+        if idx < self.len() && self.branches[idx].writable() {
+            Some(idx)
+        } else {
+            self.writable_above(idx)
+        }
+    }
+
+    /// Where new entries go: the highest writable branch.
+    pub fn first_writable(&self) -> Option<usize> {
+        self.branches.iter().position(|b| b.writable())
+    }
+
+    /// A read-only branch above every writable one means files there cannot
+    /// be changed: the message the mount prints, if any.
+    pub fn order_warning(&self) -> Option<String> {
+        let first_rw = self.first_writable()?;
+        let ro_above: Vec<String> = self.branches[..first_rw]
+            .iter()
+            .map(|b| shown(&b.path))
+            .collect();
+        if ro_above.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "warning: read-only branch {} lies above every writable branch: new files go to {}, \
+             but files whose topmost copy is in {} cannot be modified (EROFS)",
+            ro_above.join(", "),
+            shown(&self.branches[first_rw].path),
+            ro_above.join(", ")
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(p: &str, m: Mode) -> BranchSpec {
+        BranchSpec {
+            path: PathBuf::from(p),
+            mode: m,
+        }
+    }
+
+    #[test]
+    fn default_modes_and_escapes() {
+        assert_eq!(
+            parse("/a:/b\\:c=rw:/d=ro:/e").unwrap(),
+            vec![
+                spec("/a", Mode::Rw),
+                spec("/b:c", Mode::Rw),
+                spec("/d", Mode::Ro),
+                spec("/e", Mode::Ro)
+            ]
+        );
+        assert_eq!(parse("/x=y=ro").unwrap(), vec![spec("/x=y", Mode::Ro)]);
+    }
+
+    #[test]
+    fn bad_lists() {
+        assert_eq!(parse(""), Err(BranchError::Empty));
+        assert_eq!(parse("/a::/b"), Err(BranchError::EmptyItem));
+        assert_eq!(
+            parse("/a=rx"),
+            Err(BranchError::UnknownMode("/a".into(), "rx".into()))
+        );
+    }
+
+    #[test]
+    fn nesting_duplicates_and_mountpoint() {
+        let t = tempfile::tempdir().unwrap();
+        let a = t.path().join("a");
+        let ab = a.join("b");
+        let m = t.path().join("m");
+        std::fs::create_dir_all(&ab).unwrap();
+        std::fs::create_dir_all(&m).unwrap();
+        let s = |p: &Path| spec(p.to_str().unwrap(), Mode::Rw);
+        assert!(matches!(
+            resolve(&[s(&a), s(&ab)], None),
+            Err(BranchError::Nested(..))
+        ));
+        assert!(matches!(
+            resolve(&[s(&a), s(&a)], None),
+            Err(BranchError::Duplicate(..))
+        ));
+        assert!(matches!(
+            resolve(&[s(&ab)], Some(&a)),
+            Err(BranchError::BranchInsideMount(..))
+        ));
+        assert!(matches!(
+            resolve(&[s(&a)], Some(&ab)),
+            Err(BranchError::MountInsideBranch(..))
+        ));
+        assert!(resolve(&[s(&a), s(&m)], None).is_ok());
+        assert!(matches!(
+            resolve(&[s(&t.path().join("nope"))], None),
+            Err(BranchError::Unusable(..))
+        ));
+    }
+}

@@ -1,0 +1,357 @@
+//! Copy-up: bring an object whose topmost instance is on a read-only branch to
+//! the highest writable branch above it, parents first. Each copy is built in
+//! the branch's work directory (data, then xattrs, then owner, mode, times) and
+//! renamed into place, so a crash never leaves a partial file visible.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use nix::fcntl::OFlag;
+
+use crate::branch::{remove_tree, temp_name, BranchSet};
+use crate::inode::{Node, ROOT};
+use crate::sys::{self, Errno, FileStat, Result, Time};
+use crate::union::{split, Union};
+use crate::whiteout;
+
+const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
+
+/// An entry being built in a work directory; removed on drop unless committed.
+pub(crate) struct Temp {
+    work: Arc<OwnedFd>,
+    pub name: OsString,
+    armed: bool,
+}
+
+impl Temp {
+    pub fn new(work: Arc<OwnedFd>) -> Temp {
+        Temp {
+            work,
+            name: temp_name(),
+            armed: false,
+        }
+    }
+
+    /// The work directory the entry lives in.
+    pub fn dir(&self) -> BorrowedFd<'_> {
+        self.work.as_fd()
+    }
+
+    /// From now on the entry exists and is cleaned up on failure.
+    pub fn arm(&mut self) {
+        self.armed = true;
+    }
+
+    /// Rename the entry into `dir/name`: the one step that makes it visible.
+    pub fn commit(mut self, dir: BorrowedFd, name: &OsStr, flags: u32) -> Result<()> {
+        sys::rename_at(self.work.as_fd(), &self.name, dir, name, flags)?;
+        self.armed = false;
+        Ok(())
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = remove_tree(self.work.as_fd(), &self.name) {
+                log::warn!("could not remove work entry {:?}: {e}", self.name);
+            }
+        }
+    }
+}
+
+fn is_kind(st: &FileStat, kind: u32) -> bool {
+    st.st_mode & libc::S_IFMT == kind
+}
+
+/// Copy xattrs, owner, mode and times from `src` (an fd on the source) to the
+/// entry `name` of `dir`.
+pub(crate) fn copy_meta(src: BorrowedFd, st: &FileStat, dir: BorrowedFd, name: &OsStr) -> Result<()> {
+    let link = is_kind(st, libc::S_IFLNK);
+    let dst = sys::open_at(dir, name, OFlag::O_PATH, 0)?;
+    if !link {
+        for (k, v) in sys::all_xattrs(src)? {
+            match sys::set_xattr(dst.as_fd(), &k, &v, 0) {
+                // The branch may not take every namespace (security.*, trusted.*).
+                Ok(()) | Err(Errno::EOPNOTSUPP | Errno::EPERM) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    sys::chown_obj(dst.as_fd(), Some(st.st_uid), Some(st.st_gid))?;
+    if !link {
+        sys::chmod_fd(dst.as_fd(), st.st_mode & 0o7777)?;
+    }
+    sys::utimes_obj(
+        dst.as_fd(),
+        Time::Set(st.st_atime, st.st_atime_nsec),
+        Time::Set(st.st_mtime, st.st_mtime_nsec),
+    )
+}
+
+/// Copy `size` bytes of `src` to `dst`, keeping holes: FICLONE when the
+/// filesystem shares extents, else copy_file_range over the data ranges, else
+/// read and write.
+pub(crate) fn copy_data(src: BorrowedFd, dst: BorrowedFd, size: u64) -> Result<()> {
+    if size == 0 || sys::ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let size = size as i64;
+    let mut off = 0i64;
+    while off < size {
+        let data = match sys::seek(src, off, libc::SEEK_DATA) {
+            Ok(d) => d,
+            Err(Errno::ENXIO) => break,
+            Err(Errno::EINVAL | Errno::EOPNOTSUPP) => off,
+            Err(e) => return Err(e),
+        };
+        if data >= size {
+            break;
+        }
+        let end = sys::seek(src, data, libc::SEEK_HOLE)
+            .unwrap_or(size)
+            .min(size);
+        copy_span(src, dst, data, end)?;
+        off = end;
+    }
+    sys::truncate_fd(dst, size as u64)
+}
+
+fn copy_span(src: BorrowedFd, dst: BorrowedFd, mut pos: i64, end: i64) -> Result<()> {
+    while pos < end {
+        let want = (end - pos).min(1 << 30) as usize;
+        match sys::copy_range(src, pos, dst, want) {
+            Ok(0) => return Ok(()),
+            Ok(n) => pos += n as i64,
+            Err(Errno::EXDEV | Errno::ENOSYS | Errno::EOPNOTSUPP | Errno::EINVAL) => {
+                return copy_rw(src, dst, pos, end)
+            }
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn copy_rw(src: BorrowedFd, dst: BorrowedFd, mut pos: i64, end: i64) -> Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    while pos < end {
+        let want = ((end - pos) as usize).min(buf.len());
+        let n = nix::sys::uio::pread(src, &mut buf[..want], pos)?;
+        if n == 0 {
+            break;
+        }
+        let mut done = 0;
+        while done < n {
+            done += nix::sys::uio::pwrite(dst, &buf[done..n], pos + done as i64)?;
+        }
+        pos += n as i64;
+    }
+    Ok(())
+}
+
+impl Union {
+    /// Make sure the topmost instance of `node` is on a writable branch;
+    /// answers the branch set it worked on. `data: false` skips the file's
+    /// contents (it is about to be truncated to zero).
+    pub(crate) fn copy_up(&self, node: &Node, data: bool) -> Result<Arc<BranchSet>> {
+        let bs = self.branches();
+        let idx = self.top_idx(&bs, node)?;
+        if bs.get(idx).writable() {
+            return Ok(bs);
+        }
+        let target = bs.writable_above(idx).ok_or(Errno::EROFS)?;
+        self.copy_up_to(&bs, node, target, data)?;
+        Ok(bs)
+    }
+
+    /// Copy `node` up to branch `target` unless its topmost instance is
+    /// already there or higher.
+    pub(crate) fn copy_up_to(&self, bs: &BranchSet, node: &Node, target: usize, data: bool) -> Result<()> {
+        let _guard = node.copyup.lock();
+        // Another writer may have copied it up while we waited.
+        let idx = self.top_idx(bs, node)?;
+        if idx <= target {
+            return Ok(());
+        }
+        if node.ino == ROOT {
+            return Err(Errno::EROFS);
+        }
+        let path = self.inodes.path(node.ino)?;
+        let (_, name) = split(&path);
+        let parent = self.inodes.get(node.loc.read().parent)?;
+        let pdir = self.dir_in(bs, target, &parent)?;
+        match sys::stat_at(pdir.as_fd(), name) {
+            // Already there: copied along with a directory, or made directly.
+            Ok(st) if is_kind(&st, node.kind) => {
+                self.moved_up(node, bs, target, &st);
+                return Ok(());
+            }
+            Ok(_) => return Err(Errno::EEXIST),
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        let src = bs.get(idx);
+        let fd = sys::open_beneath(src.root(), &path, OFlag::O_PATH, 0)?;
+        let st = sys::fstat(fd.as_fd())?;
+        let tmp = self.build_copy(bs, target, src.root(), &path, &fd, &st, data)?;
+        tmp.commit(pdir.as_fd(), name, RENAME_NOREPLACE)?;
+        let new = sys::stat_at(pdir.as_fd(), name)?;
+        self.link_aliases(bs, target, node, pdir.as_fd(), name);
+        self.moved_up(node, bs, target, &new);
+        Ok(())
+    }
+
+    /// Build a copy of the object at `path` (fd `fd`, attributes `st`) in the
+    /// work directory of branch `target`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn build_copy(
+        &self,
+        bs: &BranchSet,
+        target: usize,
+        src_root: BorrowedFd,
+        path: &Path,
+        fd: &OwnedFd,
+        st: &FileStat,
+        data: bool,
+    ) -> Result<Temp> {
+        let mut tmp = Temp::new(bs.get(target).work()?);
+        let kind = st.st_mode & libc::S_IFMT;
+        match kind {
+            libc::S_IFREG => {
+                let dst = sys::open_at(
+                    tmp.dir(),
+                    &tmp.name.clone(),
+                    OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY,
+                    0o600,
+                )?;
+                tmp.arm();
+                if data && st.st_size > 0 {
+                    let s = sys::open_beneath(src_root, path, OFlag::O_RDONLY, 0)?;
+                    copy_data(s.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                    sys::fsync(dst.as_fd(), true)?;
+                }
+            }
+            libc::S_IFDIR => {
+                sys::mkdir_at(tmp.dir(), &tmp.name.clone(), 0o700)?;
+                tmp.arm();
+            }
+            libc::S_IFLNK => {
+                let target = sys::readlink_obj(fd.as_fd())?;
+                sys::symlink_at(&target, tmp.dir(), &tmp.name.clone())?;
+                tmp.arm();
+            }
+            _ => {
+                sys::mknod_at(tmp.dir(), &tmp.name.clone(), st.st_mode, st.st_rdev)?;
+                tmp.arm();
+            }
+        }
+        copy_meta(fd.as_fd(), st, tmp.dir(), &tmp.name.clone())?;
+        Ok(tmp)
+    }
+
+    /// Other names of a hard-linked object follow its copy-up, so a change
+    /// through one name shows through the others after a remount too.
+    fn link_aliases(&self, bs: &BranchSet, target: usize, node: &Node, dir: BorrowedFd, name: &OsStr) {
+        let aliases = node.aliases.lock().clone();
+        for (parent, alias) in aliases {
+            let res = self
+                .inodes
+                .get(parent)
+                .and_then(|p| self.dir_in(bs, target, &p))
+                .and_then(|pdir| {
+                    sys::link_at(dir, name, pdir.as_fd(), &alias)?;
+                    whiteout::remove_whiteout(pdir.as_fd(), &alias)
+                });
+            if let Err(e) = res {
+                log::warn!("hard link {alias:?} not copied up with its object: {e}");
+            }
+        }
+    }
+
+    /// Record that `node` now has its topmost instance in branch `target`.
+    pub(crate) fn moved_up(&self, node: &Node, bs: &BranchSet, target: usize, st: &FileStat) {
+        let b = bs.get(target);
+        {
+            let mut loc = node.loc.write();
+            loc.top = b.id;
+            if node.is_dir() && !loc.layers.contains(&b.id) {
+                let mut idx = Self::indices(bs, &loc.layers);
+                idx.push(target);
+                idx.sort_unstable();
+                loc.layers = Self::ids(bs, &idx);
+            }
+        }
+        self.inodes.add_key(node, (b.dev, st.st_ino));
+        node.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Create the directory of `dir` (and its parents) in branch `target`, each
+    /// as a copy of the union directory's topmost instance; answers an fd on it.
+    pub(crate) fn ensure_dirs(&self, bs: &BranchSet, target: usize, dir: &Node) -> Result<OwnedFd> {
+        let mut chain = Vec::new();
+        let mut cur = dir.ino;
+        while cur != ROOT {
+            let n = self.inodes.get(cur)?;
+            cur = n.loc.read().parent;
+            chain.push(n);
+        }
+        let b = bs.get(target);
+        let mut fd = b.dir(Path::new(""))?;
+        for node in chain.iter().rev() {
+            let name = node.loc.read().name.clone();
+            match sys::open_dir(fd.as_fd(), Path::new(&name)) {
+                Ok(sub) => {
+                    if !node.loc.read().layers.contains(&b.id) {
+                        let st = sys::fstat(sub.as_fd())?;
+                        self.moved_up_dir(node, bs, target, &st, false);
+                    }
+                    fd = sub;
+                    continue;
+                }
+                Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+            let (sidx, src, path) = self.top_fd(bs, node)?;
+            let st = sys::fstat(src.as_fd())?;
+            let hide_below = whiteout::has_whiteout(fd.as_fd(), &name)?;
+            let tmp = self.build_copy(bs, target, bs.get(sidx).root(), &path, &src, &st, false)?;
+            if hide_below {
+                let t = sys::open_dir(tmp.dir(), Path::new(&tmp.name))?;
+                whiteout::make_opaque(t.as_fd())?;
+            }
+            match tmp.commit(fd.as_fd(), &name, RENAME_NOREPLACE) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(e),
+            }
+            if hide_below {
+                whiteout::remove_whiteout(fd.as_fd(), &name)?;
+            }
+            let sub = sys::open_dir(fd.as_fd(), Path::new(&name))?;
+            let st = sys::fstat(sub.as_fd())?;
+            self.moved_up_dir(node, bs, target, &st, hide_below);
+            fd = sub;
+        }
+        Ok(fd)
+    }
+
+    /// A directory gained an instance in branch `target`.
+    fn moved_up_dir(&self, node: &Node, bs: &BranchSet, target: usize, st: &FileStat, opaque: bool) {
+        {
+            let mut loc = node.loc.write();
+            let mut idx = Self::indices(bs, &loc.layers);
+            if opaque {
+                idx.retain(|&i| i < target);
+            }
+            idx.push(target);
+            idx.sort_unstable();
+            idx.dedup();
+            loc.layers = Self::ids(bs, &idx);
+            loc.top = bs.get(idx[0]).id;
+        }
+        self.inodes.add_key(node, (bs.get(target).dev, st.st_ino));
+    }
+}

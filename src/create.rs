@@ -1,0 +1,173 @@
+//! Creating names: create, mkdir, mknod, symlink, link. New entries go to the
+//! highest writable branch, with their parent directories copied there; a
+//! whiteout for the name in that branch is replaced, and a new directory over
+//! whited-out lower directories is made opaque.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use nix::fcntl::OFlag;
+
+use crate::copyup::Temp;
+use crate::file::Opened;
+use crate::inode::{Loc, Node};
+use crate::sys::{self, Errno, Result};
+use crate::union::{Attr, Caller, Union};
+use crate::whiteout;
+
+/// What to create.
+#[derive(Clone, Copy, Debug)]
+pub enum New<'a> {
+    File { mode: u32, flags: i32 },
+    Dir { mode: u32 },
+    Special { mode: u32, rdev: u64 },
+    Symlink { target: &'a OsStr },
+}
+
+impl Union {
+    /// Create `name` in directory `parent`; a regular file is also opened.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        caller: Caller,
+        new: New,
+    ) -> Result<(Attr, Option<Opened>)> {
+        self.check_new_name(name)?;
+        let bs = self.branches();
+        let pnode = self.inodes.get(parent)?;
+        let (scan, _) = self.scan_in(&bs, &pnode, name, false)?;
+        if scan.top().is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let up = bs.first_writable().ok_or(Errno::EROFS)?;
+        let pdir = self.dir_in(&bs, up, &pnode)?;
+        let pdir = pdir.as_fd();
+        let replaces_whiteout = whiteout::has_whiteout(pdir, name)?;
+        // Something below may be hidden by a whiteout: a new directory must not reveal it.
+        let opaque = replaces_whiteout || scan.whiteout.is_some();
+        let pst = self.getattr(parent, None)?.st;
+        let setgid = pst.st_mode & libc::S_ISGID != 0;
+        let uid = caller.uid;
+        let gid = if setgid { pst.st_gid } else { caller.gid };
+        let mut file = None;
+        match new {
+            New::File { mode, flags } => {
+                let acc = OFlag::from_bits_truncate(
+                    flags & (libc::O_ACCMODE | libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC),
+                );
+                let fd = sys::open_at(
+                    pdir,
+                    name,
+                    acc | OFlag::O_CREAT | OFlag::O_EXCL,
+                    mode & 0o7777,
+                )?;
+                undo_on_err(pdir, name, false, sys::chown_fd(fd.as_fd(), Some(uid), Some(gid)))?;
+                file = Some((fd, acc));
+            }
+            New::Dir { mode } => {
+                let mode = (mode & 0o7777) | if setgid { libc::S_ISGID } else { 0 };
+                let mut tmp = Temp::new(bs.get(up).work()?);
+                let tname = tmp.name.clone();
+                sys::mkdir_at(tmp.dir(), &tname, 0o700)?;
+                tmp.arm();
+                let t = sys::open_dir(tmp.dir(), Path::new(&tname))?;
+                if opaque {
+                    whiteout::make_opaque(t.as_fd())?;
+                }
+                sys::chown_obj(t.as_fd(), Some(uid), Some(gid))?;
+                sys::chmod_fd(t.as_fd(), mode)?;
+                tmp.commit(pdir, name, libc::RENAME_NOREPLACE)?;
+            }
+            New::Special { mode, rdev } => {
+                sys::mknod_at(pdir, name, mode, rdev)?;
+                undo_on_err(pdir, name, false, sys::chown_at(pdir, name, Some(uid), Some(gid)))?;
+            }
+            New::Symlink { target } => {
+                sys::symlink_at(target, pdir, name)?;
+                undo_on_err(pdir, name, false, sys::chown_at(pdir, name, Some(uid), Some(gid)))?;
+            }
+        }
+        if replaces_whiteout {
+            whiteout::remove_whiteout(pdir, name)?;
+        }
+        let (node, attr) = self.register_new(&bs, up, parent, pdir, name)?;
+        let opened = file.map(|(fd, flags)| self.register_file(node, sys::into_file(fd), flags));
+        Ok((attr, opened))
+    }
+
+    /// The node for an entry just made in branch `idx`, with one lookup reference.
+    fn register_new(
+        &self,
+        bs: &crate::branch::BranchSet,
+        idx: usize,
+        parent: u64,
+        pdir: BorrowedFd,
+        name: &OsStr,
+    ) -> Result<(Arc<Node>, Attr)> {
+        let st = sys::stat_at(pdir, name)?;
+        let kind = st.st_mode & libc::S_IFMT;
+        let b = bs.get(idx);
+        let loc = Loc {
+            parent,
+            name: name.to_os_string(),
+            top: b.id,
+            layers: if kind == libc::S_IFDIR { vec![b.id] } else { Vec::new() },
+            unlinked: false,
+        };
+        let node = self.inodes.found((b.dev, st.st_ino), kind, loc);
+        let attr = Attr { ino: node.ino, st };
+        Ok((node, attr))
+    }
+
+    /// A hard link `newparent/newname` to the object `ino`, made in the branch
+    /// that holds the object once it is copied up.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
+        self.check_new_name(newname)?;
+        let node = self.inodes.get(ino)?;
+        if node.is_dir() {
+            return Err(Errno::EPERM);
+        }
+        let pnode = self.inodes.get(newparent)?;
+        let (scan, _) = self.scan_in(&self.branches(), &pnode, newname, false)?;
+        if scan.top().is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let bs = self.copy_up(&node, true)?;
+        let idx = self.top_idx(&bs, &node)?;
+        if scan.whiteout.is_some_and(|w| w < idx) {
+            // A whiteout above the object's branch would hide the new name.
+            return Err(Errno::EXDEV);
+        }
+        let (src_fd, src_name) = self.parent_fd(&bs, idx, &node)?;
+        let pdir: OwnedFd = self.dir_in(&bs, idx, &pnode)?;
+        sys::link_at(src_fd.as_fd(), &src_name, pdir.as_fd(), newname)?;
+        whiteout::remove_whiteout(pdir.as_fd(), newname)?;
+        node.aliases.lock().push((newparent, newname.to_os_string()));
+        let (_, attr) = self.register_new(&bs, idx, newparent, pdir.as_fd(), newname)?;
+        Ok(attr)
+    }
+
+    /// An fd on the parent directory of `node` in branch `idx`, and its name.
+    pub(crate) fn parent_fd(
+        &self,
+        bs: &crate::branch::BranchSet,
+        idx: usize,
+        node: &Node,
+    ) -> Result<(OwnedFd, std::ffi::OsString)> {
+        let path = self.inodes.path(node.ino)?;
+        let (ppath, name) = crate::union::split(&path);
+        Ok((bs.get(idx).dir(ppath)?, name.to_os_string()))
+    }
+}
+
+/// If the step after a create failed, take the create back.
+fn undo_on_err(dir: BorrowedFd, name: &OsStr, is_dir: bool, res: Result<()>) -> Result<()> {
+    if let Err(e) = res {
+        let _ = sys::unlink_at(dir, name, is_dir);
+        return Err(e);
+    }
+    Ok(())
+}

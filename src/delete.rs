@@ -1,0 +1,164 @@
+//! unlink and rmdir in the three delete modes of FSL Unionfs. The whole plan
+//! (what to remove, where a whiteout goes) is made before anything is touched,
+//! so a delete that cannot complete removes nothing. The whiteout is written
+//! first and the instances removed after it: a crash in between leaves the
+//! name hidden, never half-deleted.
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use crate::branch::BranchSet;
+use crate::inode::Node;
+use crate::lookup::{Instance, Scan};
+use crate::options::DeleteMode;
+use crate::sys::{self, Errno, Result};
+use crate::union::Union;
+use crate::{readdir, whiteout};
+
+struct Plan {
+    /// Branch indices whose instance is removed.
+    remove: Vec<usize>,
+    /// Branch index that gets a whiteout.
+    whiteout: Option<usize>,
+}
+
+/// A writable directory instance holding nothing but whiteouts can go; one
+/// with real entries (hidden by whiteouts above it) must stay and be hidden.
+fn dir_clean(bs: &BranchSet, idx: usize, path: &Path) -> Result<bool> {
+    let fd = bs.get(idx).dir(path)?;
+    Ok(sys::read_dir(fd.as_fd())?
+        .iter()
+        .all(|e| whiteout::is_reserved(&e.name)))
+}
+
+impl Union {
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
+        if whiteout::is_reserved(name) {
+            return Err(Errno::ENOENT);
+        }
+        let bs = self.branches();
+        let pnode = self.inodes.get(parent)?;
+        let (scan, ppath) = self.scan_in(&bs, &pnode, name, true)?;
+        let top = scan.top().ok_or(Errno::ENOENT)?.clone();
+        let path = ppath.join(name);
+        if dir && !top.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        if !dir && top.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        if dir && !readdir::is_empty(&bs, &scan.layers(), &path)? {
+            return Err(Errno::ENOTEMPTY);
+        }
+        let plan = self.plan(&bs, &scan, &top, dir, &path)?;
+        if let Some(w) = plan.whiteout {
+            let pdir = self.dir_in(&bs, w, &pnode)?;
+            whiteout::create_whiteout(pdir.as_fd(), name)?;
+        }
+        for idx in plan.remove {
+            let pdir = bs.get(idx).dir(&ppath)?;
+            if dir {
+                clear_whiteouts(pdir.as_fd(), name)?;
+            }
+            match sys::unlink_at(pdir.as_fd(), name, dir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.forget_name(&bs, &top, parent, name);
+        Ok(())
+    }
+
+    fn plan(&self, bs: &BranchSet, scan: &Scan, top: &Instance, dir: bool, path: &Path) -> Result<Plan> {
+        let removable = |i: &Instance| -> Result<bool> {
+            Ok(bs.get(i.idx).writable() && (!dir || dir_clean(bs, i.idx, path)?))
+        };
+        let mut plan = Plan {
+            remove: Vec::new(),
+            whiteout: None,
+        };
+        match self.delete {
+            DeleteMode::All => {
+                let mut stays = None;
+                for i in &scan.instances {
+                    if removable(i)? {
+                        plan.remove.push(i.idx);
+                    } else if stays.is_none() {
+                        stays = Some(i.idx);
+                    }
+                }
+                if let Some(s) = stays {
+                    let w = bs.first_writable().filter(|&w| w < s);
+                    plan.whiteout = Some(w.ok_or(Errno::EROFS)?);
+                }
+            }
+            DeleteMode::Whiteout => {
+                if removable(top)? {
+                    plan.remove.push(top.idx);
+                    if scan.has_below(top.idx) {
+                        plan.whiteout = Some(top.idx);
+                    }
+                } else {
+                    plan.whiteout = Some(bs.writable_above(top.idx).ok_or(Errno::EROFS)?);
+                }
+            }
+            DeleteMode::First => {
+                if removable(top)? {
+                    plan.remove.push(top.idx);
+                } else {
+                    plan.whiteout = Some(bs.writable_above(top.idx).ok_or(Errno::EROFS)?);
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    /// The name is gone from the union: update the node it named.
+    fn forget_name(&self, bs: &BranchSet, top: &Instance, parent: u64, name: &OsStr) {
+        let key = (bs.get(top.idx).dev, top.stat.st_ino);
+        let Ok(node) = self.inodes.get(self.inodes.ino_for(key)) else {
+            return;
+        };
+        self.unlinked(&node, parent, name);
+    }
+
+    /// `parent/name` no longer names `node`.
+    pub(crate) fn unlinked(&self, node: &Node, parent: u64, name: &OsStr) {
+        let mut loc = node.loc.write();
+        let mut aliases = node.aliases.lock();
+        if loc.parent == parent && loc.name == name {
+            if let Some((p, n)) = aliases.pop() {
+                loc.parent = p;
+                loc.name = n;
+            } else {
+                loc.unlinked = true;
+                drop(aliases);
+                drop(loc);
+                self.inodes.drop_keys(node);
+            }
+        } else {
+            aliases.retain(|(p, n)| !(*p == parent && n == name));
+        }
+    }
+}
+
+/// Remove the whiteouts and the opaque marker inside directory `dir/name`,
+/// so that it can be rmdir'ed.
+fn clear_whiteouts(dir: std::os::fd::BorrowedFd, name: &OsStr) -> Result<()> {
+    let sub = sys::open_dir(dir, Path::new(name))?;
+    for e in sys::read_dir(sub.as_fd())? {
+        if whiteout::is_reserved(&e.name) {
+            sys::unlink_at(sub.as_fd(), &e.name, false)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! Open files and directory streams.
+//!
+//! A file handle holds the backing fd opened at `open`; data never goes
+//! through a path lookup. A read-only handle opened before a copy-up notices
+//! the object's new generation and re-opens the copied-up instance, so it sees
+//! writes made after the copy-up (as overlayfs re-points such files).
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use nix::fcntl::OFlag;
+use parking_lot::{Mutex, RwLock};
+
+use crate::inode::Node;
+use crate::readdir::{self, Entry};
+use crate::sys::{self, Errno, Result};
+use crate::union::Union;
+
+#[derive(Debug)]
+pub struct FileHandle {
+    pub node: Arc<Node>,
+    file: RwLock<Arc<File>>,
+    generation: std::sync::atomic::AtomicU64,
+    pub writable: bool,
+    flags: OFlag,
+}
+
+impl FileHandle {
+    pub fn file(&self) -> Arc<File> {
+        self.file.read().clone()
+    }
+}
+
+/// An open directory: a snapshot of the merged listing, taken at the first
+/// read and again at each rewind, so offsets stay valid while it is open.
+pub struct DirHandle {
+    pub node: Arc<Node>,
+    entries: Mutex<Arc<Vec<Entry>>>,
+}
+
+/// The flags of a union open that are passed on to the backing open.
+fn backing_flags(flags: i32) -> OFlag {
+    let keep = libc::O_ACCMODE
+        | libc::O_APPEND
+        | libc::O_SYNC
+        | libc::O_DSYNC
+        | libc::O_NONBLOCK
+        | libc::O_TRUNC;
+    OFlag::from_bits_truncate(flags & keep)
+}
+
+/// What `open` answers: the handle number, its backing file, and whether the
+/// kernel may do the I/O on that file itself (FUSE passthrough): only when
+/// the file cannot be copied up under the handle.
+pub struct Opened {
+    pub fh: u64,
+    pub file: Arc<File>,
+    pub passthrough_ok: bool,
+}
+
+impl Union {
+    pub(crate) fn register_file(&self, node: Arc<Node>, file: File, flags: OFlag) -> Opened {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let file = Arc::new(file);
+        let writable = flags & OFlag::O_ACCMODE != OFlag::O_RDONLY;
+        let generation = node.generation.load(Ordering::Acquire);
+        let h = FileHandle {
+            node,
+            file: RwLock::new(file.clone()),
+            generation: generation.into(),
+            writable,
+            flags,
+        };
+        self.files.lock().insert(fh, Arc::new(h));
+        Opened {
+            fh,
+            file,
+            passthrough_ok: false,
+        }
+    }
+
+    pub fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
+        let node = self.inodes.get(ino)?;
+        if node.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        let oflags = backing_flags(flags);
+        let writable = oflags & OFlag::O_ACCMODE != OFlag::O_RDONLY;
+        let trunc = oflags.contains(OFlag::O_TRUNC);
+        let bs = if writable || trunc {
+            self.copy_up(&node, !trunc)?
+        } else {
+            self.branches()
+        };
+        let idx = self.top_idx(&bs, &node)?;
+        let path = self.inodes.path(ino)?;
+        let fd = sys::open_beneath(bs.get(idx).root(), &path, oflags, 0)?;
+        let mut opened = self.register_file(node, sys::into_file(fd), oflags);
+        opened.passthrough_ok = bs.get(idx).writable() || bs.writable_above(idx).is_none();
+        Ok(opened)
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<FileHandle>> {
+        self.files.lock().get(&fh).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// The handle `fh` if given, else any open handle of `node`.
+    pub(crate) fn file_for(&self, node: &Node, fh: Option<u64>) -> Result<Arc<FileHandle>> {
+        let files = self.files.lock();
+        if let Some(h) = fh.and_then(|fh| files.get(&fh)) {
+            return Ok(h.clone());
+        }
+        files
+            .values()
+            .find(|h| h.node.ino == node.ino)
+            .cloned()
+            .ok_or(Errno::ENOENT)
+    }
+
+    /// The backing file of a handle, re-opened on the copied-up instance if
+    /// the object was copied up since the handle was opened.
+    fn current(&self, h: &FileHandle) -> Result<Arc<File>> {
+        let generation = h.node.generation.load(Ordering::Acquire);
+        if h.writable || generation == h.generation.load(Ordering::Acquire) {
+            return Ok(h.file());
+        }
+        let bs = self.branches();
+        let idx = self.top_idx(&bs, &h.node)?;
+        let path = self.inodes.path(h.node.ino)?;
+        let fd = sys::open_beneath(bs.get(idx).root(), &path, h.flags & !OFlag::O_TRUNC, 0)?;
+        let file = Arc::new(sys::into_file(fd));
+        *h.file.write() = file.clone();
+        h.generation.store(generation, Ordering::Release);
+        Ok(file)
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let file = self.current(&h)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_errno(e)),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let h = self.handle(fh)?;
+        if !h.writable {
+            return Err(Errno::EBADF);
+        }
+        h.file()
+            .write_all_at(data, offset)
+            .map_err(io_errno)?;
+        Ok(data.len() as u32)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.files.lock().remove(&fh);
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        let h = self.handle(fh)?;
+        sys::fsync(h.file().as_fd(), datasync)
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        let h = self.handle(fh)?;
+        if !h.writable {
+            return Err(Errno::EBADF);
+        }
+        sys::fallocate(h.file().as_fd(), mode, offset, len)
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        let h = self.handle(fh)?;
+        let file = self.current(&h)?;
+        sys::seek(file.as_fd(), offset, whence)
+    }
+
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let node = self.inodes.get(ino)?;
+        if !node.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let h = DirHandle {
+            node,
+            entries: Mutex::new(Arc::new(Vec::new())),
+        };
+        self.dirs.lock().insert(fh, Arc::new(h));
+        Ok(fh)
+    }
+
+    /// The listing of an open directory, `.` and `..` first. Offset 0 (the
+    /// first read, or a rewind) takes a fresh snapshot.
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<Entry>>> {
+        let h = self.dirs.lock().get(&fh).cloned().ok_or(Errno::EBADF)?;
+        if offset != 0 {
+            return Ok(h.entries.lock().clone());
+        }
+        let bs = self.branches();
+        let layers = self.dir_layers(&bs, &h.node)?;
+        let path = self.inodes.path(h.node.ino)?;
+        let parent = h.node.loc.read().parent;
+        let mut entries = vec![
+            Entry {
+                name: OsString::from("."),
+                ino: h.node.ino,
+                kind: libc::S_IFDIR,
+            },
+            Entry {
+                name: OsString::from(".."),
+                ino: parent,
+                kind: libc::S_IFDIR,
+            },
+        ];
+        entries.extend(readdir::merged(&bs, &layers, &path, &self.inodes)?);
+        let entries = Arc::new(entries);
+        *h.entries.lock() = entries.clone();
+        Ok(entries)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().remove(&fh);
+    }
+
+    pub fn fsyncdir(&self, ino: u64) -> Result<()> {
+        let node = self.inodes.get(ino)?;
+        let bs = self.branches();
+        let idx = self.top_idx(&bs, &node)?;
+        let path = self.inodes.path(ino)?;
+        let fd = sys::open_beneath(
+            bs.get(idx).root(),
+            &path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            0,
+        )?;
+        sys::fsync(fd.as_fd(), false)
+    }
+}
+
+pub(crate) fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}

@@ -1,0 +1,529 @@
+//! The FUSE adapter: each request is converted, handed to one call on the
+//! union model, and the result turned into a reply. Nothing here decides
+//! union behaviour.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    BackingId, Errno as FErrno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use parking_lot::Mutex;
+
+use crate::create::New;
+use crate::file::Opened;
+use crate::options::MountOptions;
+use crate::sys::{Errno, FileStat, Result, Time};
+use crate::union::{Attr, Caller, SetAttr, Union};
+
+/// How the kernel does I/O on one inode: FUSE allows either passthrough
+/// opens (all on one backing file) or ordinary ones at a time, never both.
+#[derive(Default)]
+struct IoMode {
+    cached: u32,
+    passthrough: u32,
+    backing: Option<Arc<BackingId>>,
+}
+
+pub struct UnionFs {
+    pub union: Arc<Union>,
+    entry_ttl: Duration,
+    attr_ttl: Duration,
+    passthrough: bool,
+    io: Mutex<HashMap<u64, IoMode>>,
+    /// fh -> (ino, opened with passthrough)
+    open_modes: Mutex<HashMap<u64, (u64, bool)>>,
+}
+
+fn err(e: Errno) -> FErrno {
+    FErrno::from_i32(e as i32)
+}
+
+fn time(s: i64, ns: i64) -> SystemTime {
+    if s >= 0 {
+        UNIX_EPOCH + Duration::new(s as u64, ns as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(s.unsigned_abs()) + Duration::from_nanos(ns as u64)
+    }
+}
+
+fn kind(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    let st: &FileStat = &a.st;
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: time(st.st_atime, st.st_atime_nsec),
+        mtime: time(st.st_mtime, st.st_mtime_nsec),
+        ctime: time(st.st_ctime, st.st_ctime_nsec),
+        crtime: time(st.st_ctime, st.st_ctime_nsec),
+        kind: kind(st.st_mode),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+fn to_time(t: TimeOrNow) -> Time {
+    match t {
+        TimeOrNow::Now => Time::Now,
+        TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Time::Set(d.as_secs() as i64, d.subsec_nanos() as i64),
+            Err(e) => {
+                let d = e.duration();
+                let (s, ns) = (d.as_secs() as i64, d.subsec_nanos() as i64);
+                if ns == 0 {
+                    Time::Set(-s, 0)
+                } else {
+                    Time::Set(-s - 1, 1_000_000_000 - ns)
+                }
+            }
+        },
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+impl UnionFs {
+    pub fn new(union: Arc<Union>, opts: &MountOptions) -> UnionFs {
+        UnionFs {
+            union,
+            entry_ttl: opts.entry_timeout,
+            attr_ttl: opts.attr_timeout,
+            passthrough: opts.passthrough,
+            io: Mutex::new(HashMap::new()),
+            open_modes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn entry(&self, reply: ReplyEntry, res: Result<Attr>) {
+        match res {
+            Ok(a) => reply.entry_with_ttls(&self.attr_ttl, &self.entry_ttl, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn attr(&self, reply: ReplyAttr, res: Result<Attr>) {
+        match res {
+            Ok(a) => reply.attr(&self.attr_ttl, &file_attr(&a)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn empty(reply: ReplyEmpty, res: Result<()>) {
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    /// Decide passthrough or not for a new open of `ino`, and account for it.
+    /// Answers the backing id to reply with, if any.
+    fn choose_io(
+        &self,
+        ino: u64,
+        fh: u64,
+        opened: &Opened,
+        open_backing: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        let mut io = self.io.lock();
+        let mode = io.entry(ino).or_default();
+        let mut backing = None;
+        if self.passthrough && opened.passthrough_ok && mode.cached == 0 {
+            if mode.backing.is_none() {
+                match open_backing(&opened.file) {
+                    Ok(id) => mode.backing = Some(Arc::new(id)),
+                    Err(e) => log::debug!("no passthrough for inode {ino}: {e}"),
+                }
+            }
+            backing = mode.backing.clone();
+        }
+        if backing.is_some() {
+            mode.passthrough += 1;
+        } else {
+            mode.cached += 1;
+        }
+        self.open_modes.lock().insert(fh, (ino, backing.is_some()));
+        backing
+    }
+
+    fn release_io(&self, fh: u64) {
+        let Some((ino, passthrough)) = self.open_modes.lock().remove(&fh) else {
+            return;
+        };
+        let mut io = self.io.lock();
+        if let Some(mode) = io.get_mut(&ino) {
+            if passthrough {
+                mode.passthrough -= 1;
+                if mode.passthrough == 0 {
+                    mode.backing = None;
+                }
+            } else {
+                mode.cached -= 1;
+            }
+            if mode.cached == 0 && mode.passthrough == 0 {
+                io.remove(&ino);
+            }
+        }
+    }
+}
+
+impl Filesystem for UnionFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if self.passthrough {
+            if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
+                // Branches on a local filesystem: the stack is fuse over it.
+                let _ = config.set_max_stack_depth(1);
+            } else {
+                log::info!("kernel has no FUSE passthrough; data goes through the daemon");
+                self.passthrough = false;
+            }
+        }
+        let _ = config.set_max_write(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.entry(reply, self.union.lookup(parent.0, name));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.union.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.attr(reply, self.union.getattr(ino.0, fh.map(|f| f.0)));
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(to_time),
+            mtime: mtime.map(to_time),
+        };
+        self.attr(reply, self.union.setattr(ino.0, set, fh.map(|f| f.0)));
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.union.readlink(ino.0) {
+            Ok(t) => reply.data(std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str())),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let new = if mode & libc::S_IFMT == libc::S_IFREG {
+            New::File { mode, flags: libc::O_RDONLY }
+        } else {
+            New::Special { mode, rdev: rdev as u64 }
+        };
+        let res = self.union.create(parent.0, name, caller(req), new).map(|(a, f)| {
+            if let Some(f) = f {
+                self.union.release(f.fh);
+            }
+            a
+        });
+        self.entry(reply, res);
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let res = self.union.create(parent.0, name, caller(req), New::Dir { mode });
+        self.entry(reply, res.map(|(a, _)| a));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::empty(reply, self.union.unlink(parent.0, name));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::empty(reply, self.union.rmdir(parent.0, name));
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let new = New::Symlink { target: target.as_os_str() };
+        let res = self.union.create(parent.0, link_name, caller(req), new);
+        self.entry(reply, res.map(|(a, _)| a));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        Self::empty(reply, self.union.rename(parent.0, name, newparent.0, newname, flags.bits()));
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        self.entry(reply, self.union.link(ino.0, newparent.0, newname));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.union.open(ino.0, flags.0) {
+            Ok(opened) => {
+                let fh = opened.fh;
+                match self.choose_io(ino.0, fh, &opened, |f| reply.open_backing(f)) {
+                    Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+                    None => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                }
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.union.read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.union.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.union.release(fh.0);
+        self.release_io(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        Self::empty(reply, self.union.fsync(fh.0, datasync));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.union.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        match self.union.readdir(fh.0, offset) {
+            Ok(entries) => {
+                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+                    if reply.add(INodeNo(e.ino), (i + 1) as u64, kind(e.kind), &e.name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.union.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        Self::empty(reply, self.union.fsyncdir(ino.0));
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.union.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks(),
+                s.blocks_free(),
+                s.blocks_available(),
+                s.files(),
+                s.files_free(),
+                s.block_size() as u32,
+                self.union.name_max() as u32,
+                s.fragment_size() as u32,
+            ),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        Self::empty(reply, self.union.setxattr(ino.0, name, value, flags));
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        xattr_reply(reply, size, |buf| self.union.getxattr(ino.0, name, buf));
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        xattr_reply(reply, size, |buf| self.union.listxattr(ino.0, buf));
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::empty(reply, self.union.removexattr(ino.0, name));
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.union.create(parent.0, name, caller(req), New::File { mode, flags }) {
+            Ok((a, Some(opened))) => {
+                let fh = opened.fh;
+                let attr = file_attr(&a);
+                match self.choose_io(a.ino, fh, &opened, |f| reply.open_backing(f)) {
+                    Some(id) => reply.created_passthrough(
+                        &self.entry_ttl,
+                        &attr,
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                        &id,
+                    ),
+                    None => reply.created(&self.entry_ttl, &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
+                }
+            }
+            Ok((_, None)) => reply.error(FErrno::EIO),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        Self::empty(reply, self.union.fallocate(fh.0, offset, length, mode));
+    }
+
+    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        match self.union.lseek(fh.0, offset, whence) {
+            Ok(off) => reply.offset(off),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+}
+
+/// getxattr/listxattr: size 0 asks for the length, else the value if it fits.
+fn xattr_reply(reply: ReplyXattr, size: u32, get: impl Fn(&mut [u8]) -> Result<usize>) {
+    if size == 0 {
+        match get(&mut []) {
+            Ok(n) => reply.size(n as u32),
+            Err(e) => reply.error(err(e)),
+        }
+        return;
+    }
+    let mut buf = vec![0u8; size as usize];
+    match get(&mut buf) {
+        Ok(n) => reply.data(&buf[..n]),
+        Err(e) => reply.error(err(e)),
+    }
+}

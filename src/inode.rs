@@ -1,0 +1,213 @@
+//! The inode table: union inode numbers, where each object lives, lookup counts.
+//!
+//! A union inode number is allocated the first time an object is seen, keyed
+//! by the (st_dev, st_ino) of its topmost instance. A copy-up adds the new
+//! instance's key to the same number, so the number survives it; two hard
+//! links in a branch share a key and so are one union object. Keys are kept
+//! after the kernel forgets a node (numbers stay stable for the life of the
+//! mount) and dropped only when the object's last name is deleted.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::sys::{Errno, Result};
+
+pub const ROOT: u64 = 1;
+
+pub type Key = (u64, u64);
+
+/// Where a union object lives now.
+#[derive(Clone, Debug)]
+pub struct Loc {
+    pub parent: u64,
+    pub name: OsString,
+    /// Branch id of the topmost instance.
+    pub top: u32,
+    /// Directories: ids of the branches whose instances merge into it, top first.
+    pub layers: Vec<u32>,
+    /// The last name is gone (the object lives on through open handles).
+    pub unlinked: bool,
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub ino: u64,
+    /// `S_IFMT` bits.
+    pub kind: u32,
+    pub loc: RwLock<Loc>,
+    lookups: AtomicU64,
+    /// Held across a copy-up of this object: two writers, one copy-up.
+    pub copyup: Mutex<()>,
+    /// Bumped by every copy-up, so handles opened before it re-point.
+    pub generation: AtomicU64,
+    keys: Mutex<Vec<Key>>,
+    /// Other names of a hard-linked object, as (parent ino, name).
+    pub aliases: Mutex<Vec<(u64, OsString)>>,
+}
+
+impl Node {
+    pub fn is_dir(&self) -> bool {
+        self.kind == libc::S_IFDIR
+    }
+
+    pub fn loc(&self) -> Loc {
+        self.loc.read().clone()
+    }
+}
+
+#[derive(Debug)]
+pub struct InodeTable {
+    nodes: RwLock<HashMap<u64, Arc<Node>>>,
+    keys: Mutex<HashMap<Key, u64>>,
+    next: AtomicU64,
+}
+
+impl InodeTable {
+    pub fn new(root_key: Key, root_layers: Vec<u32>) -> InodeTable {
+        let top = root_layers.first().copied().unwrap_or(0);
+        let root = Arc::new(Node {
+            ino: ROOT,
+            kind: libc::S_IFDIR,
+            loc: RwLock::new(Loc {
+                parent: ROOT,
+                name: OsString::new(),
+                top,
+                layers: root_layers,
+                unlinked: false,
+            }),
+            lookups: AtomicU64::new(1),
+            copyup: Mutex::new(()),
+            generation: AtomicU64::new(0),
+            keys: Mutex::new(vec![root_key]),
+            aliases: Mutex::new(Vec::new()),
+        });
+        let mut keys = HashMap::new();
+        keys.insert(root_key, ROOT);
+        InodeTable {
+            nodes: RwLock::new(HashMap::from([(ROOT, root)])),
+            keys: Mutex::new(keys),
+            next: AtomicU64::new(ROOT + 1),
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Result<Arc<Node>> {
+        self.nodes.read().get(&ino).cloned().ok_or(Errno::ESTALE)
+    }
+
+    /// The union inode number for an instance key, allocated on first sight.
+    pub fn ino_for(&self, key: Key) -> u64 {
+        *self
+            .keys
+            .lock()
+            .entry(key)
+            .or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Record a name the kernel now knows (a lookup or a create): returns the
+    /// node, with one more lookup reference.
+    pub fn found(&self, key: Key, kind: u32, loc: Loc) -> Arc<Node> {
+        let mut ino = self.ino_for(key);
+        let mut nodes = self.nodes.write();
+        if let Some(node) = nodes.get(&ino) {
+            if node.kind == kind {
+                let node = node.clone();
+                // Counted under the table lock, so a racing forget cannot drop it.
+                node.lookups.fetch_add(1, Ordering::Relaxed);
+                drop(nodes);
+                self.refresh(&node, loc);
+                return node;
+            }
+            // The key was reused by the branch for an object of another type.
+            ino = self.next.fetch_add(1, Ordering::Relaxed);
+            self.keys.lock().insert(key, ino);
+        }
+        let node = Arc::new(Node {
+            ino,
+            kind,
+            loc: RwLock::new(loc),
+            lookups: AtomicU64::new(1),
+            copyup: Mutex::new(()),
+            generation: AtomicU64::new(0),
+            keys: Mutex::new(vec![key]),
+            aliases: Mutex::new(Vec::new()),
+        });
+        nodes.insert(ino, node.clone());
+        node
+    }
+
+    /// A fresh lookup of a known node: its location may have changed; a hard
+    /// link seen under a second name becomes an alias.
+    fn refresh(&self, node: &Node, new: Loc) {
+        let mut loc = node.loc.write();
+        let same_name = loc.parent == new.parent && loc.name == new.name;
+        if !same_name && !loc.unlinked && !node.is_dir() {
+            let mut aliases = node.aliases.lock();
+            if !aliases.iter().any(|(p, n)| *p == new.parent && *n == new.name) {
+                aliases.push((new.parent, new.name.clone()));
+            }
+            loc.top = new.top;
+            return;
+        }
+        *loc = new;
+    }
+
+    /// Another key for an existing object (its copy-up).
+    pub fn add_key(&self, node: &Node, key: Key) {
+        self.keys.lock().insert(key, node.ino);
+        node.keys.lock().push(key);
+    }
+
+    /// The object's last name is gone: its keys may be reused by the branch.
+    pub fn drop_keys(&self, node: &Node) {
+        let keys = std::mem::take(&mut *node.keys.lock());
+        let mut map = self.keys.lock();
+        for k in keys {
+            if map.get(&k) == Some(&node.ino) {
+                map.remove(&k);
+            }
+        }
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let mut nodes = self.nodes.write();
+        if let Some(node) = nodes.get(&ino) {
+            let left = node.lookups.load(Ordering::Relaxed).saturating_sub(n);
+            node.lookups.store(left, Ordering::Relaxed);
+            if left == 0 {
+                nodes.remove(&ino);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The path of a node relative to the union root ("" for the root).
+    pub fn path(&self, ino: u64) -> Result<PathBuf> {
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT {
+            let node = self.get(cur)?;
+            let loc = node.loc.read();
+            parts.push(loc.name.clone());
+            cur = loc.parent;
+            if parts.len() > libc::PATH_MAX as usize {
+                return Err(Errno::ELOOP);
+            }
+        }
+        Ok(parts.iter().rev().collect())
+    }
+}

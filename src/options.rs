@@ -1,0 +1,189 @@
+//! `-o` mount options, in the style of FUSE tools and `mount.fuse3`.
+
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeleteMode {
+    /// Remove every writable instance; whiteout what read-only branches keep.
+    #[default]
+    All,
+    /// Remove the topmost writable instance and hide the rest with a whiteout.
+    Whiteout,
+    /// Remove only the topmost instance, so a lower one shows through.
+    First,
+}
+
+/// Generic mount flags passed to the kernel as given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flag {
+    Dev,
+    NoDev,
+    Suid,
+    NoSuid,
+    Exec,
+    NoExec,
+    Atime,
+    NoAtime,
+    Sync,
+    Async,
+    DirSync,
+}
+
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    pub delete: DeleteMode,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub default_permissions: bool,
+    pub read_only: bool,
+    pub threads: usize,
+    pub passthrough: bool,
+    pub entry_timeout: Duration,
+    pub attr_timeout: Duration,
+    pub fsname: Option<String>,
+    pub flags: Vec<Flag>,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            delete: DeleteMode::All,
+            allow_other: false,
+            allow_root: false,
+            default_permissions: true,
+            read_only: false,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get().max(2))
+                .unwrap_or(2),
+            passthrough: true,
+            entry_timeout: Duration::from_secs(1),
+            attr_timeout: Duration::from_secs(1),
+            fsname: None,
+            flags: Vec::new(),
+        }
+    }
+}
+
+fn seconds(key: &str, v: &str) -> Result<Duration, String> {
+    let secs: f64 = v
+        .parse()
+        .map_err(|_| format!("option {key}: '{v}' is not a number of seconds"))?;
+    if !(0.0..=86400.0 * 365.0).contains(&secs) {
+        return Err(format!("option {key}: '{v}' is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn on_off(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "yes" | "1" | "true" => Ok(true),
+        "off" | "no" | "0" | "false" => Ok(false),
+        _ => Err(format!("option {key}: '{v}' is not on or off")),
+    }
+}
+
+/// Options that `mount(8)` and `mount.fuse3` pass along from /etc/fstab and
+/// that mean nothing to the daemon itself.
+const IGNORED: &[&str] = &[
+    "defaults", "rw", "auto", "noauto", "user", "nouser", "users", "owner", "group", "_netdev",
+    "nofail", "relatime", "norelatime", "strictatime", "nostrictatime", "lazytime",
+    "nolazytime", "diratime", "nodiratime", "silent", "loud", "nosymfollow",
+];
+
+impl MountOptions {
+    /// Apply one comma-separated `-o` list on top of the current options.
+    pub fn apply(&mut self, list: &str) -> Result<(), String> {
+        for opt in list.split(',').filter(|o| !o.is_empty()) {
+            let (key, val) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt, None),
+            };
+            match (key, val) {
+                ("delete", Some(v)) => {
+                    self.delete = match v {
+                        "all" => DeleteMode::All,
+                        "whiteout" => DeleteMode::Whiteout,
+                        "first" => DeleteMode::First,
+                        _ => {
+                            return Err(format!(
+                                "option delete: '{v}' is not all, whiteout or first"
+                            ))
+                        }
+                    }
+                }
+                ("allow_other", None) => self.allow_other = true,
+                ("allow_root", None) => self.allow_root = true,
+                ("default_permissions", None) => self.default_permissions = true,
+                ("no_default_permissions", None) => self.default_permissions = false,
+                ("ro", None) => self.read_only = true,
+                ("threads", Some(v)) => {
+                    self.threads = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=256).contains(n))
+                        .ok_or_else(|| format!("option threads: '{v}' is not a number from 1 to 256"))?
+                }
+                ("passthrough", Some(v)) => self.passthrough = on_off(key, v)?,
+                ("entry_timeout", Some(v)) => self.entry_timeout = seconds(key, v)?,
+                ("attr_timeout", Some(v)) => self.attr_timeout = seconds(key, v)?,
+                ("fsname", Some(v)) if !v.is_empty() => self.fsname = Some(v.to_string()),
+                ("subtype", Some(_)) => {}
+                ("dev", None) => self.flags.push(Flag::Dev),
+                ("nodev", None) => self.flags.push(Flag::NoDev),
+                ("suid", None) => self.flags.push(Flag::Suid),
+                ("nosuid", None) => self.flags.push(Flag::NoSuid),
+                ("exec", None) => self.flags.push(Flag::Exec),
+                ("noexec", None) => self.flags.push(Flag::NoExec),
+                ("atime", None) => self.flags.push(Flag::Atime),
+                ("noatime", None) => self.flags.push(Flag::NoAtime),
+                ("sync", None) => self.flags.push(Flag::Sync),
+                ("async", None) => self.flags.push(Flag::Async),
+                ("dirsync", None) => self.flags.push(Flag::DirSync),
+                (k, None) if IGNORED.contains(&k) => {}
+                (k, _) if k.starts_with("x-") || k == "comment" => {}
+                (k, Some(_)) if IGNORED.contains(&k) => {
+                    return Err(format!("option {k} takes no value"))
+                }
+                (
+                    "delete" | "threads" | "passthrough" | "entry_timeout" | "attr_timeout"
+                    | "fsname",
+                    None,
+                ) => return Err(format!("option {key} needs a value ({key}=...)")),
+                _ => return Err(format!("unknown mount option '{opt}'")),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_and_fstab_options() {
+        let mut o = MountOptions::default();
+        o.apply("delete=whiteout,allow_other,threads=3,passthrough=off,entry_timeout=0.5")
+            .unwrap();
+        o.apply("rw,defaults,_netdev,noatime,x-systemd.automount").unwrap();
+        assert_eq!(o.delete, DeleteMode::Whiteout);
+        assert!(o.allow_other);
+        assert_eq!(o.threads, 3);
+        assert!(!o.passthrough);
+        assert_eq!(o.entry_timeout, Duration::from_millis(500));
+        assert_eq!(o.flags, vec![Flag::NoAtime]);
+    }
+
+    #[test]
+    fn rejects_bad_options() {
+        let mut o = MountOptions::default();
+        assert_eq!(
+            o.apply("delete=some").unwrap_err(),
+            "option delete: 'some' is not all, whiteout or first"
+        );
+        assert_eq!(o.apply("bogus").unwrap_err(), "unknown mount option 'bogus'");
+        assert!(o.apply("threads=0").is_err());
+        assert!(o.apply("delete").is_err());
+        assert!(o.apply("attr_timeout=-1").is_err());
+    }
+}

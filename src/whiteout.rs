@@ -1,0 +1,98 @@
+//! The on-disk whiteout format, which is the OCI image layer format:
+//! `.wh.NAME` hides NAME in lower branches, `.wh..wh..opq` inside a directory
+//! hides every lower instance of that directory.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+
+use nix::fcntl::OFlag;
+
+use crate::sys::{self, Errno, Result};
+
+pub const PREFIX: &str = ".wh.";
+pub const OPAQUE: &str = ".wh..wh..opq";
+/// The daemon's work directory at the root of each writable branch.
+pub const WORK_DIR: &str = ".wh..wh.work";
+
+/// Names that are whiteouts on disk and so cannot exist in the union.
+pub fn is_reserved(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(PREFIX.as_bytes())
+}
+
+/// `.wh.NAME`
+pub fn whiteout_name(name: &OsStr) -> OsString {
+    let mut s = OsString::from(PREFIX);
+    s.push(name);
+    s
+}
+
+/// For a whiteout entry `.wh.NAME`, the hidden NAME (None for the opaque
+/// marker, the work dir and non-whiteouts).
+pub fn hidden_name(entry: &OsStr) -> Option<&OsStr> {
+    let b = entry.as_bytes();
+    let rest = b.strip_prefix(PREFIX.as_bytes())?;
+    if rest.starts_with(PREFIX.as_bytes()) || rest.is_empty() {
+        return None;
+    }
+    Some(OsStr::from_bytes(rest))
+}
+
+pub fn has_whiteout(dir: BorrowedFd, name: &OsStr) -> Result<bool> {
+    sys::exists_at(dir, &whiteout_name(name))
+}
+
+/// Whether the directory `name` in `dir` holds the opaque marker.
+pub fn is_opaque(dir: BorrowedFd, name: &OsStr) -> Result<bool> {
+    let sub = match sys::open_dir(dir, std::path::Path::new(name)) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    sys::exists_at(std::os::fd::AsFd::as_fd(&sub), OsStr::new(OPAQUE))
+}
+
+/// An empty file named `name` in `dir`, mode 0 (as OCI layers carry them).
+fn create_marker(dir: BorrowedFd, name: &OsStr) -> Result<()> {
+    match sys::open_at(
+        dir,
+        name,
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY,
+        0,
+    ) {
+        Ok(_) | Err(Errno::EEXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn create_whiteout(dir: BorrowedFd, name: &OsStr) -> Result<()> {
+    create_marker(dir, &whiteout_name(name))
+}
+
+/// Mark the directory `dir` (an fd on it) opaque.
+pub fn make_opaque(dir: BorrowedFd) -> Result<()> {
+    create_marker(dir, OsStr::new(OPAQUE))
+}
+
+pub fn remove_whiteout(dir: BorrowedFd, name: &OsStr) -> Result<()> {
+    match sys::unlink_at(dir, &whiteout_name(name), false) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(is_reserved(OsStr::new(".wh.x")));
+        assert!(!is_reserved(OsStr::new(".whx")));
+        assert_eq!(hidden_name(OsStr::new(".wh.abc")), Some(OsStr::new("abc")));
+        assert_eq!(hidden_name(OsStr::new(OPAQUE)), None);
+        assert_eq!(hidden_name(OsStr::new(WORK_DIR)), None);
+        assert_eq!(hidden_name(OsStr::new("abc")), None);
+        assert_eq!(whiteout_name(OsStr::new("a")), OsString::from(".wh.a"));
+    }
+}

@@ -262,6 +262,10 @@ impl Branch {
         match sys::stat_at(self.root(), OsStr::new(WORK_DIR)) {
             Err(Errno::ENOENT) => return Ok(()),
             Err(e) => return Err(e),
+            // Not ours (a symlink planted there, say): remove it, never follow it.
+            Ok(st) if st.st_mode & libc::S_IFMT != libc::S_IFDIR => {
+                return sys::unlink_at(self.root(), OsStr::new(WORK_DIR), false);
+            }
             Ok(_) => {}
         }
         let work = self.work()?;

@@ -1,0 +1,209 @@
+//! The command line: bad input, --help, background and foreground, signals, fstab.
+
+mod common;
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The mount must fail with exit status 2, one line on stderr containing
+/// `needle`, and nothing mounted.
+#[track_caller]
+fn refused(u: &mut Union, spec: &str, opts: &[&str], needle: &str) {
+    let out = u.try_mount(spec, opts);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+    assert!(err.contains(needle), "{err:?} does not name {needle:?}");
+    assert!(!is_mounted(&u.mnt));
+}
+
+#[test]
+fn bad_branches_are_refused_before_mounting() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro", "rw/inner"]);
+    write(u.b("file"), "x");
+    refused(&mut u, "missing=rw:ro", &[], "missing");
+    refused(&mut u, "file=rw:ro", &[], "not a directory");
+    refused(&mut u, "rw=rw:rw=ro", &[], "twice");
+    refused(&mut u, "rw=rw:rw/inner=ro", &[], "nested");
+    refused(&mut u, "rw=rx:ro", &[], "unknown mode 'rx'");
+    refused(&mut u, "rw:ro", &["bogus_opt"], "unknown mount option 'bogus_opt'");
+    refused(&mut u, "rw:ro", &["delete=never"], "delete");
+    refused(&mut u, "rw:ro", &["threads=0"], "threads");
+    // mount point inside a branch, branch inside the mount point
+    let out = Command::new(BIN)
+        .arg(format!("{}:{}", u.b("rw").display(), u.b("ro").display()))
+        .arg(u.b("rw/inner"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is inside branch"));
+    let out = Command::new(BIN)
+        .arg(format!("{}", u.b("rw/inner").display()))
+        .arg(u.b("rw"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("inside the mount point"));
+    // a missing argument is a usage error too
+    let out = Command::new(BIN).arg(u.b("rw")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn help_reads_like_a_man_page() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for section in [
+        "BRANCHES:",
+        "MOUNT OPTIONS",
+        "delete=all|whiteout|first",
+        "allow_other",
+        "default_permissions",
+        "threads=N",
+        "passthrough=on|off",
+        "entry_timeout",
+        "fsname=",
+        "FSTAB:",
+        "EXAMPLES:",
+        "RUST_LOG",
+    ] {
+        assert!(text.contains(section), "--help lacks {section}");
+    }
+}
+
+#[test]
+fn ro_above_rw_mounts_with_a_warning_and_protects_ro_files() {
+    need_fuse!();
+    let mut u = Union::new(&["ro", "rw"]);
+    write(u.b("ro/old"), "old");
+    let out = u.try_mount("ro=ro:rw=rw", &[]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("warning") && err.contains("cannot be modified"), "{err}");
+    write(u.m("new"), "new");
+    assert_eq!(read(u.b("rw/new")), "new");
+    assert_errno(std::fs::OpenOptions::new().append(true).open(u.m("old")), libc::EROFS);
+    assert_errno(std::fs::remove_file(u.m("old")), libc::EROFS);
+    assert_eq!(read(u.b("ro/old")), "old");
+}
+
+#[test]
+fn background_mount_is_live_when_the_command_returns() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    write(u.b("ro/f"), "lower");
+    u.mount("rw=rw:ro=ro", &[]);
+    // no sleep: the command returned, so the mount answers now
+    assert_eq!(read(u.m("f")), "lower");
+    u.unmount();
+    assert!(!is_mounted(&u.mnt));
+}
+
+fn wait_gone(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "daemon did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_mounted(p: &std::path::Path) {
+    let start = Instant::now();
+    while !is_mounted(p) {
+        assert!(start.elapsed() < Duration::from_secs(10), "never mounted");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn foreground_daemon_unmounts_on_sigterm_and_sigint() {
+    need_fuse!();
+    let u = Union::new(&["rw", "ro"]);
+    write(u.b("ro/f"), "x");
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let mut child = Command::new(BIN)
+            .arg("-f")
+            .arg(u.spec("rw=rw:ro=ro"))
+            .arg(&u.mnt)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_mounted(&u.mnt);
+        assert_eq!(read(u.m("f")), "x");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::try_from(sig).unwrap(),
+        )
+        .unwrap();
+        let st = wait_gone(&mut child);
+        assert!(st.success(), "exit status after signal {sig}: {st:?}");
+        assert!(!is_mounted(&u.mnt));
+    }
+}
+
+#[test]
+fn fusermount_u_ends_the_daemon() {
+    need_fuse!();
+    let u = Union::new(&["rw"]);
+    let mut child = Command::new(BIN)
+        .arg("-f")
+        .arg(u.spec("rw"))
+        .arg(&u.mnt)
+        .spawn()
+        .unwrap();
+    wait_mounted(&u.mnt);
+    sh(&format!("fusermount3 -u {}", u.mnt.display()));
+    assert!(wait_gone(&mut child).success());
+}
+
+#[test]
+fn mount_t_fuse_unionfs_mount_works_as_from_fstab() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    write(u.b("ro/f"), "fstab");
+    // mount(8) runs mount.fuse3 with no PATH, so the shell's default one
+    // (/usr/local/sbin first) finds the helper: put the binary under test there.
+    let helper = std::path::Path::new("/usr/local/sbin/unionfs-mount");
+    if let Ok(m) = std::fs::symlink_metadata(helper) {
+        assert!(m.file_type().is_symlink(), "{} is a real file: remove it to run this test", helper.display());
+        std::fs::remove_file(helper).unwrap();
+    }
+    std::fs::create_dir_all("/usr/local/sbin").unwrap();
+    std::os::unix::fs::symlink(BIN, helper).unwrap();
+    struct RemoveOnDrop(&'static std::path::Path);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.0);
+        }
+    }
+    let _cleanup = RemoveOnDrop(helper);
+    let out = Command::new("mount")
+        .args(["-t", "fuse.unionfs-mount", "-o", "defaults,allow_other,delete=whiteout"])
+        .arg(u.spec("rw=rw:ro=ro"))
+        .arg(&u.mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mount -t fuse.unionfs-mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_mounted(&u.mnt));
+    assert_eq!(read(u.m("f")), "fstab");
+    let info = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.contains(u.mnt.to_str().unwrap()))
+        .unwrap();
+    assert!(line.contains("fuse.unionfs"), "{line}");
+    std::fs::remove_file(u.m("f")).unwrap();
+    assert!(exists(u.b("rw/.wh.f")), "delete=whiteout was not passed through");
+    u.unmount();
+    unmount(&u.mnt);
+}

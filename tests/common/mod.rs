@@ -1,0 +1,217 @@
+//! Helpers for the integration tests: real branches in a temp dir, a real
+//! FUSE mount through the unionfs-mount binary, errno assertions.
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_unionfs-mount");
+
+/// Tests need root and /dev/fuse. Where they are missing the test fails and
+/// says so, unless UNIONFS_SKIP_FUSE_TESTS=1 asks to skip (loudly).
+pub fn fuse_available() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let dev = Path::new("/dev/fuse").exists();
+    if root && dev {
+        return true;
+    }
+    let why = format!(
+        "FUSE tests need root and /dev/fuse (root: {root}, /dev/fuse: {dev})"
+    );
+    if std::env::var_os("UNIONFS_SKIP_FUSE_TESTS").is_some_and(|v| v == "1") {
+        eprintln!("SKIPPED: {why} (UNIONFS_SKIP_FUSE_TESTS=1)");
+        return false;
+    }
+    panic!("{why}; set UNIONFS_SKIP_FUSE_TESTS=1 to skip them explicitly");
+}
+
+/// Branch directories and a mount point under one temp dir.
+pub struct Union {
+    pub tmp: tempfile::TempDir,
+    pub mnt: PathBuf,
+    mounted: bool,
+}
+
+impl Union {
+    /// Create the named branch directories (without mounting).
+    pub fn new(branches: &[&str]) -> Union {
+        let tmp = tempfile::Builder::new()
+            .prefix("unionfs-test")
+            .tempdir()
+            .unwrap();
+        for b in branches {
+            fs::create_dir_all(tmp.path().join(b)).unwrap();
+        }
+        let mnt = tmp.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        Union {
+            tmp,
+            mnt,
+            mounted: false,
+        }
+    }
+
+    /// A path inside branch `b`.
+    pub fn b(&self, b: &str) -> PathBuf {
+        self.tmp.path().join(b)
+    }
+
+    /// A path inside the mount.
+    pub fn m(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// The branch list for `spec` like "rw=rw:ro=ro" with paths made absolute.
+    pub fn spec(&self, spec: &str) -> String {
+        spec.split(':')
+            .map(|item| format!("{}/{}", self.tmp.path().display(), item))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    pub fn try_mount(&mut self, spec: &str, opts: &[&str]) -> Output {
+        let mut cmd = Command::new(BIN);
+        for o in opts {
+            cmd.arg("-o").arg(o);
+        }
+        cmd.arg(self.spec(spec)).arg(&self.mnt);
+        let out = cmd.output().expect("run unionfs-mount");
+        if out.status.success() {
+            self.mounted = true;
+        }
+        out
+    }
+
+    /// Mount with `spec` (see [`spec`]) and `-o` options; panics on failure.
+    pub fn mount(&mut self, spec: &str, opts: &[&str]) {
+        let out = self.try_mount(spec, opts);
+        assert!(
+            out.status.success(),
+            "mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(is_mounted(&self.mnt), "mount command returned before the mount was live");
+    }
+
+    pub fn unmount(&mut self) {
+        if self.mounted {
+            unmount(&self.mnt);
+            self.mounted = false;
+        }
+    }
+
+    pub fn remount(&mut self, spec: &str, opts: &[&str]) {
+        self.unmount();
+        self.mount(spec, opts);
+    }
+}
+
+impl Drop for Union {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+pub fn is_mounted(p: &Path) -> bool {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let p = fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
+}
+
+pub fn unmount(p: &Path) {
+    let ok = Command::new("fusermount3")
+        .arg("-u")
+        .arg(p)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        let _ = Command::new("umount").arg("-l").arg(p).output();
+    }
+    let start = Instant::now();
+    while is_mounted(p) && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn write(p: impl AsRef<Path>, data: &str) {
+    let p = p.as_ref();
+    if let Some(parent) = p.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    fs::write(p, data).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+}
+
+pub fn read(p: impl AsRef<Path>) -> String {
+    let p = p.as_ref();
+    fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+pub fn exists(p: impl AsRef<Path>) -> bool {
+    fs::symlink_metadata(p).is_ok()
+}
+
+/// Assert that `res` failed with `errno`.
+#[track_caller]
+pub fn assert_errno<T: std::fmt::Debug>(res: io::Result<T>, errno: i32) {
+    match res {
+        Ok(v) => panic!("expected errno {errno}, got success {v:?}"),
+        Err(e) => assert_eq!(
+            e.raw_os_error(),
+            Some(errno),
+            "expected errno {errno} ({}), got {e}",
+            io::Error::from_raw_os_error(errno)
+        ),
+    }
+}
+
+/// Sorted names of a directory.
+pub fn ls(p: impl AsRef<Path>) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(p.as_ref())
+        .unwrap_or_else(|e| panic!("readdir {}: {e}", p.as_ref().display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn ino(p: impl AsRef<Path>) -> u64 {
+    fs::symlink_metadata(p).unwrap().ino()
+}
+
+pub fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+/// Run a shell command; panics with its output when it fails.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn mode(p: impl AsRef<Path>) -> u32 {
+    fs::symlink_metadata(p).unwrap().mode() & 0o7777
+}
+
+#[macro_export]
+macro_rules! need_fuse {
+    () => {
+        if !common::fuse_available() {
+            return;
+        }
+    };
+}

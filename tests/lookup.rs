@@ -1,0 +1,196 @@
+//! Reading: precedence, whiteouts, opaque directories, merged readdir, inode
+//! numbers, hard links, name limits, deep paths.
+
+mod common;
+use common::*;
+use std::fs;
+use std::os::unix::fs::{DirEntryExt, MetadataExt, PermissionsExt};
+
+#[test]
+fn leftmost_branch_wins() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro1", "ro2"]);
+    write(u.b("ro2/a"), "ro2");
+    write(u.b("ro1/a"), "ro1");
+    write(u.b("ro2/b"), "only ro2");
+    u.mount("rw=rw:ro1=ro:ro2=ro", &[]);
+    assert_eq!(read(u.m("a")), "ro1");
+    assert_eq!(read(u.m("b")), "only ro2");
+    assert_errno(fs::metadata(u.m("c")), libc::ENOENT);
+}
+
+#[test]
+fn whiteouts_hide_lower_names_and_never_show() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    write(u.b("ro/a"), "gone");
+    write(u.b("ro/b"), "kept");
+    write(u.b("rw/.wh.a"), "");
+    write(u.b("ro/.wh.b"), ""); // a whiteout in the lowest branch hides nothing visible
+    u.mount("rw=rw:ro=ro", &[]);
+    assert_errno(fs::metadata(u.m("a")), libc::ENOENT);
+    assert_errno(fs::metadata(u.m(".wh.a")), libc::ENOENT);
+    assert_eq!(read(u.m("b")), "kept");
+    assert_eq!(ls(&u.mnt), vec!["b"]);
+}
+
+#[test]
+fn opaque_directories_stop_the_merge() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    write(u.b("ro/d/lower"), "x");
+    write(u.b("ro/e/lower"), "x");
+    write(u.b("rw/d/.wh..wh..opq"), "");
+    write(u.b("rw/d/upper"), "y");
+    write(u.b("rw/e/upper"), "y");
+    u.mount("rw=rw:ro=ro", &[]);
+    assert_eq!(ls(u.m("d")), vec!["upper"]);
+    assert_errno(fs::metadata(u.m("d/lower")), libc::ENOENT);
+    assert_eq!(ls(u.m("e")), vec!["lower", "upper"]);
+}
+
+#[test]
+fn a_file_hides_a_lower_directory() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    write(u.b("ro/x/inner"), "x");
+    write(u.b("rw/x"), "file");
+    u.mount("rw=rw:ro=ro", &[]);
+    assert!(fs::metadata(u.m("x")).unwrap().is_file());
+    assert_errno(fs::metadata(u.m("x/inner")), libc::ENOTDIR);
+}
+
+#[test]
+fn readdir_lists_each_visible_name_once() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro1", "ro2"]);
+    for (b, n) in [("rw", "a"), ("ro1", "a"), ("ro2", "a"), ("ro1", "b"), ("ro2", "c"), ("ro2", "d")] {
+        write(u.b(&format!("{b}/dir/{n}")), b);
+    }
+    write(u.b("ro1/dir/.wh.d"), "");
+    u.mount("rw=rw:ro1=ro:ro2=ro", &[]);
+    assert_eq!(ls(u.m("dir")), vec!["a", "b", "c"]);
+    assert_eq!(read(u.m("dir/a")), "rw");
+    // the work directory never shows, even once it exists
+    write(u.m("new"), "n");
+    write(u.m("dir/b"), "copied up"); // a copy-up goes through the work directory
+    assert!(exists(u.b("rw/.wh..wh.work")));
+    assert_eq!(ls(&u.mnt), vec!["dir", "new"]);
+}
+
+#[test]
+fn inode_numbers_match_readdir_and_survive_copy_up() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    write(u.b("ro/f"), "x");
+    write(u.b("ro/d/g"), "y");
+    write(u.b("rw/h"), "z");
+    u.mount("rw=rw:ro=ro", &[]);
+    for e in fs::read_dir(&u.mnt).unwrap() {
+        let e = e.unwrap();
+        assert_eq!(e.ino(), ino(e.path()), "d_ino != st_ino for {:?}", e.file_name());
+    }
+    let before = ino(u.m("f"));
+    let dir_before = ino(u.m("d"));
+    fs::set_permissions(u.m("f"), fs::Permissions::from_mode(0o600)).unwrap();
+    write(u.m("d/g"), "changed");
+    assert!(exists(u.b("rw/f")) && exists(u.b("rw/d/g")));
+    assert_eq!(ino(u.m("f")), before);
+    assert_eq!(ino(u.m("d")), dir_before);
+    let listed: Vec<u64> = fs::read_dir(&u.mnt)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name() == "f")
+        .map(|e| e.unwrap().ino())
+        .collect();
+    assert_eq!(listed, vec![before]);
+    let all: Vec<u64> = ["f", "d", "h"].iter().map(|n| ino(u.m(n))).collect();
+    let mut dedup = all.clone();
+    dedup.sort();
+    dedup.dedup();
+    assert_eq!(dedup.len(), 3, "distinct objects share a number: {all:?}");
+}
+
+#[test]
+fn hard_links_in_a_branch_are_one_object() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    write(u.b("ro/a"), "shared");
+    fs::hard_link(u.b("ro/a"), u.b("ro/b")).unwrap();
+    u.mount("rw=rw:ro=ro", &[]);
+    assert_eq!(ino(u.m("a")), ino(u.m("b")));
+    assert_eq!(fs::metadata(u.m("a")).unwrap().nlink(), 2);
+    fs::set_permissions(u.m("a"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(mode(u.m("b")), 0o600);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(u.m("a"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"+more"))
+        .unwrap();
+    assert_eq!(read(u.m("b")), "shared+more");
+    // the copy-up kept the two names linked on disk
+    assert_eq!(ino(u.b("rw/a")), ino(u.b("rw/b")));
+    u.remount("rw=rw:ro=ro", &[]);
+    assert_eq!(read(u.m("b")), "shared+more");
+}
+
+#[test]
+fn statfs_name_length_and_enametoolong() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    u.mount("rw=rw:ro=ro", &[]);
+    let branch = nix::sys::statvfs::statvfs(&u.b("rw")).unwrap().name_max();
+    let union = nix::sys::statvfs::statvfs(&u.mnt).unwrap().name_max();
+    assert_eq!(union, branch - 4);
+    let ok = "n".repeat(union as usize);
+    write(u.m(&ok), "fits");
+    assert_eq!(read(u.m(&ok)), "fits");
+    let long = "n".repeat(union as usize + 1);
+    assert_errno(fs::write(u.m(&long), "x"), libc::ENAMETOOLONG);
+    assert_errno(fs::metadata(u.m(&long)), libc::ENAMETOOLONG);
+}
+
+#[test]
+fn paths_up_to_path_max_work_below_a_deep_branch() {
+    need_fuse!();
+    let mut u = Union::new(&[]);
+    // branch roots 2000 bytes deep; union paths of ~3500 bytes on top
+    let deep = "b".repeat(200);
+    let mut rel = std::path::PathBuf::new();
+    for _ in 0..10 {
+        rel.push(&deep);
+    }
+    let rw = u.tmp.path().join("rw").join(&rel);
+    let ro = u.tmp.path().join("ro").join(&rel);
+    fs::create_dir_all(&rw).unwrap();
+    fs::create_dir_all(&ro).unwrap();
+    let comp = "c".repeat(240);
+    let inner: Vec<&str> = std::iter::repeat_n(comp.as_str(), 14).collect();
+    let inner = inner.join("/");
+    sh(&format!("cd {} && mkdir -p {inner} && echo lower > {inner}/f", ro.display()));
+    let spec = format!("{}=rw:{}=ro", rw.display(), ro.display());
+    let out = std::process::Command::new(BIN).arg(&spec).arg(&u.mnt).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let f = u.mnt.join(&inner).join("f");
+    assert!(f.as_os_str().len() > 3400 && f.as_os_str().len() < 4096);
+    assert_eq!(read(&f), "lower\n");
+    fs::write(&f, "upper").unwrap(); // copy-up with 14 parents, 5000+ bytes below /
+    assert_eq!(read(&f), "upper");
+    sh(&format!("cd {} && test \"$(cat {inner}/f)\" = upper", rw.display()));
+    unmount(&u.mnt);
+    let _ = &mut u;
+}
+
+#[test]
+fn fstat_of_open_unlinked_files_reports_nlink_zero() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    write(u.b("ro/lower"), "l");
+    u.mount("rw=rw:ro=ro", &[]);
+    write(u.m("upper"), "u");
+    for name in ["upper", "lower"] {
+        let f = fs::File::open(u.m(name)).unwrap();
+        fs::remove_file(u.m(name)).unwrap();
+        assert_eq!(f.metadata().unwrap().nlink(), 0, "{name}");
+        assert_errno(fs::metadata(u.m(name)), libc::ENOENT);
+    }
+}

@@ -215,3 +215,21 @@ macro_rules! need_fuse {
         }
     };
 }
+
+/// The pid of the unionfs-mount daemon serving `mnt`.
+pub fn daemon_pid(mnt: &Path) -> i32 {
+    let want = mnt.as_os_str().as_bytes();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        if args.first().is_some_and(|a| a.ends_with(b"unionfs-mount")) && args.contains(&want) {
+            return pid;
+        }
+    }
+    panic!("no daemon serves {}", mnt.display());
+}

@@ -233,3 +233,8 @@ pub fn daemon_pid(mnt: &Path) -> i32 {
     }
     panic!("no daemon serves {}", mnt.display());
 }
+
+/// Sorted names of a branch directory, without the daemon's work directory.
+pub fn ls_branch(p: impl AsRef<Path>) -> Vec<String> {
+    ls(p).into_iter().filter(|n| n != ".wh..wh.work").collect()
+}

@@ -1,0 +1,181 @@
+//! Open files: data paths, O_APPEND, fallocate, SEEK_DATA/SEEK_HOLE, mmap,
+//! fsync, concurrent copy-up, read-only mounts, direct branch changes.
+
+mod common;
+use common::*;
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::time::Duration;
+
+#[test]
+fn write_read_append_truncate() {
+    need_fuse!();
+    for pt in ["on", "off"] {
+        let mut u = Union::new(&["rw", "ro"]);
+        write(u.b("ro/lower"), "0123456789");
+        u.mount("rw=rw:ro=ro", &[&format!("passthrough={pt}")]);
+        let big: Vec<u8> = (0..3 << 20).map(|i| (i * 7 % 256) as u8).collect();
+        fs::write(u.m("big"), &big).unwrap();
+        assert_eq!(fs::read(u.m("big")).unwrap(), big, "passthrough={pt}");
+        assert_eq!(fs::read(u.b("rw/big")).unwrap(), big);
+        let mut f = OpenOptions::new().append(true).open(u.m("lower")).unwrap();
+        f.write_all(b"ab").unwrap();
+        f.write_all(b"cd").unwrap();
+        drop(f);
+        assert_eq!(read(u.m("lower")), "0123456789abcd");
+        let f = OpenOptions::new().read(true).write(true).open(u.m("lower")).unwrap();
+        f.write_at(b"XY", 2).unwrap();
+        let mut buf = [0u8; 4];
+        f.read_at(&mut buf, 1).unwrap();
+        assert_eq!(&buf, b"1XY4");
+        f.set_len(3).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        assert_eq!(read(u.m("lower")), "01X");
+        let f = OpenOptions::new().write(true).truncate(true).open(u.m("lower")).unwrap();
+        drop(f);
+        assert_eq!(read(u.b("rw/lower")), "");
+        assert_eq!(read(u.b("ro/lower")), "0123456789");
+    }
+}
+
+#[test]
+fn fallocate_and_seek_data_hole() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    u.mount("rw=rw:ro=ro", &["passthrough=off"]);
+    let mut f = OpenOptions::new().read(true).write(true).create(true).open(u.m("s")).unwrap();
+    f.seek(SeekFrom::Start(1 << 20)).unwrap();
+    f.write_all(b"data").unwrap();
+    let fd = f.as_raw_fd();
+    let data = unsafe { libc::lseek(fd, 0, libc::SEEK_DATA) };
+    assert_eq!(data, 1 << 20);
+    let hole = unsafe { libc::lseek(fd, 0, libc::SEEK_HOLE) };
+    assert_eq!(hole, 0);
+    assert_eq!(unsafe { libc::lseek(fd, (1 << 20) + 10, libc::SEEK_DATA) }, -1);
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENXIO));
+    assert_eq!(unsafe { libc::fallocate(fd, 0, 0, 8 << 20) }, 0);
+    assert_eq!(f.metadata().unwrap().len(), 8 << 20);
+    assert_eq!(unsafe { libc::fallocate(fd, libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE, 0, 4096) }, 0);
+    let mut buf = [1u8; 16];
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, [0u8; 16]);
+}
+
+#[test]
+fn mmap_reads_and_writes_through_the_union() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    fs::write(u.b("ro/m"), vec![b'a'; 8192]).unwrap();
+    u.mount("rw=rw:ro=ro", &[]);
+    let f = OpenOptions::new().read(true).write(true).open(u.m("m")).unwrap();
+    unsafe {
+        let p = libc::mmap(std::ptr::null_mut(), 8192, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0);
+        assert_ne!(p, libc::MAP_FAILED);
+        let s = std::slice::from_raw_parts_mut(p as *mut u8, 8192);
+        assert_eq!(s[100], b'a');
+        s[0] = b'Z';
+        assert_eq!(libc::msync(p, 8192, libc::MS_SYNC), 0);
+        libc::munmap(p, 8192);
+    }
+    drop(f);
+    assert_eq!(fs::read(u.b("rw/m")).unwrap()[0], b'Z');
+    assert_eq!(fs::read(u.b("ro/m")).unwrap()[0], b'a');
+}
+
+#[test]
+fn o_tmpfile_and_o_direct_opens() {
+    need_fuse!();
+    let mut u = Union::new(&["rw"]);
+    u.mount("rw", &[]);
+    // FUSE has no O_TMPFILE: the kernel answers EOPNOTSUPP, as for any FUSE fs without it
+    let r = OpenOptions::new().write(true).custom_flags(libc::O_TMPFILE).open(&u.mnt);
+    assert!(r.is_err());
+    let mut f = OpenOptions::new().write(true).create(true).custom_flags(libc::O_DIRECT).open(u.m("d")).unwrap();
+    f.write_all(&[5u8; 4096]).unwrap();
+    drop(f);
+    assert_eq!(fs::read(u.m("d")).unwrap(), vec![5u8; 4096]);
+}
+
+#[test]
+fn concurrent_writers_copy_up_once() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    fs::write(u.b("ro/shared"), vec![b'.'; 1 << 20]).unwrap();
+    u.mount("rw=rw:ro=ro", &[]);
+    let threads: Vec<_> = (0..8u64)
+        .map(|i| {
+            let p = u.m("shared");
+            std::thread::spawn(move || {
+                let f = OpenOptions::new().write(true).open(p).unwrap();
+                f.write_at(&[b'0' + i as u8], i * 1000).unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let data = fs::read(u.m("shared")).unwrap();
+    assert_eq!(data.len(), 1 << 20);
+    for i in 0..8u64 {
+        assert_eq!(data[(i * 1000) as usize], b'0' + i as u8, "write {i} lost");
+    }
+    assert!(ls(u.b("rw/.wh..wh.work")).is_empty());
+}
+
+#[test]
+fn read_only_mount() {
+    need_fuse!();
+    let mut u = Union::new(&["rw"]);
+    write(u.b("rw/f"), "x");
+    u.mount("rw", &["ro"]);
+    assert_errno(fs::write(u.m("f"), "y"), libc::EROFS);
+    assert_errno(fs::write(u.m("g"), "y"), libc::EROFS);
+    assert_eq!(read(u.m("f")), "x");
+}
+
+#[test]
+fn direct_branch_changes_show_after_the_timeout() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    write(u.b("ro/f"), "old");
+    u.mount("rw=rw:ro=ro", &["entry_timeout=0.2,attr_timeout=0.2"]);
+    assert_eq!(read(u.m("f")), "old");
+    write(u.b("rw/f"), "new upper");
+    write(u.b("ro/g"), "added");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(read(u.m("f")), "new upper");
+    assert_eq!(read(u.m("g")), "added");
+    fs::remove_file(u.b("ro/g")).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_errno(fs::metadata(u.m("g")), libc::ENOENT);
+}
+
+#[test]
+fn xattrs_through_the_union() {
+    need_fuse!();
+    let mut u = Union::new(&["rw"]);
+    u.mount("rw", &[]);
+    write(u.m("f"), "x");
+    let p = cstr(&u.m("f"));
+    unsafe {
+        assert_eq!(libc::setxattr(p.as_ptr(), c"user.a".as_ptr(), b"1".as_ptr().cast(), 1, 0), 0);
+        assert_eq!(libc::setxattr(p.as_ptr(), c"user.b".as_ptr(), b"22".as_ptr().cast(), 2, 0), 0);
+        assert_eq!(libc::setxattr(p.as_ptr(), c"user.a".as_ptr(), b"1".as_ptr().cast(), 1, libc::XATTR_CREATE), -1);
+        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EEXIST));
+        let mut buf = [0u8; 64];
+        let n = libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len());
+        assert_eq!(&buf[..n as usize], b"user.a\0user.b\0");
+        assert_eq!(libc::getxattr(p.as_ptr(), c"user.b".as_ptr(), std::ptr::null_mut(), 0), 2);
+        let mut small = [0u8; 1];
+        assert_eq!(libc::getxattr(p.as_ptr(), c"user.b".as_ptr(), small.as_mut_ptr().cast(), 1), -1);
+        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ERANGE));
+        assert_eq!(libc::getxattr(p.as_ptr(), c"user.none".as_ptr(), small.as_mut_ptr().cast(), 1), -1);
+        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENODATA));
+    }
+    let mut s = String::new();
+    fs::File::open(u.m("f")).unwrap().read_to_string(&mut s).unwrap();
+    assert_eq!(s, "x");
+}

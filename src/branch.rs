@@ -161,17 +161,20 @@ pub fn resolve(
         let canon = std::fs::canonicalize(mp)
             .map_err(|e| BranchError::MountPoint(shown(mp), strip_os_error(&e.to_string())))?;
         if !canon.is_dir() {
-            return Err(BranchError::MountPoint(
-                shown(mp),
-                "not a directory".into(),
-            ));
+            return Err(BranchError::MountPoint(shown(mp), "not a directory".into()));
         }
         for b in &out {
             if canon.starts_with(&b.path) {
-                return Err(BranchError::MountInsideBranch(shown(&canon), shown(&b.path)));
+                return Err(BranchError::MountInsideBranch(
+                    shown(&canon),
+                    shown(&b.path),
+                ));
             }
             if b.path.starts_with(&canon) {
-                return Err(BranchError::BranchInsideMount(shown(&b.path), shown(&canon)));
+                return Err(BranchError::BranchInsideMount(
+                    shown(&b.path),
+                    shown(&canon),
+                ));
             }
         }
     }

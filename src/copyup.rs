@@ -69,7 +69,12 @@ fn is_kind(st: &FileStat, kind: u32) -> bool {
 
 /// Copy xattrs, owner, mode and times from `src` (an fd on the source) to the
 /// entry `name` of `dir`.
-pub(crate) fn copy_meta(src: BorrowedFd, st: &FileStat, dir: BorrowedFd, name: &OsStr) -> Result<()> {
+pub(crate) fn copy_meta(
+    src: BorrowedFd,
+    st: &FileStat,
+    dir: BorrowedFd,
+    name: &OsStr,
+) -> Result<()> {
     let link = is_kind(st, libc::S_IFLNK);
     let dst = sys::open_at(dir, name, OFlag::O_PATH, 0)?;
     if !link {
@@ -170,7 +175,13 @@ impl Union {
 
     /// Copy `node` up to branch `target` unless its topmost instance is
     /// already there or higher.
-    pub(crate) fn copy_up_to(&self, bs: &BranchSet, node: &Node, target: usize, data: bool) -> Result<()> {
+    pub(crate) fn copy_up_to(
+        &self,
+        bs: &BranchSet,
+        node: &Node,
+        target: usize,
+        data: bool,
+    ) -> Result<()> {
         let _guard = node.copyup.lock();
         // Another writer may have copied it up while we waited.
         let idx = self.top_idx(bs, node)?;
@@ -255,7 +266,14 @@ impl Union {
 
     /// Other names of a hard-linked object follow its copy-up, so a change
     /// through one name shows through the others after a remount too.
-    fn link_aliases(&self, bs: &BranchSet, target: usize, node: &Node, dir: BorrowedFd, name: &OsStr) {
+    fn link_aliases(
+        &self,
+        bs: &BranchSet,
+        target: usize,
+        node: &Node,
+        dir: BorrowedFd,
+        name: &OsStr,
+    ) {
         let aliases = node.aliases.lock().clone();
         for (parent, alias) in aliases {
             let res = self
@@ -339,7 +357,14 @@ impl Union {
     }
 
     /// A directory gained an instance in branch `target`.
-    fn moved_up_dir(&self, node: &Node, bs: &BranchSet, target: usize, st: &FileStat, opaque: bool) {
+    fn moved_up_dir(
+        &self,
+        node: &Node,
+        bs: &BranchSet,
+        target: usize,
+        st: &FileStat,
+        opaque: bool,
+    ) {
         {
             let mut loc = node.loc.write();
             let mut idx = Self::indices(bs, &loc.layers);

@@ -64,7 +64,12 @@ impl Union {
                     acc | OFlag::O_CREAT | OFlag::O_EXCL,
                     mode & 0o7777,
                 )?;
-                undo_on_err(pdir, name, false, sys::chown_fd(fd.as_fd(), Some(uid), Some(gid)))?;
+                undo_on_err(
+                    pdir,
+                    name,
+                    false,
+                    sys::chown_fd(fd.as_fd(), Some(uid), Some(gid)),
+                )?;
                 file = Some((fd, acc));
             }
             New::Dir { mode } => {
@@ -83,11 +88,21 @@ impl Union {
             }
             New::Special { mode, rdev } => {
                 sys::mknod_at(pdir, name, mode, rdev)?;
-                undo_on_err(pdir, name, false, sys::chown_at(pdir, name, Some(uid), Some(gid)))?;
+                undo_on_err(
+                    pdir,
+                    name,
+                    false,
+                    sys::chown_at(pdir, name, Some(uid), Some(gid)),
+                )?;
             }
             New::Symlink { target } => {
                 sys::symlink_at(target, pdir, name)?;
-                undo_on_err(pdir, name, false, sys::chown_at(pdir, name, Some(uid), Some(gid)))?;
+                undo_on_err(
+                    pdir,
+                    name,
+                    false,
+                    sys::chown_at(pdir, name, Some(uid), Some(gid)),
+                )?;
             }
         }
         if replaces_whiteout {
@@ -114,7 +129,11 @@ impl Union {
             parent,
             name: name.to_os_string(),
             top: b.id,
-            layers: if kind == libc::S_IFDIR { vec![b.id] } else { Vec::new() },
+            layers: if kind == libc::S_IFDIR {
+                vec![b.id]
+            } else {
+                Vec::new()
+            },
             unlinked: false,
         };
         let node = self.inodes.found((b.dev, st.st_ino), kind, loc);
@@ -145,7 +164,9 @@ impl Union {
         let pdir: OwnedFd = self.dir_in(&bs, idx, &pnode)?;
         sys::link_at(src_fd.as_fd(), &src_name, pdir.as_fd(), newname)?;
         whiteout::remove_whiteout(pdir.as_fd(), newname)?;
-        node.aliases.lock().push((newparent, newname.to_os_string()));
+        node.aliases
+            .lock()
+            .push((newparent, newname.to_os_string()));
         let (_, attr) = self.register_new(&bs, idx, newparent, pdir.as_fd(), newname)?;
         Ok(attr)
     }

@@ -78,7 +78,14 @@ impl Union {
         Ok(())
     }
 
-    fn plan(&self, bs: &BranchSet, scan: &Scan, top: &Instance, dir: bool, path: &Path) -> Result<Plan> {
+    fn plan(
+        &self,
+        bs: &BranchSet,
+        scan: &Scan,
+        top: &Instance,
+        dir: bool,
+        path: &Path,
+    ) -> Result<Plan> {
         let removable = |i: &Instance| -> Result<bool> {
             Ok(bs.get(i.idx).writable() && (!dir || dir_clean(bs, i.idx, path)?))
         };

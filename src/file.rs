@@ -160,9 +160,7 @@ impl Union {
         if !h.writable {
             return Err(Errno::EBADF);
         }
-        h.file()
-            .write_all_at(data, offset)
-            .map_err(io_errno)?;
+        h.file().write_all_at(data, offset).map_err(io_errno)?;
         Ok(data.len() as u32)
     }
 

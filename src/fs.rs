@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    BackingId, Errno as FErrno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BackingId, Errno as FErrno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 
@@ -125,7 +125,12 @@ impl UnionFs {
 
     fn entry(&self, reply: ReplyEntry, res: Result<Attr>) {
         match res {
-            Ok(a) => reply.entry_with_ttls(&self.attr_ttl, &self.entry_ttl, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry_with_ttls(
+                &self.attr_ttl,
+                &self.entry_ttl,
+                &file_attr(&a),
+                Generation(0),
+            ),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -269,21 +274,40 @@ impl Filesystem for UnionFs {
         reply: ReplyEntry,
     ) {
         let new = if mode & libc::S_IFMT == libc::S_IFREG {
-            New::File { mode, flags: libc::O_RDONLY }
-        } else {
-            New::Special { mode, rdev: rdev as u64 }
-        };
-        let res = self.union.create(parent.0, name, caller(req), new).map(|(a, f)| {
-            if let Some(f) = f {
-                self.union.release(f.fh);
+            New::File {
+                mode,
+                flags: libc::O_RDONLY,
             }
-            a
-        });
+        } else {
+            New::Special {
+                mode,
+                rdev: rdev as u64,
+            }
+        };
+        let res = self
+            .union
+            .create(parent.0, name, caller(req), new)
+            .map(|(a, f)| {
+                if let Some(f) = f {
+                    self.union.release(f.fh);
+                }
+                a
+            });
         self.entry(reply, res);
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
-        let res = self.union.create(parent.0, name, caller(req), New::Dir { mode });
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let res = self
+            .union
+            .create(parent.0, name, caller(req), New::Dir { mode });
         self.entry(reply, res.map(|(a, _)| a));
     }
 
@@ -295,8 +319,17 @@ impl Filesystem for UnionFs {
         Self::empty(reply, self.union.rmdir(parent.0, name));
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let new = New::Symlink { target: target.as_os_str() };
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let new = New::Symlink {
+            target: target.as_os_str(),
+        };
         let res = self.union.create(parent.0, link_name, caller(req), new);
         self.entry(reply, res.map(|(a, _)| a));
     }
@@ -311,10 +344,21 @@ impl Filesystem for UnionFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        Self::empty(reply, self.union.rename(parent.0, name, newparent.0, newname, flags.bits()));
+        Self::empty(
+            reply,
+            self.union
+                .rename(parent.0, name, newparent.0, newname, flags.bits()),
+        );
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         self.entry(reply, self.union.link(ino.0, newparent.0, newname));
     }
 
@@ -366,7 +410,14 @@ impl Filesystem for UnionFs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
@@ -385,7 +436,14 @@ impl Filesystem for UnionFs {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         Self::empty(reply, self.union.fsync(fh.0, datasync));
     }
 
@@ -396,7 +454,14 @@ impl Filesystem for UnionFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         match self.union.readdir(fh.0, offset) {
             Ok(entries) => {
                 for (i, e) in entries.iter().enumerate().skip(offset as usize) {
@@ -410,12 +475,26 @@ impl Filesystem for UnionFs {
         }
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.union.releasedir(fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         Self::empty(reply, self.union.fsyncdir(ino.0));
     }
 
@@ -470,7 +549,10 @@ impl Filesystem for UnionFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.union.create(parent.0, name, caller(req), New::File { mode, flags }) {
+        match self
+            .union
+            .create(parent.0, name, caller(req), New::File { mode, flags })
+        {
             Ok((a, Some(opened))) => {
                 let fh = opened.fh;
                 let attr = file_attr(&a);
@@ -483,7 +565,13 @@ impl Filesystem for UnionFs {
                         FopenFlags::empty(),
                         &id,
                     ),
-                    None => reply.created(&self.entry_ttl, &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
+                    None => reply.created(
+                        &self.entry_ttl,
+                        &attr,
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    ),
                 }
             }
             Ok((_, None)) => reply.error(FErrno::EIO),
@@ -504,7 +592,15 @@ impl Filesystem for UnionFs {
         Self::empty(reply, self.union.fallocate(fh.0, offset, length, mode));
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
         match self.union.lseek(fh.0, offset, whence) {
             Ok(off) => reply.offset(off),
             Err(e) => reply.error(err(e)),

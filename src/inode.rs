@@ -147,7 +147,10 @@ impl InodeTable {
         let same_name = loc.parent == new.parent && loc.name == new.name;
         if !same_name && !loc.unlinked && !node.is_dir() {
             let mut aliases = node.aliases.lock();
-            if !aliases.iter().any(|(p, n)| *p == new.parent && *n == new.name) {
+            if !aliases
+                .iter()
+                .any(|(p, n)| *p == new.parent && *n == new.name)
+            {
                 aliases.push((new.parent, new.name.clone()));
             }
             loc.top = new.top;

@@ -39,7 +39,8 @@ fn fuse_config(opts: &MountOptions) -> Config {
     let fsname = opts.fsname.clone().unwrap_or_else(|| "unionfs".to_string());
     c.mount_options.push(MountOption::FSName(fsname));
     // A kernel option, so /proc/mounts shows the type as fuse.unionfs.
-    c.mount_options.push(MountOption::CUSTOM("subtype=unionfs".to_string()));
+    c.mount_options
+        .push(MountOption::CUSTOM("subtype=unionfs".to_string()));
     if opts.default_permissions {
         c.mount_options.push(MountOption::DefaultPermissions);
     }

@@ -85,9 +85,28 @@ fn on_off(key: &str, v: &str) -> Result<bool, String> {
 /// Options that `mount(8)` and `mount.fuse3` pass along from /etc/fstab and
 /// that mean nothing to the daemon itself.
 const IGNORED: &[&str] = &[
-    "defaults", "rw", "auto", "noauto", "user", "nouser", "users", "owner", "group", "_netdev",
-    "nofail", "relatime", "norelatime", "strictatime", "nostrictatime", "lazytime",
-    "nolazytime", "diratime", "nodiratime", "silent", "loud", "nosymfollow",
+    "defaults",
+    "rw",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "owner",
+    "group",
+    "_netdev",
+    "nofail",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nostrictatime",
+    "lazytime",
+    "nolazytime",
+    "diratime",
+    "nodiratime",
+    "silent",
+    "loud",
+    "nosymfollow",
 ];
 
 impl MountOptions {
@@ -121,7 +140,9 @@ impl MountOptions {
                         .parse()
                         .ok()
                         .filter(|n| (1..=256).contains(n))
-                        .ok_or_else(|| format!("option threads: '{v}' is not a number from 1 to 256"))?
+                        .ok_or_else(|| {
+                            format!("option threads: '{v}' is not a number from 1 to 256")
+                        })?
                 }
                 ("passthrough", Some(v)) => self.passthrough = on_off(key, v)?,
                 ("entry_timeout", Some(v)) => self.entry_timeout = seconds(key, v)?,
@@ -165,7 +186,8 @@ mod tests {
         let mut o = MountOptions::default();
         o.apply("delete=whiteout,allow_other,threads=3,passthrough=off,entry_timeout=0.5")
             .unwrap();
-        o.apply("rw,defaults,_netdev,noatime,x-systemd.automount").unwrap();
+        o.apply("rw,defaults,_netdev,noatime,x-systemd.automount")
+            .unwrap();
         assert_eq!(o.delete, DeleteMode::Whiteout);
         assert!(o.allow_other);
         assert_eq!(o.threads, 3);
@@ -181,7 +203,10 @@ mod tests {
             o.apply("delete=some").unwrap_err(),
             "option delete: 'some' is not all, whiteout or first"
         );
-        assert_eq!(o.apply("bogus").unwrap_err(), "unknown mount option 'bogus'");
+        assert_eq!(
+            o.apply("bogus").unwrap_err(),
+            "unknown mount option 'bogus'"
+        );
         assert!(o.apply("threads=0").is_err());
         assert!(o.apply("delete").is_err());
         assert!(o.apply("attr_timeout=-1").is_err());

@@ -85,7 +85,9 @@ impl Union {
         }
         let sdir = self.dir_in(&bs, up, &sp)?;
         let ddir = self.dir_in(&bs, up, &dp)?;
-        let below = |scan: &Scan| scan.instances.iter().any(|i| i.idx > up) || scan.whiteout.is_some_and(|w| w > up);
+        let below = |scan: &Scan| {
+            scan.instances.iter().any(|i| i.idx > up) || scan.whiteout.is_some_and(|w| w > up)
+        };
         if !exchange && sscan.instances.iter().any(|i| i.idx > up) {
             whiteout::create_whiteout(sdir.as_fd(), name)?;
         }

@@ -326,12 +326,7 @@ pub struct DirEntry {
 
 /// The entries of the directory `dir` (any fd on it, `O_PATH` included), without `.` and `..`.
 pub fn read_dir(dir: BorrowedFd) -> Result<Vec<DirEntry>> {
-    let fd = open_beneath(
-        dir,
-        Path::new("."),
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY,
-        0,
-    )?;
+    let fd = open_beneath(dir, Path::new("."), OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)?;
     let mut d = nix::dir::Dir::from_fd(fd)?;
     let mut out = Vec::new();
     for entry in d.iter() {

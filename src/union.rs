@@ -166,9 +166,7 @@ impl Union {
             layers: Self::ids(bs, &scan.layers()),
             unlinked: false,
         };
-        let node = self
-            .inodes
-            .found((b.dev, top.stat.st_ino), top.kind(), loc);
+        let node = self.inodes.found((b.dev, top.stat.st_ino), top.kind(), loc);
         let attr = Attr {
             ino: node.ino,
             st: top.stat,

@@ -27,7 +27,12 @@ fn bad_branches_are_refused_before_mounting() {
     refused(&mut u, "rw=rw:rw=ro", &[], "twice");
     refused(&mut u, "rw=rw:rw/inner=ro", &[], "nested");
     refused(&mut u, "rw=rx:ro", &[], "unknown mode 'rx'");
-    refused(&mut u, "rw:ro", &["bogus_opt"], "unknown mount option 'bogus_opt'");
+    refused(
+        &mut u,
+        "rw:ro",
+        &["bogus_opt"],
+        "unknown mount option 'bogus_opt'",
+    );
     refused(&mut u, "rw:ro", &["delete=never"], "delete");
     refused(&mut u, "rw:ro", &["threads=0"], "threads");
     // mount point inside a branch, branch inside the mount point
@@ -82,10 +87,16 @@ fn ro_above_rw_mounts_with_a_warning_and_protects_ro_files() {
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("warning") && err.contains("cannot be modified"), "{err}");
+    assert!(
+        err.contains("warning") && err.contains("cannot be modified"),
+        "{err}"
+    );
     write(u.m("new"), "new");
     assert_eq!(read(u.b("rw/new")), "new");
-    assert_errno(std::fs::OpenOptions::new().append(true).open(u.m("old")), libc::EROFS);
+    assert_errno(
+        std::fs::OpenOptions::new().append(true).open(u.m("old")),
+        libc::EROFS,
+    );
     assert_errno(std::fs::remove_file(u.m("old")), libc::EROFS);
     assert_eq!(read(u.b("ro/old")), "old");
 }
@@ -108,7 +119,10 @@ fn wait_gone(child: &mut std::process::Child) -> std::process::ExitStatus {
         if let Some(st) = child.try_wait().unwrap() {
             return st;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "daemon did not exit");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "daemon did not exit"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -171,7 +185,11 @@ fn mount_t_fuse_unionfs_mount_works_as_from_fstab() {
     // (/usr/local/sbin first) finds the helper: put the binary under test there.
     let helper = std::path::Path::new("/usr/local/sbin/unionfs-mount");
     if let Ok(m) = std::fs::symlink_metadata(helper) {
-        assert!(m.file_type().is_symlink(), "{} is a real file: remove it to run this test", helper.display());
+        assert!(
+            m.file_type().is_symlink(),
+            "{} is a real file: remove it to run this test",
+            helper.display()
+        );
         std::fs::remove_file(helper).unwrap();
     }
     std::fs::create_dir_all("/usr/local/sbin").unwrap();
@@ -184,7 +202,12 @@ fn mount_t_fuse_unionfs_mount_works_as_from_fstab() {
     }
     let _cleanup = RemoveOnDrop(helper);
     let out = Command::new("mount")
-        .args(["-t", "fuse.unionfs-mount", "-o", "defaults,allow_other,delete=whiteout"])
+        .args([
+            "-t",
+            "fuse.unionfs-mount",
+            "-o",
+            "defaults,allow_other,delete=whiteout",
+        ])
         .arg(u.spec("rw=rw:ro=ro"))
         .arg(&u.mnt)
         .output()
@@ -203,7 +226,10 @@ fn mount_t_fuse_unionfs_mount_works_as_from_fstab() {
         .unwrap();
     assert!(line.contains("fuse.unionfs"), "{line}");
     std::fs::remove_file(u.m("f")).unwrap();
-    assert!(exists(u.b("rw/.wh.f")), "delete=whiteout was not passed through");
+    assert!(
+        exists(u.b("rw/.wh.f")),
+        "delete=whiteout was not passed through"
+    );
     u.unmount();
     unmount(&u.mnt);
 }

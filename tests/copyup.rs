@@ -28,7 +28,10 @@ fn get_xattr(p: &std::path::Path, k: &str) -> std::io::Result<Vec<u8>> {
 }
 
 fn append(p: &std::path::Path, data: &str) -> std::io::Result<()> {
-    OpenOptions::new().append(true).open(p)?.write_all(data.as_bytes())
+    OpenOptions::new()
+        .append(true)
+        .open(p)?
+        .write_all(data.as_bytes())
 }
 
 #[test]
@@ -45,12 +48,20 @@ fn data_is_copied_with_holes_kept() {
     append(&u.m("sparse"), "end").unwrap();
     let up = fs::metadata(u.b("rw/sparse")).unwrap();
     assert_eq!(up.len(), (8 << 20) + 3);
-    assert!(up.blocks() * 512 < 256 << 10, "holes were filled: {} blocks", up.blocks());
+    assert!(
+        up.blocks() * 512 < 256 << 10,
+        "holes were filled: {} blocks",
+        up.blocks()
+    );
     let data = fs::read(u.m("sparse")).unwrap();
     assert!(data[..1 << 20].iter().all(|&b| b == 0));
     assert!(data[1 << 20..(1 << 20) + 4096].iter().all(|&b| b == 7));
     assert_eq!(&data[data.len() - 3..], b"end");
-    assert_eq!(fs::read(u.b("ro/sparse")).unwrap().len(), 8 << 20, "lower file changed");
+    assert_eq!(
+        fs::read(u.b("ro/sparse")).unwrap().len(),
+        8 << 20,
+        "lower file changed"
+    );
 }
 
 #[test]
@@ -60,7 +71,10 @@ fn metadata_and_xattrs_are_preserved() {
     let f = u.b("ro/f");
     write(&f, "content");
     set_xattr(&f, "user.color", b"blue");
-    sh(&format!("chown 1234:5678 {0} && chmod 0640 {0} && touch -m -d 2001-02-03T04:05:06 {0}", f.display()));
+    sh(&format!(
+        "chown 1234:5678 {0} && chmod 0640 {0} && touch -m -d 2001-02-03T04:05:06 {0}",
+        f.display()
+    ));
     u.mount("rw=rw:ro=ro", &[]);
     // opening for write is enough to copy up
     drop(OpenOptions::new().write(true).open(u.m("f")).unwrap());
@@ -87,13 +101,19 @@ fn each_metadata_change_copies_up() {
     fs::set_permissions(u.m("chmod"), fs::Permissions::from_mode(0o700)).unwrap();
     sh(&format!("chown 42:43 {}", u.m("chown").display()));
     sh(&format!("touch -d 1999-12-31 {}", u.m("touch").display()));
-    OpenOptions::new().write(true).open(u.m("trunc")).unwrap().set_len(2).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(u.m("trunc"))
+        .unwrap()
+        .set_len(2)
+        .unwrap();
     set_xattr(&u.m("setx"), "user.a", b"1");
     fs::hard_link(u.m("link"), u.m("link2")).unwrap();
     let rc = unsafe { libc::lremovexattr(cstr(&u.m("rmx")).as_ptr(), c"user.k".as_ptr()) };
     assert_eq!(rc, 0);
     assert_errno(
-        if unsafe { libc::lremovexattr(cstr(&u.m("rmmissing")).as_ptr(), c"user.k".as_ptr()) } == 0 {
+        if unsafe { libc::lremovexattr(cstr(&u.m("rmmissing")).as_ptr(), c"user.k".as_ptr()) } == 0
+        {
             Ok(())
         } else {
             Err(std::io::Error::last_os_error())
@@ -107,7 +127,10 @@ fn each_metadata_change_copies_up() {
     assert_eq!(get_xattr(&u.b("rw/setx"), "user.a").unwrap(), b"1");
     assert_eq!(ino(u.b("rw/link")), ino(u.b("rw/link2")));
     assert_errno(get_xattr(&u.b("rw/rmx"), "user.k"), libc::ENODATA);
-    assert!(!exists(u.b("rw/rmmissing")), "a failed removexattr copied up");
+    assert!(
+        !exists(u.b("rw/rmmissing")),
+        "a failed removexattr copied up"
+    );
     // the lower branch is untouched
     assert_eq!(mode(u.b("ro/chmod")), 0o644);
     assert_eq!(read(u.b("ro/trunc")), "data");
@@ -118,7 +141,10 @@ fn symlinks_and_parents_are_copied() {
     need_fuse!();
     let mut u = Union::new(&["rw", "ro"]);
     write(u.b("ro/a/b/c/f"), "deep");
-    sh(&format!("chmod 0750 {0}/a && chown 7:8 {0}/a/b && chmod 0711 {0}/a/b/c", u.b("ro").display()));
+    sh(&format!(
+        "chmod 0750 {0}/a && chown 7:8 {0}/a/b && chmod 0711 {0}/a/b/c",
+        u.b("ro").display()
+    ));
     std::os::unix::fs::symlink("../somewhere/else", u.b("ro/link")).unwrap();
     u.mount("rw=rw:ro=ro", &[]);
     append(&u.m("a/b/c/f"), "+").unwrap();
@@ -130,8 +156,14 @@ fn symlinks_and_parents_are_copied() {
     let l = fs::symlink_metadata(u.b("rw/link")).unwrap();
     assert!(l.file_type().is_symlink());
     assert_eq!(l.uid(), 9);
-    assert_eq!(fs::read_link(u.b("rw/link")).unwrap().to_str(), Some("../somewhere/else"));
-    assert_eq!(fs::read_link(u.m("link")).unwrap().to_str(), Some("../somewhere/else"));
+    assert_eq!(
+        fs::read_link(u.b("rw/link")).unwrap().to_str(),
+        Some("../somewhere/else")
+    );
+    assert_eq!(
+        fs::read_link(u.m("link")).unwrap().to_str(),
+        Some("../somewhere/else")
+    );
 }
 
 #[test]
@@ -161,7 +193,10 @@ fn no_writable_branch_above_means_erofs() {
     write(u.b("ro/f"), "x");
     u.mount("ro=ro", &[]);
     assert_errno(append(&u.m("f"), "y"), libc::EROFS);
-    assert_errno(fs::set_permissions(u.m("f"), fs::Permissions::from_mode(0o600)), libc::EROFS);
+    assert_errno(
+        fs::set_permissions(u.m("f"), fs::Permissions::from_mode(0o600)),
+        libc::EROFS,
+    );
     assert_errno(fs::write(u.m("new"), "n"), libc::EROFS);
     assert_errno(fs::create_dir(u.m("nd")), libc::EROFS);
     assert_errno(fs::remove_file(u.m("f")), libc::EROFS);
@@ -172,11 +207,17 @@ fn no_writable_branch_above_means_erofs() {
 fn enospc_during_copy_up_leaves_the_union_as_it_was() {
     need_fuse!();
     let mut u = Union::new(&["rw", "ro"]);
-    sh(&format!("mount -t tmpfs -o size=1m tmpfs {}", u.b("rw").display()));
+    sh(&format!(
+        "mount -t tmpfs -o size=1m tmpfs {}",
+        u.b("rw").display()
+    ));
     struct Tmpfs(std::path::PathBuf);
     impl Drop for Tmpfs {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
         }
     }
     let _tmpfs = Tmpfs(u.b("rw"));
@@ -187,7 +228,10 @@ fn enospc_during_copy_up_leaves_the_union_as_it_was() {
     assert_errno(append(&u.m("big"), "more"), libc::ENOSPC);
     assert_eq!(fs::read(u.m("big")).unwrap(), big);
     assert!(!exists(u.b("rw/big")));
-    assert!(ls(u.b("rw/.wh..wh.work")).is_empty(), "temp copy left behind");
+    assert!(
+        ls(u.b("rw/.wh..wh.work")).is_empty(),
+        "temp copy left behind"
+    );
     // the union still works: small copy-ups fit
     append(&u.m("d/small"), "+").unwrap();
     assert_eq!(read(u.m("d/small")), "s+");
@@ -199,7 +243,10 @@ fn killed_daemon_leaves_no_partial_copy_visible() {
     need_fuse!();
     let mut u = Union::new(&["rw", "ro"]);
     let size: u64 = 1 << 30;
-    sh(&format!("head -c {size} /dev/zero | tr '\\0' 'z' > {}", u.b("ro/big").display()));
+    sh(&format!(
+        "head -c {size} /dev/zero | tr '\\0' 'z' > {}",
+        u.b("ro/big").display()
+    ));
     u.mount("rw=rw:ro=ro", &[]);
     let pid = daemon_pid(&u.mnt);
     let target = u.m("big");
@@ -210,14 +257,30 @@ fn killed_daemon_leaves_no_partial_copy_visible() {
         if fs::read_dir(&work).map(|d| d.count() > 0).unwrap_or(false) {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "copy-up never started");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "copy-up never started"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-    assert!(writer.join().unwrap().is_err(), "the write survived a killed daemon");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(
+        writer.join().unwrap().is_err(),
+        "the write survived a killed daemon"
+    );
     unmount(&u.mnt);
-    assert!(!exists(u.b("rw/big")), "a partial copy is visible in the branch");
+    assert!(
+        !exists(u.b("rw/big")),
+        "a partial copy is visible in the branch"
+    );
     u.remount("rw=rw:ro=ro", &[]);
     assert_eq!(fs::metadata(u.m("big")).unwrap().len(), size);
-    assert!(ls(u.b("rw/.wh..wh.work")).is_empty(), "leftovers not cleaned at mount");
+    assert!(
+        ls(u.b("rw/.wh..wh.work")).is_empty(),
+        "leftovers not cleaned at mount"
+    );
 }

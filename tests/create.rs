@@ -18,19 +18,35 @@ fn new_entries_go_to_the_highest_writable_branch_with_parents() {
     write(u.m("d/e/file"), "f");
     fs::create_dir(u.m("d/e/dir")).unwrap();
     std::os::unix::fs::symlink("target", u.m("d/e/sym")).unwrap();
-    nix::unistd::mkfifo(&u.m("d/e/fifo"), nix::sys::stat::Mode::from_bits_truncate(0o640)).unwrap();
+    nix::unistd::mkfifo(
+        &u.m("d/e/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .unwrap();
     assert_eq!(read(u.b("rw1/d/e/file")), "f");
     assert!(fs::metadata(u.b("rw1/d/e/dir")).unwrap().is_dir());
-    assert_eq!(fs::read_link(u.b("rw1/d/e/sym")).unwrap().to_str(), Some("target"));
+    assert_eq!(
+        fs::read_link(u.b("rw1/d/e/sym")).unwrap().to_str(),
+        Some("target")
+    );
     assert!(std::os::unix::fs::FileTypeExt::is_fifo(
-        &fs::symlink_metadata(u.b("rw1/d/e/fifo")).unwrap().file_type()
+        &fs::symlink_metadata(u.b("rw1/d/e/fifo"))
+            .unwrap()
+            .file_type()
     ));
-    assert_eq!(mode(u.b("rw1/d/e")), 0o751, "parent not copied with its mode");
+    assert_eq!(
+        mode(u.b("rw1/d/e")),
+        0o751,
+        "parent not copied with its mode"
+    );
     assert!(!exists(u.b("rw2/d")));
     assert_errno(fs::create_dir(u.m("d/e/dir")), libc::EEXIST);
     assert_errno(fs::write(u.m("d/e/lower/x"), "x"), libc::ENOTDIR);
     assert_errno(
-        fs::OpenOptions::new().write(true).create_new(true).open(u.m("d/e/lower")),
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(u.m("d/e/lower")),
         libc::EEXIST,
     );
 }
@@ -42,7 +58,10 @@ fn created_files_belong_to_the_caller() {
     fs::create_dir(u.b("ro/pub")).unwrap();
     fs::set_permissions(u.b("ro/pub"), fs::Permissions::from_mode(0o777)).unwrap();
     fs::create_dir(u.b("ro/sg")).unwrap();
-    sh(&format!("chown 0:4321 {0} && chmod 2777 {0}", u.b("ro/sg").display()));
+    sh(&format!(
+        "chown 0:4321 {0} && chmod 2777 {0}",
+        u.b("ro/sg").display()
+    ));
     u.mount("rw=rw:ro=ro", &["allow_other"]);
     let status = Command::new("sh")
         .arg("-c")
@@ -65,7 +84,10 @@ fn created_files_belong_to_the_caller() {
     assert_eq!((g.uid(), g.gid()), (1000, 4321), "setgid parent's group");
     let sd = fs::metadata(u.m("sg/sd")).unwrap();
     assert_eq!(sd.gid(), 4321);
-    assert!(sd.mode() & libc::S_ISGID != 0, "setgid not inherited by a new directory");
+    assert!(
+        sd.mode() & libc::S_ISGID != 0,
+        "setgid not inherited by a new directory"
+    );
 }
 
 #[test]
@@ -83,8 +105,14 @@ fn creating_over_a_whiteout_replaces_it() {
     assert_eq!(read(u.m("f")), "new");
     assert!(!exists(u.b("rw/.wh.f")));
     fs::create_dir(u.m("d")).unwrap();
-    assert!(ls(u.m("d")).is_empty(), "lower contents showed through a new directory");
-    assert!(exists(u.b("rw/d/.wh..wh..opq")), "new directory over a whiteout is not opaque");
+    assert!(
+        ls(u.m("d")).is_empty(),
+        "lower contents showed through a new directory"
+    );
+    assert!(
+        exists(u.b("rw/d/.wh..wh..opq")),
+        "new directory over a whiteout is not opaque"
+    );
     assert!(!exists(u.b("rw/.wh.d")));
     u.remount("rw=rw:ro=ro", &[]);
     assert!(ls(u.m("d")).is_empty());

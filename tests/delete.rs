@@ -39,7 +39,10 @@ fn run(mode: &str, cases: &[Case], dir: bool) {
         match c.shows {
             None => assert_errno(fs::symlink_metadata(u.m(&name)), libc::ENOENT),
             Some(b) if !dir => assert_eq!(read(u.m(&name)), b, "{mode} case {i}"),
-            Some(_) => assert!(fs::metadata(u.m(&name)).unwrap().is_dir(), "{mode} case {i}"),
+            Some(_) => assert!(
+                fs::metadata(u.m(&name)).unwrap().is_dir(),
+                "{mode} case {i}"
+            ),
         }
         for b in ["rw1", "rw2", "ro"] {
             assert_eq!(
@@ -63,8 +66,18 @@ fn run(mode: &str, cases: &[Case], dir: bool) {
     }
 }
 
-fn case(holders: &'static [&'static str], shows: Option<&'static str>, kept: &'static [&'static str], whiteout_in: &'static [&'static str]) -> Case {
-    Case { holders, shows, kept, whiteout_in }
+fn case(
+    holders: &'static [&'static str],
+    shows: Option<&'static str>,
+    kept: &'static [&'static str],
+    whiteout_in: &'static [&'static str],
+) -> Case {
+    Case {
+        holders,
+        shows,
+        kept,
+        whiteout_in,
+    }
 }
 
 fn all_cases() -> Vec<Case> {
@@ -149,7 +162,10 @@ fn rmdir_needs_an_empty_union_directory() {
         fs::remove_file(u.m("d/lower")).unwrap();
         assert!(exists(u.b("rw/d/.wh.lower")));
         fs::remove_dir(u.m("d")).unwrap();
-        assert!(!exists(u.b("rw/d")), "{mode}: the writable instance was not removed with its whiteouts");
+        assert!(
+            !exists(u.b("rw/d")),
+            "{mode}: the writable instance was not removed with its whiteouts"
+        );
         if mode == "first" {
             // only the topmost instance goes: the lower directory shows again
             assert_eq!(ls(u.m("d")), vec!["lower"]);
@@ -172,7 +188,11 @@ fn a_delete_that_cannot_complete_removes_nothing() {
         u.mount("ro=ro:rw=rw", &[&format!("delete={mode}")]);
         assert_errno(fs::remove_file(u.m("f")), libc::EROFS);
         assert_errno(fs::remove_dir(u.m("d")), libc::EROFS);
-        assert_eq!(read(u.b("rw/f")), "below", "{mode} removed the writable copy");
+        assert_eq!(
+            read(u.b("rw/f")),
+            "below",
+            "{mode} removed the writable copy"
+        );
         assert!(exists(u.b("rw/d")));
         assert_eq!(read(u.m("f")), "top");
         u.unmount();

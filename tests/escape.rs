@@ -25,7 +25,11 @@ fn a_symlink_planted_as_a_parent_directory_is_not_followed() {
     let _ = fs::write(u.m("e/new"), "escaped?");
     let _ = fs::create_dir(u.m("e/newdir"));
     let _ = fs::remove_file(u.m("d/g"));
-    assert!(ls(u.b("outside")).is_empty(), "the daemon wrote outside the branch: {:?}", ls(u.b("outside")));
+    assert!(
+        ls(u.b("outside")).is_empty(),
+        "the daemon wrote outside the branch: {:?}",
+        ls(u.b("outside"))
+    );
     assert_eq!(read(u.b("ro/d/f")), "lower");
 }
 
@@ -56,6 +60,8 @@ fn a_planted_work_directory_symlink_is_removed_not_followed() {
     fs::write(u.m("f"), "copied").unwrap();
     fs::create_dir(u.m("dir")).unwrap();
     assert!(ls(u.b("outside")).is_empty());
-    assert!(fs::symlink_metadata(u.b("rw/.wh..wh.work")).unwrap().is_dir());
+    assert!(fs::symlink_metadata(u.b("rw/.wh..wh.work"))
+        .unwrap()
+        .is_dir());
     assert_eq!(read(u.b("rw/f")), "copied");
 }

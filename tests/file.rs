@@ -25,7 +25,11 @@ fn write_read_append_truncate() {
         f.write_all(b"cd").unwrap();
         drop(f);
         assert_eq!(read(u.m("lower")), "0123456789abcd");
-        let f = OpenOptions::new().read(true).write(true).open(u.m("lower")).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(u.m("lower"))
+            .unwrap();
         f.write_at(b"XY", 2).unwrap();
         let mut buf = [0u8; 4];
         f.read_at(&mut buf, 1).unwrap();
@@ -34,7 +38,11 @@ fn write_read_append_truncate() {
         f.sync_all().unwrap();
         drop(f);
         assert_eq!(read(u.m("lower")), "01X");
-        let f = OpenOptions::new().write(true).truncate(true).open(u.m("lower")).unwrap();
+        let f = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(u.m("lower"))
+            .unwrap();
         drop(f);
         assert_eq!(read(u.b("rw/lower")), "");
         assert_eq!(read(u.b("ro/lower")), "0123456789");
@@ -46,7 +54,12 @@ fn fallocate_and_seek_data_hole() {
     need_fuse!();
     let mut u = Union::new(&["rw", "ro"]);
     u.mount("rw=rw:ro=ro", &["passthrough=off"]);
-    let mut f = OpenOptions::new().read(true).write(true).create(true).open(u.m("s")).unwrap();
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(u.m("s"))
+        .unwrap();
     f.seek(SeekFrom::Start(1 << 20)).unwrap();
     f.write_all(b"data").unwrap();
     let fd = f.as_raw_fd();
@@ -54,11 +67,27 @@ fn fallocate_and_seek_data_hole() {
     assert_eq!(data, 1 << 20);
     let hole = unsafe { libc::lseek(fd, 0, libc::SEEK_HOLE) };
     assert_eq!(hole, 0);
-    assert_eq!(unsafe { libc::lseek(fd, (1 << 20) + 10, libc::SEEK_DATA) }, -1);
-    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENXIO));
+    assert_eq!(
+        unsafe { libc::lseek(fd, (1 << 20) + 10, libc::SEEK_DATA) },
+        -1
+    );
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENXIO)
+    );
     assert_eq!(unsafe { libc::fallocate(fd, 0, 0, 8 << 20) }, 0);
     assert_eq!(f.metadata().unwrap().len(), 8 << 20);
-    assert_eq!(unsafe { libc::fallocate(fd, libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE, 0, 4096) }, 0);
+    assert_eq!(
+        unsafe {
+            libc::fallocate(
+                fd,
+                libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE,
+                0,
+                4096,
+            )
+        },
+        0
+    );
     let mut buf = [1u8; 16];
     f.read_exact_at(&mut buf, 0).unwrap();
     assert_eq!(buf, [0u8; 16]);
@@ -70,9 +99,20 @@ fn mmap_reads_and_writes_through_the_union() {
     let mut u = Union::new(&["rw", "ro"]);
     fs::write(u.b("ro/m"), vec![b'a'; 8192]).unwrap();
     u.mount("rw=rw:ro=ro", &[]);
-    let f = OpenOptions::new().read(true).write(true).open(u.m("m")).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(u.m("m"))
+        .unwrap();
     unsafe {
-        let p = libc::mmap(std::ptr::null_mut(), 8192, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0);
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            8192,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
         assert_ne!(p, libc::MAP_FAILED);
         let s = std::slice::from_raw_parts_mut(p as *mut u8, 8192);
         assert_eq!(s[100], b'a');
@@ -91,9 +131,17 @@ fn o_tmpfile_and_o_direct_opens() {
     let mut u = Union::new(&["rw"]);
     u.mount("rw", &[]);
     // FUSE has no O_TMPFILE: the kernel answers EOPNOTSUPP, as for any FUSE fs without it
-    let r = OpenOptions::new().write(true).custom_flags(libc::O_TMPFILE).open(&u.mnt);
+    let r = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .open(&u.mnt);
     assert!(r.is_err());
-    let mut f = OpenOptions::new().write(true).create(true).custom_flags(libc::O_DIRECT).open(u.m("d")).unwrap();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(u.m("d"))
+        .unwrap();
     f.write_all(&[5u8; 4096]).unwrap();
     drop(f);
     assert_eq!(fs::read(u.m("d")).unwrap(), vec![5u8; 4096]);
@@ -161,21 +209,62 @@ fn xattrs_through_the_union() {
     write(u.m("f"), "x");
     let p = cstr(&u.m("f"));
     unsafe {
-        assert_eq!(libc::setxattr(p.as_ptr(), c"user.a".as_ptr(), b"1".as_ptr().cast(), 1, 0), 0);
-        assert_eq!(libc::setxattr(p.as_ptr(), c"user.b".as_ptr(), b"22".as_ptr().cast(), 2, 0), 0);
-        assert_eq!(libc::setxattr(p.as_ptr(), c"user.a".as_ptr(), b"1".as_ptr().cast(), 1, libc::XATTR_CREATE), -1);
-        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EEXIST));
+        assert_eq!(
+            libc::setxattr(p.as_ptr(), c"user.a".as_ptr(), b"1".as_ptr().cast(), 1, 0),
+            0
+        );
+        assert_eq!(
+            libc::setxattr(p.as_ptr(), c"user.b".as_ptr(), b"22".as_ptr().cast(), 2, 0),
+            0
+        );
+        assert_eq!(
+            libc::setxattr(
+                p.as_ptr(),
+                c"user.a".as_ptr(),
+                b"1".as_ptr().cast(),
+                1,
+                libc::XATTR_CREATE
+            ),
+            -1
+        );
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EEXIST)
+        );
         let mut buf = [0u8; 64];
         let n = libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len());
         assert_eq!(&buf[..n as usize], b"user.a\0user.b\0");
-        assert_eq!(libc::getxattr(p.as_ptr(), c"user.b".as_ptr(), std::ptr::null_mut(), 0), 2);
+        assert_eq!(
+            libc::getxattr(p.as_ptr(), c"user.b".as_ptr(), std::ptr::null_mut(), 0),
+            2
+        );
         let mut small = [0u8; 1];
-        assert_eq!(libc::getxattr(p.as_ptr(), c"user.b".as_ptr(), small.as_mut_ptr().cast(), 1), -1);
-        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ERANGE));
-        assert_eq!(libc::getxattr(p.as_ptr(), c"user.none".as_ptr(), small.as_mut_ptr().cast(), 1), -1);
-        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENODATA));
+        assert_eq!(
+            libc::getxattr(p.as_ptr(), c"user.b".as_ptr(), small.as_mut_ptr().cast(), 1),
+            -1
+        );
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ERANGE)
+        );
+        assert_eq!(
+            libc::getxattr(
+                p.as_ptr(),
+                c"user.none".as_ptr(),
+                small.as_mut_ptr().cast(),
+                1
+            ),
+            -1
+        );
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENODATA)
+        );
     }
     let mut s = String::new();
-    fs::File::open(u.m("f")).unwrap().read_to_string(&mut s).unwrap();
+    fs::File::open(u.m("f"))
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
     assert_eq!(s, "x");
 }

@@ -64,7 +64,14 @@ fn a_file_hides_a_lower_directory() {
 fn readdir_lists_each_visible_name_once() {
     need_fuse!();
     let mut u = Union::new(&["rw", "ro1", "ro2"]);
-    for (b, n) in [("rw", "a"), ("ro1", "a"), ("ro2", "a"), ("ro1", "b"), ("ro2", "c"), ("ro2", "d")] {
+    for (b, n) in [
+        ("rw", "a"),
+        ("ro1", "a"),
+        ("ro2", "a"),
+        ("ro1", "b"),
+        ("ro2", "c"),
+        ("ro2", "d"),
+    ] {
         write(u.b(&format!("{b}/dir/{n}")), b);
     }
     write(u.b("ro1/dir/.wh.d"), "");
@@ -88,7 +95,12 @@ fn inode_numbers_match_readdir_and_survive_copy_up() {
     u.mount("rw=rw:ro=ro", &[]);
     for e in fs::read_dir(&u.mnt).unwrap() {
         let e = e.unwrap();
-        assert_eq!(e.ino(), ino(e.path()), "d_ino != st_ino for {:?}", e.file_name());
+        assert_eq!(
+            e.ino(),
+            ino(e.path()),
+            "d_ino != st_ino for {:?}",
+            e.file_name()
+        );
     }
     let before = ino(u.m("f"));
     let dir_before = ino(u.m("d"));
@@ -166,16 +178,30 @@ fn paths_up_to_path_max_work_below_a_deep_branch() {
     let comp = "c".repeat(240);
     let inner: Vec<&str> = std::iter::repeat_n(comp.as_str(), 14).collect();
     let inner = inner.join("/");
-    sh(&format!("cd {} && mkdir -p {inner} && echo lower > {inner}/f", ro.display()));
+    sh(&format!(
+        "cd {} && mkdir -p {inner} && echo lower > {inner}/f",
+        ro.display()
+    ));
     let spec = format!("{}=rw:{}=ro", rw.display(), ro.display());
-    let out = std::process::Command::new(BIN).arg(&spec).arg(&u.mnt).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(BIN)
+        .arg(&spec)
+        .arg(&u.mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let f = u.mnt.join(&inner).join("f");
     assert!(f.as_os_str().len() > 3400 && f.as_os_str().len() < 4096);
     assert_eq!(read(&f), "lower\n");
     fs::write(&f, "upper").unwrap(); // copy-up with 14 parents, 5000+ bytes below /
     assert_eq!(read(&f), "upper");
-    sh(&format!("cd {} && test \"$(cat {inner}/f)\" = upper", rw.display()));
+    sh(&format!(
+        "cd {} && test \"$(cat {inner}/f)\" = upper",
+        rw.display()
+    ));
     unmount(&u.mnt);
     let _ = &mut u;
 }

@@ -106,7 +106,10 @@ fn noreplace_and_exchange() {
     write(u.b("ro/d1/in1"), "1");
     write(u.b("ro/d2/in2"), "2");
     u.mount("rw=rw:ro=ro", &[]);
-    assert_errno(renameat2(&u.m("a"), &u.m("b"), libc::RENAME_NOREPLACE), libc::EEXIST);
+    assert_errno(
+        renameat2(&u.m("a"), &u.m("b"), libc::RENAME_NOREPLACE),
+        libc::EEXIST,
+    );
     assert_eq!(read(u.m("b")), "B");
     renameat2(&u.m("a"), &u.m("c"), libc::RENAME_NOREPLACE).unwrap();
     assert_eq!(read(u.m("c")), "A");
@@ -119,8 +122,14 @@ fn noreplace_and_exchange() {
     renameat2(&u.m("b"), &u.m("d1"), libc::RENAME_EXCHANGE).unwrap();
     assert_eq!(read(u.m("d1")), "A");
     assert_eq!(ls(u.m("b")), vec!["in2"]);
-    assert_errno(renameat2(&u.m("b"), &u.m("nope"), libc::RENAME_EXCHANGE), libc::ENOENT);
-    assert_errno(renameat2(&u.m("b"), &u.m("x"), libc::RENAME_WHITEOUT), libc::EINVAL);
+    assert_errno(
+        renameat2(&u.m("b"), &u.m("nope"), libc::RENAME_EXCHANGE),
+        libc::ENOENT,
+    );
+    assert_errno(
+        renameat2(&u.m("b"), &u.m("x"), libc::RENAME_WHITEOUT),
+        libc::EINVAL,
+    );
     u.remount("rw=rw:ro=ro", &[]);
     assert_eq!(read(u.m("d1")), "A");
     assert_eq!(ls(u.m("b")), vec!["in2"]);
@@ -140,7 +149,10 @@ fn rename_errors() {
     assert_errno(fs::rename(u.m("empty"), u.m("full")), libc::ENOTEMPTY);
     assert_errno(fs::rename(u.m("missing"), u.m("x")), libc::ENOENT);
     assert_errno(fs::rename(u.m("full"), u.m("full/x/y")), libc::ENOTDIR);
-    assert!(ls_branch(u.b("rw")).is_empty(), "a failed rename changed the branch");
+    assert!(
+        ls_branch(u.b("rw")).is_empty(),
+        "a failed rename changed the branch"
+    );
     fs::rename(u.m("empty"), u.m("f2")).unwrap();
     assert!(fs::metadata(u.m("f2")).unwrap().is_dir());
 }

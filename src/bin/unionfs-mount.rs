@@ -113,7 +113,12 @@ fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
 fn main() -> ExitCode {
     let cli = match Cli::command().try_get_matches() {
         Ok(m) => Cli::from_arg_matches(&m).expect("clap checked the arguments"),
-        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
@@ -135,7 +140,9 @@ fn main() -> ExitCode {
     if cli.single {
         opts.threads = 1;
     }
-    let specs = match branch::parse(&cli.branches).and_then(|s| branch::resolve(&s, Some(&cli.mountpoint))) {
+    let specs = match branch::parse(&cli.branches)
+        .and_then(|s| branch::resolve(&s, Some(&cli.mountpoint)))
+    {
         Ok(s) => s,
         Err(e) => return usage_error(e),
     };
@@ -178,7 +185,12 @@ fn main() -> ExitCode {
 }
 
 /// Mount, say so on `ready`, and serve until unmounted.
-fn serve(branches: BranchSet, mountpoint: &std::path::Path, opts: &MountOptions, ready: Option<UnixStream>) -> ExitCode {
+fn serve(
+    branches: BranchSet,
+    mountpoint: &std::path::Path,
+    opts: &MountOptions,
+    ready: Option<UnixStream>,
+) -> ExitCode {
     // Signals are taken by one thread that unmounts; the serving threads never see them.
     let mut signals = SigSet::empty();
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
@@ -191,7 +203,10 @@ fn serve(branches: BranchSet, mountpoint: &std::path::Path, opts: &MountOptions,
     let mut session = match unionfs::mount(branches, mountpoint, opts) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("unionfs-mount: cannot mount on {}: {e}", mountpoint.display());
+            eprintln!(
+                "unionfs-mount: cannot mount on {}: {e}",
+                mountpoint.display()
+            );
             return ExitCode::from(1);
         }
     };

@@ -21,9 +21,7 @@ pub fn fuse_available() -> bool {
     if root && dev {
         return true;
     }
-    let why = format!(
-        "FUSE tests need root and /dev/fuse (root: {root}, /dev/fuse: {dev})"
-    );
+    let why = format!("FUSE tests need root and /dev/fuse (root: {root}, /dev/fuse: {dev})");
     if std::env::var_os("UNIONFS_SKIP_FUSE_TESTS").is_some_and(|v| v == "1") {
         eprintln!("SKIPPED: {why} (UNIONFS_SKIP_FUSE_TESTS=1)");
         return false;
@@ -96,7 +94,10 @@ impl Union {
             "mount failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(is_mounted(&self.mnt), "mount command returned before the mount was live");
+        assert!(
+            is_mounted(&self.mnt),
+            "mount command returned before the mount was live"
+        );
     }
 
     pub fn unmount(&mut self) {

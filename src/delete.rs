@@ -132,7 +132,7 @@ impl Union {
     /// The name is gone from the union: update the node it named.
     fn forget_name(&self, bs: &BranchSet, top: &Instance, parent: u64, name: &OsStr) {
         let key = (bs.get(top.idx).dev, top.stat.st_ino);
-        let Ok(node) = self.inodes.get(self.inodes.ino_for(key)) else {
+        let Some(node) = self.inodes.node_for(key) else {
             return;
         };
         self.unlinked(&node, parent, name);

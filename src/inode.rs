@@ -108,6 +108,12 @@ impl InodeTable {
             .or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// The node an instance key names, if the kernel knows it.
+    pub fn node_for(&self, key: Key) -> Option<Arc<Node>> {
+        let ino = *self.keys.lock().get(&key)?;
+        self.nodes.read().get(&ino).cloned()
+    }
+
     /// Record a name the kernel now knows (a lookup or a create): returns the
     /// node, with one more lookup reference.
     pub fn found(&self, key: Key, kind: u32, loc: Loc) -> Arc<Node> {

@@ -268,3 +268,68 @@ fn xattrs_through_the_union() {
         .unwrap();
     assert_eq!(s, "x");
 }
+
+#[test]
+fn default_permissions_are_checked_by_the_kernel() {
+    need_fuse!();
+    use std::os::unix::process::CommandExt;
+    let mut u = Union::new(&["rw", "ro"]);
+    write(u.b("ro/rootfile"), "x");
+    u.mount("rw=rw:ro=ro", &["allow_other"]);
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo y >> {0}/rootfile; echo z > {0}/new",
+            u.mnt.display()
+        ))
+        .uid(1000)
+        .gid(1000)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("Permission denied").count(), 2, "{err}");
+    assert!(!exists(u.b("rw/rootfile")), "a denied write copied up");
+    assert!(!exists(u.b("rw/new")));
+}
+
+#[test]
+fn flock_and_posix_locks_work_through_the_mount() {
+    need_fuse!();
+    let mut u = Union::new(&["rw"]);
+    u.mount("rw", &[]);
+    write(u.m("lock"), "");
+    let a = fs::File::open(u.m("lock")).unwrap();
+    let b = fs::File::open(u.m("lock")).unwrap();
+    assert_eq!(
+        unsafe { libc::flock(a.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    assert_eq!(
+        unsafe { libc::flock(b.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        -1
+    );
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EWOULDBLOCK)
+    );
+    // a POSIX lock and the flock held here are seen by another process
+    let w = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(u.m("lock"))
+        .unwrap();
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    assert_eq!(unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETLK, &fl) }, 0);
+    let out = std::process::Command::new("flock")
+        .args(["-n", "-x"])
+        .arg(u.m("lock"))
+        .arg("true")
+        .status()
+        .unwrap();
+    assert!(
+        !out.success(),
+        "flock from another process got the lock held by this one"
+    );
+}

@@ -128,7 +128,12 @@ fn main() -> ExitCode {
             return usage_error(first.trim_start_matches("error: "));
         }
     };
-    let log_default = if cli.debug { "debug" } else { "warn" };
+    // fuser warns when the kernel side is already gone at exit: not ours to report.
+    let log_default = if cli.debug {
+        "debug"
+    } else {
+        "warn,fuser=error"
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(log_default)).init();
 
     let mut opts = MountOptions::default();
@@ -146,6 +151,11 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return usage_error(e),
     };
+    // Absolute, so the daemon can leave its working directory.
+    let mountpoint = match std::fs::canonicalize(&cli.mountpoint) {
+        Ok(p) => p,
+        Err(e) => return usage_error(format!("mount point {}: {e}", cli.mountpoint.display())),
+    };
     let branches = match BranchSet::open(&specs) {
         Ok(b) => b,
         Err(e) => return usage_error(format!("cannot open branch: {e}")),
@@ -155,7 +165,7 @@ fn main() -> ExitCode {
     }
     let foreground = cli.foreground || cli.debug;
     if foreground {
-        return serve(branches, &cli.mountpoint, &opts, None);
+        return serve(branches, &mountpoint, &opts, None);
     }
     // Background: the child mounts and serves; this process returns once the
     // child says the mount is live, so scripts can use it on the next line.
@@ -179,7 +189,9 @@ fn main() -> ExitCode {
         Ok(sys::Forked::Child) => {
             drop(ready_rx);
             let _ = sys::setsid();
-            serve(branches, &cli.mountpoint, &opts, Some(ready_tx))
+            // Do not pin the caller's working directory.
+            let _ = std::env::set_current_dir("/");
+            serve(branches, &mountpoint, &opts, Some(ready_tx))
         }
     }
 }

@@ -86,24 +86,12 @@ impl Union {
                 sys::chmod_fd(t.as_fd(), mode)?;
                 tmp.commit(pdir, name, libc::RENAME_NOREPLACE)?;
             }
-            New::Special { mode, rdev } => {
-                sys::mknod_at(pdir, name, mode, rdev)?;
-                undo_on_err(
-                    pdir,
-                    name,
-                    false,
-                    sys::chown_at(pdir, name, Some(uid), Some(gid)),
-                )?;
-            }
-            New::Symlink { target } => {
-                sys::symlink_at(target, pdir, name)?;
-                undo_on_err(
-                    pdir,
-                    name,
-                    false,
-                    sys::chown_at(pdir, name, Some(uid), Some(gid)),
-                )?;
-            }
+            New::Special { mode, rdev } => sys::mknod_at(pdir, name, mode, rdev)?,
+            New::Symlink { target } => sys::symlink_at(target, pdir, name)?,
+        }
+        if matches!(new, New::Special { .. } | New::Symlink { .. }) {
+            let owned = sys::chown_at(pdir, name, Some(uid), Some(gid));
+            undo_on_err(pdir, name, false, owned)?;
         }
         if replaces_whiteout {
             whiteout::remove_whiteout(pdir, name)?;

@@ -78,8 +78,9 @@ int main(int argc, char **argv)
 				printf("op %ld: truncate failed: %s\n", op, strerror(errno));
 				return 1;
 			}
-			if (off > size)
-				memset(ref + size, 0, off - size);
+			/* past the end, the reference is always zeros */
+			if (off < size)
+				memset(ref + off, 0, size - off);
 			size = off;
 			break;
 		case 3: /* mapped write inside the file */

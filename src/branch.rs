@@ -190,6 +190,7 @@ fn strip_os_error(s: &str) -> String {
 }
 
 static NEXT_BRANCH_ID: AtomicU32 = AtomicU32::new(1);
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 static NEXT_TEMP: AtomicU64 = AtomicU64::new(1);
 
 /// An open branch: its root directory fd is the anchor of every path in it.
@@ -309,18 +310,28 @@ pub fn remove_tree(dir: BorrowedFd, name: &OsStr) -> sys::Result<()> {
 
 /// The branches of a mount, highest precedence first. Requests take an `Arc`
 /// of the current set and work on it from start to end.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BranchSet {
     pub branches: Vec<Arc<Branch>>,
+    /// Distinct for every set made: node locations computed against another
+    /// generation are re-resolved before use.
+    pub generation: u64,
 }
 
 impl BranchSet {
+    pub fn new(branches: Vec<Arc<Branch>>) -> BranchSet {
+        BranchSet {
+            branches,
+            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
     pub fn open(specs: &[BranchSpec]) -> std::io::Result<BranchSet> {
         let branches = specs
             .iter()
             .map(|s| Branch::open(s).map(Arc::new))
             .collect::<std::io::Result<Vec<_>>>()?;
-        Ok(BranchSet { branches })
+        Ok(BranchSet::new(branches))
     }
 
     pub fn len(&self) -> usize {

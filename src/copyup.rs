@@ -296,6 +296,7 @@ impl Union {
         {
             let mut loc = node.loc.write();
             loc.top = b.id;
+            loc.generation = bs.generation;
             if node.is_dir() && !loc.layers.contains(&b.id) {
                 let mut idx = Self::indices(bs, &loc.layers);
                 idx.push(target);
@@ -376,6 +377,7 @@ impl Union {
             idx.dedup();
             loc.layers = Self::ids(bs, &idx);
             loc.top = bs.get(idx[0]).id;
+            loc.generation = bs.generation;
         }
         self.inodes.add_key(node, (bs.get(target).dev, st.st_ino));
     }

@@ -123,6 +123,7 @@ impl Union {
                 Vec::new()
             },
             unlinked: false,
+            generation: bs.generation,
         };
         let node = self.inodes.found((b.dev, st.st_ino), kind, loc);
         let attr = Attr { ino: node.ino, st };

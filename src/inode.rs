@@ -32,6 +32,8 @@ pub struct Loc {
     pub layers: Vec<u32>,
     /// The last name is gone (the object lives on through open handles).
     pub unlinked: bool,
+    /// The branch set generation `top` and `layers` were computed in.
+    pub generation: u64,
 }
 
 #[derive(Debug)]
@@ -79,6 +81,7 @@ impl InodeTable {
                 top,
                 layers: root_layers,
                 unlinked: false,
+                generation: 0,
             }),
             lookups: AtomicU64::new(1),
             copyup: Mutex::new(()),

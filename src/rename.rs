@@ -123,6 +123,7 @@ impl Union {
             loc.parent = p;
             loc.name = n.to_os_string();
             loc.top = upid;
+            loc.generation = bs.generation;
             if node.is_dir() {
                 loc.layers = vec![upid];
             }

@@ -129,10 +129,38 @@ impl Union {
         if !node.is_dir() {
             return Err(Errno::ENOTDIR);
         }
+        Ok(self.located(bs, node)?.1)
+    }
+
+    /// Where `node` lives in `bs`: its topmost branch and (for a directory)
+    /// its layers, as indices. A location computed against another branch set
+    /// (the set changed since) is resolved again, parents first.
+    pub(crate) fn located(&self, bs: &BranchSet, node: &Node) -> Result<(usize, Vec<usize>)> {
         if node.ino == ROOT {
-            return Ok((0..bs.len()).collect());
+            return Ok((0, (0..bs.len()).collect()));
         }
-        Ok(Self::indices(bs, &node.loc.read().layers))
+        let loc = node.loc();
+        if loc.generation == bs.generation {
+            if let Some(top) = bs.index_of(loc.top) {
+                return Ok((top, Self::indices(bs, &loc.layers)));
+            }
+        }
+        if loc.unlinked {
+            return Err(Errno::ESTALE);
+        }
+        let parent = self.inodes.get(loc.parent)?;
+        let (_, players) = self.located(bs, &parent)?;
+        let ppath = self.inodes.path(parent.ino)?;
+        let scan = lookup::scan(bs, &players, &ppath, &loc.name, false)?;
+        let top = scan.top().ok_or(Errno::ENOENT)?;
+        let layers = scan.layers();
+        if bs.generation == self.branches().generation {
+            let mut l = node.loc.write();
+            l.top = bs.get(top.idx).id;
+            l.layers = Self::ids(bs, &layers);
+            l.generation = bs.generation;
+        }
+        Ok((top.idx, layers))
     }
 
     /// Scan `name` in the directory node `parent`.
@@ -165,6 +193,7 @@ impl Union {
             top: b.id,
             layers: Self::ids(bs, &scan.layers()),
             unlinked: false,
+            generation: bs.generation,
         };
         let node = self.inodes.found((b.dev, top.stat.st_ino), top.kind(), loc);
         let attr = Attr {
@@ -191,10 +220,7 @@ impl Union {
 
     /// The index of the branch holding a node's topmost instance.
     pub(crate) fn top_idx(&self, bs: &BranchSet, node: &Node) -> Result<usize> {
-        if node.ino == ROOT {
-            return Ok(0);
-        }
-        bs.index_of(node.loc.read().top).ok_or(Errno::ESTALE)
+        Ok(self.located(bs, node)?.0)
     }
 
     /// An `O_PATH` fd on the topmost instance of a node, with its branch index.

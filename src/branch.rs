@@ -17,7 +17,8 @@ use parking_lot::Mutex;
 use crate::sys::{self, Errno};
 use crate::whiteout::WORK_DIR;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     Rw,
     Ro,
@@ -224,6 +225,19 @@ impl Branch {
             dev: st.st_dev,
             name_max,
             root,
+            work: Mutex::new(None),
+        })
+    }
+
+    /// The same branch (same identity, same root) in another mode.
+    pub fn with_mode(&self, mode: Mode) -> sys::Result<Branch> {
+        Ok(Branch {
+            id: self.id,
+            path: self.path.clone(),
+            mode,
+            dev: self.dev,
+            name_max: self.name_max,
+            root: sys::dup(&self.root)?,
             work: Mutex::new(None),
         })
     }

@@ -69,12 +69,7 @@ fn is_kind(st: &FileStat, kind: u32) -> bool {
 
 /// Copy xattrs, owner, mode and times from `src` (an fd on the source) to the
 /// entry `name` of `dir`.
-pub(crate) fn copy_meta(
-    src: BorrowedFd,
-    st: &FileStat,
-    dir: BorrowedFd,
-    name: &OsStr,
-) -> Result<()> {
+pub fn copy_meta(src: BorrowedFd, st: &FileStat, dir: BorrowedFd, name: &OsStr) -> Result<()> {
     let link = is_kind(st, libc::S_IFLNK);
     let dst = sys::open_at(dir, name, OFlag::O_PATH, 0)?;
     if !link {
@@ -100,7 +95,7 @@ pub(crate) fn copy_meta(
 /// Copy `size` bytes of `src` to `dst`, keeping holes: FICLONE when the
 /// filesystem shares extents, else copy_file_range over the data ranges, else
 /// read and write.
-pub(crate) fn copy_data(src: BorrowedFd, dst: BorrowedFd, size: u64) -> Result<()> {
+pub fn copy_data(src: BorrowedFd, dst: BorrowedFd, size: u64) -> Result<()> {
     if size == 0 || sys::ficlone(dst, src).is_ok() {
         return Ok(());
     }

@@ -97,7 +97,9 @@ impl Union {
             whiteout::remove_whiteout(pdir, name)?;
         }
         let (node, attr) = self.register_new(&bs, up, parent, pdir, name)?;
-        let opened = file.map(|(fd, flags)| self.register_file(node, sys::into_file(fd), flags));
+        let id = bs.get(up).id;
+        let opened =
+            file.map(|(fd, flags)| self.register_file(node, sys::into_file(fd), flags, id));
         Ok((attr, opened))
     }
 

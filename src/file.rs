@@ -27,6 +27,8 @@ pub struct FileHandle {
     generation: std::sync::atomic::AtomicU64,
     pub writable: bool,
     flags: OFlag,
+    /// Id of the branch the backing file is on.
+    branch: std::sync::atomic::AtomicU32,
 }
 
 impl FileHandle {
@@ -63,7 +65,13 @@ pub struct Opened {
 }
 
 impl Union {
-    pub(crate) fn register_file(&self, node: Arc<Node>, file: File, flags: OFlag) -> Opened {
+    pub(crate) fn register_file(
+        &self,
+        node: Arc<Node>,
+        file: File,
+        flags: OFlag,
+        branch: u32,
+    ) -> Opened {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let file = Arc::new(file);
         let writable = flags & OFlag::O_ACCMODE != OFlag::O_RDONLY;
@@ -74,6 +82,7 @@ impl Union {
             generation: generation.into(),
             writable,
             flags,
+            branch: branch.into(),
         };
         self.files.lock().insert(fh, Arc::new(h));
         Opened {
@@ -99,7 +108,7 @@ impl Union {
         let idx = self.top_idx(&bs, &node)?;
         let path = self.inodes.path(ino)?;
         let fd = sys::open_beneath(bs.get(idx).root(), &path, oflags, 0)?;
-        let mut opened = self.register_file(node, sys::into_file(fd), oflags);
+        let mut opened = self.register_file(node, sys::into_file(fd), oflags, bs.get(idx).id);
         opened.passthrough_ok = bs.get(idx).writable() || bs.writable_above(idx).is_none();
         Ok(opened)
     }
@@ -135,6 +144,7 @@ impl Union {
         let file = Arc::new(sys::into_file(fd));
         *h.file.write() = file.clone();
         h.generation.store(generation, Ordering::Release);
+        h.branch.store(bs.get(idx).id, Ordering::Relaxed);
         Ok(file)
     }
 
@@ -162,6 +172,15 @@ impl Union {
         }
         h.file().write_all_at(data, offset).map_err(io_errno)?;
         Ok(data.len() as u32)
+    }
+
+    /// How many open files have their backing file on branch `id`.
+    pub fn open_files_on(&self, id: u32) -> usize {
+        self.files
+            .lock()
+            .values()
+            .filter(|h| h.branch.load(Ordering::Relaxed) == id)
+            .count()
     }
 
     pub fn release(&self, fh: u64) {

@@ -199,6 +199,19 @@ impl InodeTable {
         }
     }
 
+    /// Every (ino, parent, name) the table knows, for cache invalidation.
+    pub fn known_names(&self) -> Vec<(u64, u64, OsString)> {
+        self.nodes
+            .read()
+            .values()
+            .filter(|n| n.ino != ROOT)
+            .map(|n| {
+                let loc = n.loc.read();
+                (n.ino, loc.parent, loc.name.clone())
+            })
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.nodes.read().len()
     }

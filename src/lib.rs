@@ -11,6 +11,7 @@
 #![deny(unsafe_code)]
 
 pub mod branch;
+pub mod control;
 pub mod copyup;
 pub mod create;
 pub mod delete;
@@ -21,6 +22,7 @@ pub mod lookup;
 pub mod options;
 pub mod readdir;
 pub mod rename;
+pub mod snapmerge;
 pub mod sys;
 pub mod union;
 pub mod whiteout;
@@ -74,16 +76,34 @@ fn fuse_config(opts: &MountOptions) -> Config {
     c
 }
 
-/// Mount the union of `branches` on `mountpoint`. The returned session serves
-/// requests once `run` is called on it; the mount is live already.
+/// A live mount: the FUSE session (serving once `run` is called) and the
+/// unionctl socket (removed when this is dropped).
+pub struct Mounted {
+    pub session: fuser::Session<fs::UnionFs>,
+    pub control: control::ControlSocket,
+}
+
+/// Mount the union of `branches` on `mountpoint` (absolute). The mount is
+/// live when this returns; requests are served once `session.run()` is called.
 pub fn mount(
     branches: BranchSet,
     mountpoint: &Path,
     opts: &MountOptions,
-) -> std::io::Result<fuser::Session<fs::UnionFs>> {
+) -> std::io::Result<Mounted> {
     // Modes come from the requests (already masked by the caller's umask).
     sys::set_umask(0);
-    let union = union::Union::new(branches, opts.delete).map_err(std::io::Error::from)?;
-    let fs = fs::UnionFs::new(Arc::new(union), opts);
-    fuser::Session::new(fs, mountpoint, &fuse_config(opts))
+    let union = Arc::new(union::Union::new(branches, opts.delete).map_err(std::io::Error::from)?);
+    let fs = fs::UnionFs::new(union.clone(), opts);
+    let session = fuser::Session::new(fs, mountpoint, &fuse_config(opts))?;
+    let notifier = session.notifier();
+    let invalidate: control::Invalidate = Box::new(move |u: &union::Union| {
+        // Every name and inode the kernel may hold: the next access asks again.
+        for (ino, parent, name) in u.inodes.known_names() {
+            let _ = notifier.inval_entry(fuser::INodeNo(parent), &name);
+            let _ = notifier.inval_inode(fuser::INodeNo(ino), 0, 0);
+        }
+        let _ = notifier.inval_inode(fuser::INodeNo(inode::ROOT), 0, 0);
+    });
+    let control = control::serve(union, mountpoint.to_path_buf(), invalidate)?;
+    Ok(Mounted { session, control })
 }

@@ -64,6 +64,8 @@ pub struct Union {
     pub(crate) files: Mutex<HashMap<u64, Arc<FileHandle>>>,
     pub(crate) dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
     pub(crate) next_fh: AtomicU64,
+    /// Serializes branch changes (never held by a request).
+    pub change_lock: Mutex<()>,
 }
 
 impl Union {
@@ -84,12 +86,18 @@ impl Union {
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            change_lock: Mutex::new(()),
         })
     }
 
     /// The branch set this request works on from start to end.
     pub fn branches(&self) -> Arc<BranchSet> {
         self.branches.read().clone()
+    }
+
+    /// Swap in a new branch set: the next request works on it.
+    pub fn set_branches(&self, bs: Arc<BranchSet>) {
+        *self.branches.write() = bs;
     }
 
     /// The longest name the union accepts: the branches' limit less `.wh.`.
@@ -248,8 +256,17 @@ impl Union {
             return Ok(Attr { ino, st });
         }
         let bs = self.branches();
-        let (_, fd, _) = self.top_fd(&bs, &node)?;
-        self.attr_of(&node, &fd)
+        match self.top_fd(&bs, &node) {
+            Ok((_, fd, _)) => self.attr_of(&node, &fd),
+            // Gone from the union (its branch was removed, say) but open: fstat.
+            Err(Errno::ENOENT | Errno::ESTALE) if fh.is_some() => {
+                let h = self.file_for(&node, fh)?;
+                let mut st = sys::fstat(h.file().as_fd())?;
+                st.st_nlink = 0;
+                Ok(Attr { ino, st })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub fn setattr(&self, ino: u64, set: SetAttr, fh: Option<u64>) -> Result<Attr> {

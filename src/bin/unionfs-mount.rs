@@ -212,8 +212,11 @@ fn serve(
         eprintln!("unionfs-mount: cannot block signals: {e}");
         return ExitCode::from(1);
     }
-    let mut session = match unionfs::mount(branches, mountpoint, opts) {
-        Ok(s) => s,
+    let unionfs::Mounted {
+        mut session,
+        control: _control,
+    } = match unionfs::mount(branches, mountpoint, opts) {
+        Ok(m) => m,
         Err(e) => {
             eprintln!(
                 "unionfs-mount: cannot mount on {}: {e}",

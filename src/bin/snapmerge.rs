@@ -1,0 +1,168 @@
+//! snapmerge: fold snapshot branches back into their base.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use unionfs::control::{self, Request, Response};
+use unionfs::snapmerge::{count_entries, Change, Merge};
+use unionfs::Mode;
+
+const LONG_ABOUT: &str = "\
+snapmerge applies snapshot branches to BASE, oldest first (in the order given):
+new and changed files and directories with their metadata and xattrs, each
+.wh.NAME whiteout as the deletion of NAME, each opaque directory (.wh..wh..opq)
+as a replacement of the base's directory, hard links kept. Files are copied to
+a temporary name and renamed into place, so a run that was interrupted, run
+again, ends in the same state. Symlinks in BASE or the snapshots are never
+followed. It refuses to merge into a directory that a live union uses as a
+read-write branch, unless --force.";
+
+const AFTER: &str = "\
+EXAMPLE (the snapshot workflow):
+    unionfs-mount /base /data                 # one rw branch
+    unionctl /data --snapshot /snaps/0        # /snaps/0 rw on top, /base ro
+    unionctl /data --snapshot /snaps/1
+    fusermount3 -u /data
+    snapmerge /base /snaps/0 /snaps/1         # fold both back into /base
+
+EXIT STATUS:
+    0 merged; 1 a step failed (the message names the path); 2 bad arguments.";
+
+#[derive(Parser, Debug)]
+#[command(name = "snapmerge", version, about = "Fold snapshot branches back into a base branch", long_about = LONG_ABOUT, after_long_help = AFTER)]
+struct Cli {
+    /// Print what would change (A, C or D and the path), change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Show a progress bar even when stderr is not a terminal.
+    #[arg(long)]
+    progress: bool,
+    /// Merge even into a directory a live union uses as a read-write branch.
+    #[arg(long)]
+    force: bool,
+    /// The branch to merge into.
+    base: PathBuf,
+    /// Snapshot branches, oldest first.
+    #[arg(required = true)]
+    snaps: Vec<PathBuf>,
+}
+
+fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("snapmerge: {msg}");
+    ExitCode::from(code)
+}
+
+/// Mount points of the live unions, from /proc/self/mountinfo.
+fn live_unions() -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            (f.get(sep + 1) == Some(&"fuse.unionfs")).then(|| PathBuf::from(f[4]))
+        })
+        .collect()
+}
+
+fn rw_user(base: &Path) -> Option<PathBuf> {
+    live_unions().into_iter().find(|mp| {
+        matches!(control::request(mp, &Request::List),
+            Ok(Response::Branches(list)) if list.iter().any(|b| b.path == base && b.mode == Mode::Rw))
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            return fail(
+                2,
+                text.lines()
+                    .next()
+                    .unwrap_or("bad arguments")
+                    .trim_start_matches("error: "),
+            );
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let canon = |p: &Path| -> Result<PathBuf, String> {
+        let c = std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        if !c.is_dir() {
+            return Err(format!("{}: not a directory", p.display()));
+        }
+        Ok(c)
+    };
+    let base = match canon(&cli.base) {
+        Ok(b) => b,
+        Err(e) => return fail(2, e),
+    };
+    let mut snaps = Vec::new();
+    for s in &cli.snaps {
+        match canon(s) {
+            Ok(c) if c == base => return fail(2, format!("{} is the base itself", s.display())),
+            Ok(c) if c.starts_with(&base) || base.starts_with(&c) => {
+                return fail(2, format!("{} and the base are nested", s.display()))
+            }
+            Ok(c) => snaps.push(c),
+            Err(e) => return fail(2, e),
+        }
+    }
+    if !cli.force && !cli.dry_run {
+        if let Some(mp) = rw_user(&base) {
+            return fail(1, format!("{} is a read-write branch of the live union at {} (unmount it, make it ro with unionctl, or --force)", base.display(), mp.display()));
+        }
+    }
+    let bar = if cli.progress || std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(count_entries(&snaps));
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} entries {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    let dry = cli.dry_run;
+    let mut on_change = |c: Change, p: &Path| {
+        if dry {
+            let line = format!("{} /{}", c.letter(), p.display());
+            match &bar {
+                Some(b) => b.println(line),
+                None => println!("{line}"),
+            }
+        }
+    };
+    let bar2 = bar.clone();
+    let mut on_entry = || {
+        if let Some(b) = &bar2 {
+            b.inc(1);
+        }
+    };
+    let res = Merge::new(dry, &mut on_change, &mut on_entry).run(&base, &snaps);
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    match res {
+        Ok(s) => {
+            let verb = if dry { "would be " } else { "" };
+            println!(
+                "snapmerge: {} {verb}added, {} {verb}changed, {} {verb}deleted",
+                s.added, s.changed, s.deleted
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, e),
+    }
+}

@@ -1,0 +1,353 @@
+//! snapmerge: fold snapshot branches back into a base branch.
+//!
+//! Each snapshot is applied in turn, oldest first: new and changed entries
+//! with their metadata and xattrs, `.wh.NAME` as the deletion of NAME,
+//! `.wh..wh..opq` as "this directory replaces the base's". Files are copied to
+//! a temporary name in their directory and renamed into place, and deletions
+//! of what is already gone change nothing, so an interrupted run, run again,
+//! ends in the same state. Every path is walked fd-relative: a symlink in the
+//! base or a snapshot is copied or removed as a symlink, never followed.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::fcntl::OFlag;
+
+use crate::branch::remove_tree;
+use crate::copyup::{copy_data, copy_meta};
+use crate::sys::{self, Errno, FileStat};
+use crate::whiteout::{self, OPAQUE, WORK_DIR};
+
+/// Temporary names in base directories: `.wh..wh.` names are never shown by
+/// a union, and a later run removes leftovers.
+const TEMP_PREFIX: &str = ".wh..wh.snapmerge.";
+static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub added: u64,
+    pub changed: u64,
+    pub deleted: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Added,
+    Changed,
+    Deleted,
+}
+
+impl Change {
+    pub fn letter(self) -> char {
+        match self {
+            Change::Added => 'A',
+            Change::Changed => 'C',
+            Change::Deleted => 'D',
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error("{0}: {1}")]
+    Open(PathBuf, Errno),
+    #[error("{path}: {errno}")]
+    Apply { path: PathBuf, errno: Errno },
+}
+
+fn open_root(p: &Path) -> Result<OwnedFd, MergeError> {
+    nix::fcntl::open(
+        p,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| MergeError::Open(p.to_path_buf(), e))
+}
+
+fn kind(st: &FileStat) -> u32 {
+    st.st_mode & libc::S_IFMT
+}
+
+/// One merge run. `on_change` hears of every change (made, or with
+/// `dry_run`, that would be made); `on_entry` of every snapshot entry visited.
+pub struct Merge<'a> {
+    pub dry_run: bool,
+    pub on_change: &'a mut dyn FnMut(Change, &Path),
+    pub on_entry: &'a mut dyn FnMut(),
+    summary: Summary,
+    /// Hard links: snapshot (dev, ino) -> its path in the base.
+    links: HashMap<(u64, u64), PathBuf>,
+    base: Option<OwnedFd>,
+}
+
+impl<'a> Merge<'a> {
+    pub fn new(
+        dry_run: bool,
+        on_change: &'a mut dyn FnMut(Change, &Path),
+        on_entry: &'a mut dyn FnMut(),
+    ) -> Self {
+        Merge {
+            dry_run,
+            on_change,
+            on_entry,
+            summary: Summary::default(),
+            links: HashMap::new(),
+            base: None,
+        }
+    }
+
+    /// Apply `snaps` (oldest first) to `base`.
+    pub fn run(mut self, base: &Path, snaps: &[PathBuf]) -> Result<Summary, MergeError> {
+        let b = open_root(base)?;
+        for snap in snaps {
+            let s = open_root(snap)?;
+            self.links.clear();
+            self.base = Some(sys::dup(&b).map_err(|e| MergeError::Open(base.to_path_buf(), e))?);
+            self.dir(b.as_fd(), s.as_fd(), Path::new(""))
+                .map_err(|(path, errno)| MergeError::Apply { path, errno })?;
+        }
+        Ok(self.summary)
+    }
+
+    fn note(&mut self, c: Change, path: &Path) {
+        match c {
+            Change::Added => self.summary.added += 1,
+            Change::Changed => self.summary.changed += 1,
+            Change::Deleted => self.summary.deleted += 1,
+        }
+        (self.on_change)(c, path);
+    }
+
+    /// Apply the snapshot directory `sdir` to the base directory `bdir` (`rel` below the roots).
+    fn dir(
+        &mut self,
+        bdir: BorrowedFd,
+        sdir: BorrowedFd,
+        rel: &Path,
+    ) -> Result<(), (PathBuf, Errno)> {
+        let at = |e: Errno| (rel.to_path_buf(), e);
+        let entries = sys::read_dir(sdir).map_err(at)?;
+        let names: HashSet<&OsStr> = entries.iter().map(|e| e.name.as_os_str()).collect();
+        if !self.dry_run {
+            // Leftovers of an interrupted run.
+            for e in sys::read_dir(bdir).map_err(at)? {
+                if e.name.as_bytes().starts_with(TEMP_PREFIX.as_bytes()) {
+                    remove_tree(bdir, &e.name).map_err(at)?;
+                }
+            }
+        }
+        if names.contains(OsStr::new(OPAQUE)) {
+            // This directory replaces the base's: what the snapshot lacks goes.
+            for e in sys::read_dir(bdir).map_err(at)? {
+                if !names.contains(e.name.as_os_str()) && !whiteout::is_reserved(&e.name) {
+                    self.delete(bdir, &e.name, &rel.join(&e.name))?;
+                }
+            }
+        }
+        for e in &entries {
+            (self.on_entry)();
+            let name = e.name.as_os_str();
+            let path = rel.join(name);
+            if name == OPAQUE || (rel.as_os_str().is_empty() && name == WORK_DIR) {
+                continue;
+            }
+            if let Some(hidden) = whiteout::hidden_name(name) {
+                self.delete(bdir, hidden, &rel.join(hidden))?;
+                continue;
+            }
+            if whiteout::is_reserved(name) {
+                continue;
+            }
+            self.entry(bdir, sdir, name, &path)?;
+        }
+        Ok(())
+    }
+
+    fn delete(
+        &mut self,
+        bdir: BorrowedFd,
+        name: &OsStr,
+        path: &Path,
+    ) -> Result<(), (PathBuf, Errno)> {
+        match sys::exists_at(bdir, name) {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(e) => return Err((path.to_path_buf(), e)),
+        }
+        if !self.dry_run {
+            remove_tree(bdir, name).map_err(|e| (path.to_path_buf(), e))?;
+        }
+        self.note(Change::Deleted, path);
+        Ok(())
+    }
+
+    fn entry(
+        &mut self,
+        bdir: BorrowedFd,
+        sdir: BorrowedFd,
+        name: &OsStr,
+        path: &Path,
+    ) -> Result<(), (PathBuf, Errno)> {
+        let at = |e: Errno| (path.to_path_buf(), e);
+        let st = sys::stat_at(sdir, name).map_err(at)?;
+        let old = match sys::stat_at(bdir, name) {
+            Ok(b) => Some(b),
+            Err(Errno::ENOENT) => None,
+            Err(e) => return Err(at(e)),
+        };
+        let sfd = sys::open_at(sdir, name, OFlag::O_PATH, 0).map_err(at)?;
+        if kind(&st) == libc::S_IFDIR {
+            let change = match old {
+                Some(o) if kind(&o) == libc::S_IFDIR => {
+                    (!same_meta(&o, &st)).then_some(Change::Changed)
+                }
+                Some(_) => {
+                    if !self.dry_run {
+                        remove_tree(bdir, name).map_err(at)?;
+                    }
+                    Some(Change::Changed)
+                }
+                None => Some(Change::Added),
+            };
+            if self.dry_run {
+                if let Some(c) = change {
+                    self.note(c, path);
+                }
+                if old.is_some_and(|o| kind(&o) == libc::S_IFDIR) {
+                    let bsub = sys::open_dir(bdir, Path::new(name)).map_err(at)?;
+                    let ssub = sys::open_dir(sdir, Path::new(name)).map_err(at)?;
+                    return self.dir(bsub.as_fd(), ssub.as_fd(), path);
+                }
+                return Ok(());
+            }
+            if change == Some(Change::Added) || old.is_some_and(|o| kind(&o) != libc::S_IFDIR) {
+                match sys::mkdir_at(bdir, name, 0o700) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(at(e)),
+                }
+            }
+            let bsub = sys::open_dir(bdir, Path::new(name)).map_err(at)?;
+            let ssub = sys::open_dir(sdir, Path::new(name)).map_err(at)?;
+            self.dir(bsub.as_fd(), ssub.as_fd(), path)?;
+            // Metadata last: filling the directory changed its times.
+            copy_meta(sfd.as_fd(), &st, bdir, name).map_err(at)?;
+            if let Some(c) = change {
+                self.note(c, path);
+            }
+            return Ok(());
+        }
+        if old
+            .is_some_and(|o| same_meta(&o, &st) && o.st_size == st.st_size && kind(&o) == kind(&st))
+        {
+            // Unchanged, or applied already by an interrupted run.
+            if st.st_nlink > 1 {
+                self.links
+                    .entry((st.st_dev, st.st_ino))
+                    .or_insert_with(|| path.to_path_buf());
+            }
+            return Ok(());
+        }
+        let change = if old.is_some() {
+            Change::Changed
+        } else {
+            Change::Added
+        };
+        if !self.dry_run {
+            self.copy(bdir, sdir, name, path, &st, &sfd).map_err(at)?;
+        }
+        self.note(change, path);
+        Ok(())
+    }
+
+    /// Copy a non-directory into the base: to a temporary name, then renamed
+    /// over the old entry. A second name of a hard-linked file becomes a link.
+    fn copy(
+        &mut self,
+        bdir: BorrowedFd,
+        sdir: BorrowedFd,
+        name: &OsStr,
+        path: &Path,
+        st: &FileStat,
+        sfd: &OwnedFd,
+    ) -> sys::Result<()> {
+        let tmp = OsString::from(format!(
+            "{TEMP_PREFIX}{}.{}",
+            std::process::id(),
+            NEXT_TEMP.fetch_add(1, Ordering::Relaxed)
+        ));
+        let key = (st.st_dev, st.st_ino);
+        let linked = match (st.st_nlink > 1, self.links.get(&key), &self.base) {
+            (true, Some(first), Some(base)) => {
+                let (fp, fname) = crate::union::split(first);
+                let fdir =
+                    sys::open_beneath(base.as_fd(), fp, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)?;
+                sys::link_at(fdir.as_fd(), fname, bdir, &tmp)?;
+                true
+            }
+            _ => false,
+        };
+        if !linked {
+            match kind(st) {
+                libc::S_IFREG => {
+                    let dst = sys::open_at(
+                        bdir,
+                        &tmp,
+                        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY,
+                        0o600,
+                    )?;
+                    let src = sys::open_at(sdir, name, OFlag::O_RDONLY, 0)?;
+                    copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                    sys::fsync(dst.as_fd(), true)?;
+                }
+                libc::S_IFLNK => sys::symlink_at(&sys::readlink_obj(sfd.as_fd())?, bdir, &tmp)?,
+                _ => sys::mknod_at(bdir, &tmp, st.st_mode, st.st_rdev)?,
+            }
+            copy_meta(sfd.as_fd(), st, bdir, &tmp)?;
+        }
+        if let Ok(o) = sys::stat_at(bdir, name) {
+            if kind(&o) == libc::S_IFDIR {
+                remove_tree(bdir, name)?;
+            }
+        }
+        sys::rename_at(bdir, &tmp, bdir, name, 0)?;
+        if st.st_nlink > 1 {
+            self.links.entry(key).or_insert_with(|| path.to_path_buf());
+        }
+        Ok(())
+    }
+}
+
+fn same_meta(a: &FileStat, b: &FileStat) -> bool {
+    a.st_mode == b.st_mode
+        && a.st_uid == b.st_uid
+        && a.st_gid == b.st_gid
+        && a.st_mtime == b.st_mtime
+        && a.st_mtime_nsec == b.st_mtime_nsec
+}
+
+/// Count the entries of the snapshots, for a progress bar.
+pub fn count_entries(snaps: &[PathBuf]) -> u64 {
+    fn walk(dir: BorrowedFd) -> u64 {
+        let Ok(entries) = sys::read_dir(dir) else {
+            return 0;
+        };
+        let mut n = entries.len() as u64;
+        for e in entries {
+            if e.kind == libc::S_IFDIR {
+                if let Ok(sub) = sys::open_dir(dir, Path::new(&e.name)) {
+                    n += walk(sub.as_fd());
+                }
+            }
+        }
+        n
+    }
+    snaps
+        .iter()
+        .filter_map(|s| open_root(s).ok())
+        .map(|fd| walk(fd.as_fd()))
+        .sum()
+}

@@ -1,0 +1,326 @@
+//! unionctl on live mounts: every verb, cache invalidation, permissions,
+//! EBUSY, snapshot atomicity, concurrent load during changes.
+
+mod common;
+use common::*;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+const UNIONCTL: &str = env!("CARGO_BIN_EXE_unionctl");
+
+fn ctl(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(UNIONCTL).args(args).output().unwrap()
+}
+
+fn ctl_ok(u: &Union, args: &[&str]) -> String {
+    let mut a: Vec<&std::ffi::OsStr> = vec![u.mnt.as_os_str()];
+    a.extend(args.iter().map(std::ffi::OsStr::new));
+    let out = ctl(&a);
+    assert!(
+        out.status.success(),
+        "unionctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// unionctl must fail with `code`, one line on stderr containing `needle`.
+#[track_caller]
+fn ctl_fails(u: &Union, args: &[&str], code: i32, needle: &str) {
+    let mut a: Vec<&std::ffi::OsStr> = vec![u.mnt.as_os_str()];
+    a.extend(args.iter().map(std::ffi::OsStr::new));
+    let out = ctl(&a);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "unionctl {args:?}: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+}
+
+fn list(u: &Union) -> Vec<String> {
+    ctl_ok(u, &["--list"])
+        .lines()
+        .map(|l| l.replace(&u.tmp.path().display().to_string(), ""))
+        .collect()
+}
+
+fn p(u: &Union, b: &str) -> String {
+    u.b(b).display().to_string()
+}
+
+/// Long kernel caches: only the invalidation can make changes visible at once.
+const CACHED: &str = "entry_timeout=3600,attr_timeout=3600";
+
+#[test]
+fn list_add_remove_mode_take_effect_at_once() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro", "extra", "mid"]);
+    write(u.b("ro/f"), "from ro");
+    write(u.b("extra/f"), "from extra");
+    write(u.b("extra/only"), "only in extra");
+    write(u.b("mid/m"), "mid");
+    u.mount("rw=rw:ro=ro", &[CACHED]);
+    assert_eq!(list(&u), vec!["/rw (rw)", "/ro (ro)"]);
+    assert_eq!(read(u.m("f")), "from ro");
+    assert_errno(fs::metadata(u.m("only")), libc::ENOENT);
+    ctl_ok(
+        &u,
+        &[
+            "--add",
+            "--mode",
+            "ro",
+            "--before",
+            &p(&u, "ro"),
+            &p(&u, "extra"),
+        ],
+    );
+    assert_eq!(list(&u), vec!["/rw (rw)", "/extra (ro)", "/ro (ro)"]);
+    assert_eq!(read(u.m("f")), "from extra", "cached entry not invalidated");
+    assert_eq!(read(u.m("only")), "only in extra");
+    ctl_ok(
+        &u,
+        &[
+            "--add",
+            "--after",
+            &p(&u, "extra"),
+            "--mode",
+            "ro",
+            &p(&u, "mid"),
+        ],
+    );
+    assert_eq!(
+        list(&u),
+        vec!["/rw (rw)", "/extra (ro)", "/mid (ro)", "/ro (ro)"]
+    );
+    assert_eq!(read(u.m("m")), "mid");
+    ctl_ok(&u, &["--remove", &p(&u, "extra")]);
+    assert_eq!(read(u.m("f")), "from ro");
+    assert_errno(fs::metadata(u.m("only")), libc::ENOENT);
+    // --mode: the rw branch becomes ro and its files refuse writes
+    write(u.m("new"), "n");
+    ctl_ok(&u, &["--mode", &p(&u, "rw"), "ro"]);
+    assert_eq!(list(&u), vec!["/rw (ro)", "/mid (ro)", "/ro (ro)"]);
+    assert_errno(
+        fs::OpenOptions::new().append(true).open(u.m("new")),
+        libc::EROFS,
+    );
+    ctl_ok(&u, &["--mode", &p(&u, "rw"), "rw"]);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(u.m("new"))
+        .unwrap()
+        .write_all(b"+")
+        .unwrap();
+    assert_eq!(read(u.b("rw/new")), "n+");
+    // added on top by default, rw by default
+    fs::create_dir(u.b("top")).unwrap();
+    ctl_ok(&u, &["--add", &p(&u, "top")]);
+    assert_eq!(list(&u)[0], "/top (rw)");
+    write(u.m("created"), "c");
+    assert_eq!(read(u.b("top/created")), "c");
+}
+
+#[test]
+fn query_shows_every_branch_with_whiteouts_and_opaque_dirs() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro1", "ro2"]);
+    write(u.b("ro1/f"), "1");
+    write(u.b("ro2/f"), "2");
+    write(u.b("ro1/d/x"), "x");
+    write(u.b("ro2/d/y"), "y");
+    u.mount("rw=rw:ro1=ro:ro2=ro", &[]);
+    fs::remove_file(u.m("f")).unwrap();
+    fs::remove_dir_all(u.m("d")).unwrap();
+    fs::create_dir(u.m("d")).unwrap();
+    let q = |path: &str| {
+        let out = ctl(&[u.m(path).as_os_str(), "--query".as_ref()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).replace(&u.tmp.path().display().to_string(), "")
+    };
+    assert_eq!(
+        q("f"),
+        "/rw (rw): whiteout\n/ro1 (ro): file\n/ro2 (ro): file\n"
+    );
+    assert_eq!(
+        q("d"),
+        "/rw (rw): opaque directory\n/ro1 (ro): directory\n/ro2 (ro): directory\n"
+    );
+    assert_eq!(q("nothing"), "/mnt/nothing: in no branch\n");
+}
+
+#[test]
+fn only_root_or_the_mounting_user_may_change_branches() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro", "extra"]);
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(u.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    u.mount("rw=rw:ro=ro", &["allow_other"]);
+    let as_user = |args: &[&str]| {
+        Command::new(UNIONCTL)
+            .arg(&u.mnt)
+            .args(args)
+            .uid(1000)
+            .gid(1000)
+            .output()
+            .unwrap()
+    };
+    let out = as_user(&["--add", &p(&u, "extra")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"));
+    let out = as_user(&["--remove", &p(&u, "ro")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(list(&u).len(), 2, "a refused change changed the branches");
+    let out = as_user(&["--list"]);
+    assert!(out.status.success(), "--list is for everyone");
+}
+
+#[test]
+fn busy_branches_need_force_and_their_open_files_keep_working() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    write(u.b("ro/held"), "held data");
+    u.mount("rw=rw:ro=ro", &[]);
+    let mut f = fs::File::open(u.m("held")).unwrap();
+    ctl_fails(&u, &["--remove", &p(&u, "ro")], 1, "open file");
+    ctl_fails(&u, &["--remove", &p(&u, "rw")], 1, "only writable branch");
+    ctl_ok(&u, &["--remove", &p(&u, "ro"), "--force"]);
+    assert_errno(fs::metadata(u.m("held")), libc::ENOENT);
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "held data");
+    ctl_fails(&u, &["--remove", &p(&u, "rw")], 1, "only");
+}
+
+#[test]
+fn changes_follow_the_branch_rules_and_bad_requests_change_nothing() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro", "ro/nested"]);
+    write(u.b("file"), "x");
+    u.mount("rw=rw:ro=ro", &[]);
+    let before = list(&u);
+    ctl_fails(&u, &["--add", &p(&u, "ro/nested")], 1, "nested");
+    ctl_fails(&u, &["--add", &p(&u, "ro")], 1, "twice");
+    ctl_fails(&u, &["--add", &p(&u, "missing")], 2, "No such file");
+    ctl_fails(&u, &["--add", &p(&u, "file")], 1, "not a directory");
+    ctl_fails(&u, &["--add", u.tmp.path().to_str().unwrap()], 1, "inside");
+    ctl_fails(&u, &["--remove", &p(&u, "unknown")], 1, "is not a branch");
+    ctl_fails(&u, &["--mode", &p(&u, "ro"), "rx"], 2, "unknown mode 'rx'");
+    ctl_fails(
+        &u,
+        &["--add", "--before", &p(&u, "unknown"), &p(&u, "ro/nested")],
+        1,
+        "is not a branch",
+    );
+    ctl_fails(&u, &["--frobnicate"], 2, "unknown option");
+    ctl_fails(&u, &[], 2, "no action");
+    assert_eq!(list(&u), before);
+    let out = Command::new(UNIONCTL)
+        .arg(u.tmp.path())
+        .arg("--list")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not on a unionfs mount"));
+}
+
+#[test]
+fn snapshot_is_one_atomic_change() {
+    need_fuse!();
+    let mut u = Union::new(&["base", "s0", "s1"]);
+    write(u.b("base/f"), "v0");
+    u.mount("base", &[CACHED]);
+    write(u.m("f"), "v1");
+    ctl_ok(&u, &["--snapshot", &p(&u, "s0")]);
+    assert_eq!(list(&u), vec!["/s0 (rw)", "/base (ro)"]);
+    write(u.m("f"), "v2");
+    assert_eq!(read(u.b("base/f")), "v1");
+    assert_eq!(read(u.b("s0/f")), "v2");
+    // a writer running during the next snapshot never sees an error
+    let stop = Arc::new(AtomicBool::new(false));
+    let mnt = u.mnt.clone();
+    let s = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let mut n = 0u32;
+        while !s.load(Ordering::Relaxed) {
+            fs::write(mnt.join(format!("w{}", n % 50)), n.to_string())
+                .expect("write during snapshot");
+            n += 1;
+        }
+        n
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    ctl_ok(&u, &["--snapshot", &p(&u, "s1")]);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    stop.store(true, Ordering::Relaxed);
+    assert!(writer.join().unwrap() > 0);
+    assert_eq!(list(&u), vec!["/s1 (rw)", "/s0 (ro)", "/base (ro)"]);
+    assert_eq!(read(u.m("f")), "v2");
+    write(u.m("f"), "v3");
+    assert_eq!(read(u.b("s1/f")), "v3");
+    assert_eq!(read(u.b("s0/f")), "v2");
+}
+
+#[test]
+fn concurrent_load_during_changes_loses_nothing() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro", "extra"]);
+    for i in 0..20 {
+        write(u.b(&format!("ro/r{i}")), &format!("lower {i}"));
+    }
+    write(u.b("extra/e"), "e");
+    u.mount("rw=rw:ro=ro", &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let mnt = u.mnt.clone();
+        let stop = stop.clone();
+        workers.push(std::thread::spawn(move || {
+            let mut lines = 0u32;
+            let path = mnt.join(format!("log{w}"));
+            while !stop.load(Ordering::Relaxed) {
+                let mut f = fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .expect("open");
+                writeln!(f, "{lines}").expect("append");
+                lines += 1;
+                let i = lines % 20;
+                let got = fs::read_to_string(mnt.join(format!("r{i}"))).expect("read lower file");
+                assert_eq!(got, format!("lower {i}"));
+            }
+            lines
+        }));
+    }
+    for _ in 0..15 {
+        ctl_ok(
+            &u,
+            &[
+                "--add",
+                "--mode",
+                "ro",
+                "--after",
+                &p(&u, "ro"),
+                &p(&u, "extra"),
+            ],
+        );
+        ctl_ok(&u, &["--mode", &p(&u, "extra"), "rw"]);
+        ctl_ok(&u, &["--mode", &p(&u, "extra"), "ro"]);
+        ctl_ok(&u, &["--remove", &p(&u, "extra")]);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for (w, t) in workers.into_iter().enumerate() {
+        let n = t.join().expect("worker failed");
+        let text = read(u.m(&format!("log{w}")));
+        let got: Vec<u32> = text.lines().map(|l| l.parse().unwrap()).collect();
+        assert_eq!(got, (0..n).collect::<Vec<_>>(), "worker {w} lost writes");
+    }
+    assert_eq!(list(&u), vec!["/rw (rw)", "/ro (ro)"]);
+}

@@ -206,10 +206,10 @@ impl Server {
                 Err(e) => error(Errno::EINVAL, format!("bad request: {e}")),
                 Ok(req) if req.changes() && uid != 0 && uid != self.owner => error(
                     Errno::EPERM,
-                    format!(
-                        "permission denied: only root or uid {} (who mounted) may change the branches",
-                        self.owner
-                    ),
+                    match self.owner {
+                        0 => "permission denied: only root may change the branches of this mount".to_string(),
+                        o => format!("permission denied: only root or uid {o} (who mounted) may change the branches"),
+                    },
                 ),
                 Ok(req) => self.handle(req),
             },

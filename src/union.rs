@@ -258,9 +258,10 @@ impl Union {
         let bs = self.branches();
         match self.top_fd(&bs, &node) {
             Ok((_, fd, _)) => self.attr_of(&node, &fd),
-            // Gone from the union (its branch was removed, say) but open: fstat.
-            Err(Errno::ENOENT | Errno::ESTALE) if fh.is_some() => {
-                let h = self.file_for(&node, fh)?;
+            // Gone from the union (its branch was removed, say) but open:
+            // fstat an open handle (fstat(2) does not always say which).
+            Err(e @ (Errno::ENOENT | Errno::ESTALE)) => {
+                let h = self.file_for(&node, fh).map_err(|_| e)?;
                 let mut st = sys::fstat(h.file().as_fd())?;
                 st.st_nlink = 0;
                 Ok(Attr { ino, st })

@@ -9,7 +9,7 @@ if ! command -v mount.fuse3 >/dev/null || ! command -v getfattr >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 attr >/dev/null
 fi
 cargo build --release --quiet
-install -m 0755 target/release/unionfs-mount /usr/local/bin/unionfs-mount
+install -m 0755 target/release/unionfs-mount target/release/unionctl target/release/snapmerge /usr/local/bin/
 
 demo=$(mktemp -d /tmp/unionfs-demo.XXXXXX)
 trap 'fusermount3 -u "$demo/mnt" 2>/dev/null || true; rm -rf "$demo"' EXIT
@@ -21,6 +21,7 @@ mkdir "$demo/ro/docs" && echo "a lower doc" > "$demo/ro/docs/a"
 run() { echo "\$ $*"; "$@"; }
 run unionfs-mount "$demo/rw=rw:$demo/ro=ro" "$demo/mnt"
 run ls "$demo/mnt"
+run unionctl "$demo/mnt" --list
 run cat "$demo/mnt/hello"
 echo "\$ echo 'appended through the union' >> $demo/mnt/hello"
 echo "appended through the union" >> "$demo/mnt/hello"
@@ -32,4 +33,4 @@ echo "# the read-only branch is untouched; the copy-up, the whiteouts and the"
 echo "# renamed (opaque) directory are all in the writable branch"
 run cat "$demo/ro/hello"
 run fusermount3 -u "$demo/mnt"
-echo "demo done: unionfs-mount is installed in /usr/local/bin"
+echo "demo done: unionfs-mount, unionctl and snapmerge are installed in /usr/local/bin"

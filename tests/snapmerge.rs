@@ -38,8 +38,16 @@ fn workflow(u: &mut Union) {
     fs::create_dir_all(u.b("snaps/1")).unwrap();
     u.mount("base", &[]);
     let ctl = |args: &[&str]| {
-        let out = Command::new(UNIONCTL).arg(&u.mnt).args(args).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(UNIONCTL)
+            .arg(&u.mnt)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     ctl(&["--snapshot", u.b("snaps/0").to_str().unwrap()]);
     write(u.m("change"), "v1");
@@ -66,7 +74,11 @@ fn old_states_can_be_mounted_and_dry_run_changes_nothing() {
     u.unmount();
     // an old state: the base with the first snapshot over it
     let mut old = Union::new(&[]);
-    let spec = format!("{}=ro:{}=ro", u.b("snaps/0").display(), u.b("base").display());
+    let spec = format!(
+        "{}=ro:{}=ro",
+        u.b("snaps/0").display(),
+        u.b("base").display()
+    );
     let out = Command::new(BIN).arg(&spec).arg(&old.mnt).output().unwrap();
     assert!(out.status.success());
     assert_eq!(read(old.m("change")), "v1");
@@ -84,9 +96,19 @@ fn old_states_can_be_mounted_and_dry_run_changes_nothing() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(text.contains("D /gone") && text.contains("A /dir/new") && text.contains("C /change"), "{text}");
-    assert!(text.lines().last().unwrap().contains("would be added"), "{text}");
-    assert_eq!(snapshot_of(&u.b("base")), before, "--dry-run changed the base");
+    assert!(
+        text.contains("D /gone") && text.contains("A /dir/new") && text.contains("C /change"),
+        "{text}"
+    );
+    assert!(
+        text.lines().last().unwrap().contains("would be added"),
+        "{text}"
+    );
+    assert_eq!(
+        snapshot_of(&u.b("base")),
+        before,
+        "--dry-run changed the base"
+    );
 }
 
 #[test]
@@ -97,12 +119,28 @@ fn round_trip_and_rerun() {
     let view = snapshot_of(&u.mnt);
     u.unmount();
     let out = merge(&[&u.b("base"), &u.b("snaps/0"), &u.b("snaps/1")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(summary.starts_with("snapmerge: ") && summary.contains("added") && summary.contains("deleted"), "{summary}");
+    assert!(
+        summary.starts_with("snapmerge: ")
+            && summary.contains("added")
+            && summary.contains("deleted"),
+        "{summary}"
+    );
     assert_eq!(snapshot_of(&u.b("base")), view);
-    assert_eq!(ino(u.b("base/linked")), ino(u.b("base/linked2")), "hard link not kept");
-    assert!(fs::symlink_metadata(u.b("base/sym")).unwrap().file_type().is_symlink());
+    assert_eq!(
+        ino(u.b("base/linked")),
+        ino(u.b("base/linked2")),
+        "hard link not kept"
+    );
+    assert!(fs::symlink_metadata(u.b("base/sym"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
     // running it again changes nothing
     let again = merge(&[&u.b("base"), &u.b("snaps/0"), &u.b("snaps/1")]);
     assert!(again.status.success());
@@ -117,15 +155,31 @@ fn an_interrupted_merge_run_again_ends_the_same() {
     for i in 0..300 {
         write(u.b(&format!("snap/d{}/f{i}", i % 10)), &format!("file {i}"));
     }
-    sh(&format!("head -c 300M /dev/zero > {}/big", u.b("snap").display()));
+    sh(&format!(
+        "head -c 300M /dev/zero > {}/big",
+        u.b("snap").display()
+    ));
     write(u.b("snap/.wh.old"), "");
-    sh(&format!("cp -a {}/. {}/", u.b("base").display(), u.b("ref").display()));
+    sh(&format!(
+        "cp -a {}/. {}/",
+        u.b("base").display(),
+        u.b("ref").display()
+    ));
     let out = merge(&[&u.b("ref"), &u.b("snap")]);
     assert!(out.status.success());
-    let mut child = Command::new(SNAPMERGE).arg(u.b("base")).arg(u.b("snap")).spawn().unwrap();
+    let mut child = Command::new(SNAPMERGE)
+        .arg(u.b("base"))
+        .arg(u.b("snap"))
+        .spawn()
+        .unwrap();
     let start = Instant::now();
     // kill it while it copies (its temporary files show in the base)
-    while !fs::read_dir(u.b("base")).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".wh..wh.snapmerge")) {
+    while !fs::read_dir(u.b("base")).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".wh..wh.snapmerge")
+    }) {
         if child.try_wait().unwrap().is_some() || start.elapsed() > Duration::from_secs(20) {
             break;
         }
@@ -134,7 +188,11 @@ fn an_interrupted_merge_run_again_ends_the_same() {
     let _ = child.kill();
     let _ = child.wait();
     let out = merge(&[&u.b("base"), &u.b("snap")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(snapshot_of(&u.b("base")), snapshot_of(&u.b("ref")));
     let _ = &mut u;
 }
@@ -151,7 +209,11 @@ fn symlinks_in_base_or_snapshot_are_never_followed() {
     std::os::unix::fs::symlink(u.b("outside"), u.b("snap/link")).unwrap();
     write(u.b("snap/.wh.nothing"), "");
     let out = merge(&[&u.b("base"), &u.b("snap")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(read(u.b("outside/victim")), "untouched");
     assert_eq!(ls(u.b("outside")), vec!["victim"]);
     assert!(fs::symlink_metadata(u.b("base/d")).unwrap().is_dir());
@@ -171,7 +233,12 @@ fn refuses_a_live_read_write_branch_and_bad_arguments() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("read-write branch of the live union"), "{err}");
     assert!(!exists(u.b("base/f")));
-    let out = Command::new(SNAPMERGE).arg("--force").arg(u.b("base")).arg(u.b("snap")).output().unwrap();
+    let out = Command::new(SNAPMERGE)
+        .arg("--force")
+        .arg(u.b("base"))
+        .arg(u.b("snap"))
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert_eq!(read(u.b("base/f")), "x");
     u.unmount();

@@ -1,4 +1,33 @@
-//! The graph driver for unionfs (layer store, OCI import, layer stacking).
+//! unionfs-driver: a graph driver (Docker's contract) that stores image
+//! layers in the OCI layer format and stacks them with the unionfs union.
 //!
-//! Not built yet: this crate only reserves its place in the workspace. Its
-//! contract is section 8 of DESIGN.md and issue #5; nothing here is exported.
+//! `store` is the on-disk layout (see its header), `layer` the driver
+//! operations, `image` the import of OCI layouts and `docker save` archives,
+//! `tar` the hostile-input-proof layer extraction and the diff writer.
+#![deny(unsafe_code)]
+
+pub mod image;
+pub mod layer;
+pub mod store;
+pub mod tar;
+
+pub use layer::GraphDriver;
+pub use store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Exists(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Mount(String),
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error(transparent)]
+    Tar(#[from] tar::TarError),
+}

@@ -66,8 +66,14 @@ fn invalid(msg: impl Into<String>) -> Error {
 /// `sha256:HEX` -> HEX, refusing anything else (so no digest names a path
 /// outside blobs/).
 fn digest_hex(d: &str) -> Result<&str, Error> {
-    let hex = d.strip_prefix("sha256:").ok_or_else(|| invalid(format!("unsupported digest '{d}'")))?;
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    let hex = d
+        .strip_prefix("sha256:")
+        .ok_or_else(|| invalid(format!("unsupported digest '{d}'")))?;
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
         return Err(invalid(format!("malformed digest '{d}'")));
     }
     Ok(hex)
@@ -81,8 +87,15 @@ fn sha256_of(r: impl Read) -> std::io::Result<String> {
 
 /// A file inside `root`, opened fd-relative (no symlink, no `..`).
 fn open_in(root: &OwnedFd, rel: &Path) -> Result<File, Error> {
-    if rel.is_absolute() || rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-        return Err(invalid(format!("{} points outside the image", rel.display())));
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(invalid(format!(
+            "{} points outside the image",
+            rel.display()
+        )));
     }
     sys::open_beneath(root.as_fd(), rel, OFlag::O_RDONLY, 0)
         .map(File::from)
@@ -94,12 +107,18 @@ fn decompress(f: File) -> Result<Box<dyn Read>, Error> {
     let mut r = BufReader::new(f);
     let magic = {
         use std::io::BufRead;
-        r.fill_buf().map_err(|e| Error::Io("layer".into(), e))?.get(..4).map(|m| m.to_vec()).unwrap_or_default()
+        r.fill_buf()
+            .map_err(|e| Error::Io("layer".into(), e))?
+            .get(..4)
+            .map(|m| m.to_vec())
+            .unwrap_or_default()
     };
     Ok(if magic.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::GzDecoder::new(r))
     } else if magic == [0x28, 0xb5, 0x2f, 0xfd] {
-        Box::new(zstd::stream::read::Decoder::with_buffer(r).map_err(|e| Error::Io("zstd".into(), e))?)
+        Box::new(
+            zstd::stream::read::Decoder::with_buffer(r).map_err(|e| Error::Io("zstd".into(), e))?,
+        )
     } else {
         Box::new(r)
     })
@@ -117,7 +136,9 @@ struct Parts {
 
 fn read_json<T: for<'de> Deserialize<'de>>(root: &OwnedFd, rel: &Path) -> Result<T, Error> {
     let mut b = Vec::new();
-    open_in(root, rel)?.read_to_end(&mut b).map_err(|e| Error::Io(rel.display().to_string(), e))?;
+    open_in(root, rel)?
+        .read_to_end(&mut b)
+        .map_err(|e| Error::Io(rel.display().to_string(), e))?;
     serde_json::from_slice(&b).map_err(|e| invalid(format!("{}: {e}", rel.display())))
 }
 
@@ -129,21 +150,37 @@ fn verify_blob(root: &OwnedFd, digest: &str) -> Result<(), Error> {
     let p = blob_path(digest)?;
     let got = sha256_of(open_in(root, &p)?).map_err(|e| Error::Io(p.display().to_string(), e))?;
     if got != digest {
-        return Err(invalid(format!("digest mismatch for {}: content is {got}", p.display())));
+        return Err(invalid(format!(
+            "digest mismatch for {}: content is {got}",
+            p.display()
+        )));
     }
     Ok(())
 }
 
 fn oci_layout(dir: &Path, tag: Option<&str>) -> Result<Parts, Error> {
-    let root = nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-        .map_err(|e| Error::Io(dir.display().to_string(), e.into()))?;
+    let root = nix::fcntl::open(
+        dir,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::Io(dir.display().to_string(), e.into()))?;
     let index: Index = read_json(&root, Path::new("index.json"))?;
     let ref_name = "org.opencontainers.image.ref.name";
     let desc = match tag {
-        Some(t) => index.manifests.iter().find(|m| m.annotations.get(ref_name).map(String::as_str) == Some(t)),
+        Some(t) => index
+            .manifests
+            .iter()
+            .find(|m| m.annotations.get(ref_name).map(String::as_str) == Some(t)),
         None => index.manifests.first(),
     }
-    .ok_or_else(|| invalid(format!("no manifest{} in {}/index.json", tag.map(|t| format!(" tagged {t}")).unwrap_or_default(), dir.display())))?;
+    .ok_or_else(|| {
+        invalid(format!(
+            "no manifest{} in {}/index.json",
+            tag.map(|t| format!(" tagged {t}")).unwrap_or_default(),
+            dir.display()
+        ))
+    })?;
     verify_blob(&root, &desc.digest)?;
     let manifest: Manifest = read_json(&root, &blob_path(&desc.digest)?)?;
     verify_blob(&root, &manifest.config.digest)?;
@@ -158,34 +195,60 @@ fn oci_layout(dir: &Path, tag: Option<&str>) -> Result<Parts, Error> {
         config: cfg.config.unwrap_or_default(),
         diff_ids: cfg.rootfs.diff_ids,
         layers,
-        name: desc.annotations.get(ref_name).cloned().or(tag.map(String::from)),
+        name: desc
+            .annotations
+            .get(ref_name)
+            .cloned()
+            .or(tag.map(String::from)),
     })
 }
 
 fn docker_save(store: &Store, archive: &Path) -> Result<Parts, Error> {
     // Unpacked with the same hostile-input rules as any layer.
     let tmp = store.temp_dir("save")?;
-    let troot = nix::fcntl::open(&tmp, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-        .map_err(|e| Error::Io(tmp.display().to_string(), e.into()))?;
+    let troot = nix::fcntl::open(
+        &tmp,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::Io(tmp.display().to_string(), e.into()))?;
     let f = File::open(archive).map_err(|e| Error::Io(archive.display().to_string(), e))?;
     extract(decompress(f)?, troot.as_fd())?;
     let manifest: Vec<SaveEntry> = read_json(&troot, Path::new("manifest.json"))?;
-    let entry = manifest.into_iter().next().ok_or_else(|| invalid("empty manifest.json"))?;
+    let entry = manifest
+        .into_iter()
+        .next()
+        .ok_or_else(|| invalid("empty manifest.json"))?;
     let cfg_path = PathBuf::from(&entry.config);
     let mut cfg_bytes = Vec::new();
-    open_in(&troot, &cfg_path)?.read_to_end(&mut cfg_bytes).map_err(|e| Error::Io(entry.config.clone(), e))?;
+    open_in(&troot, &cfg_path)?
+        .read_to_end(&mut cfg_bytes)
+        .map_err(|e| Error::Io(entry.config.clone(), e))?;
     // The config is named by its digest (HEX.json or blobs/sha256/HEX).
-    let want = cfg_path.file_name().and_then(|n| n.to_str()).unwrap_or("").trim_end_matches(".json").to_string();
+    let want = cfg_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("")
+        .trim_end_matches(".json")
+        .to_string();
     let got = hex::encode(Sha256::digest(&cfg_bytes));
     if want.len() == 64 && want != got {
-        return Err(invalid(format!("digest mismatch for {}: content is sha256:{got}", entry.config)));
+        return Err(invalid(format!(
+            "digest mismatch for {}: content is sha256:{got}",
+            entry.config
+        )));
     }
-    let cfg: ConfigFile = serde_json::from_slice(&cfg_bytes).map_err(|e| invalid(format!("{}: {e}", entry.config)))?;
+    let cfg: ConfigFile = serde_json::from_slice(&cfg_bytes)
+        .map_err(|e| invalid(format!("{}: {e}", entry.config)))?;
     Ok(Parts {
         root: troot,
         config: cfg.config.unwrap_or_default(),
         diff_ids: cfg.rootfs.diff_ids,
-        layers: entry.layers.iter().map(|l| (PathBuf::from(l), None)).collect(),
+        layers: entry
+            .layers
+            .iter()
+            .map(|l| (PathBuf::from(l), None))
+            .collect(),
         name: entry.repo_tags.and_then(|t| t.into_iter().next()),
     })
 }
@@ -194,15 +257,37 @@ fn docker_save(store: &Store, archive: &Path) -> Result<Parts, Error> {
 pub fn chain_id(parent: Option<&str>, diff_id: &str) -> String {
     match parent {
         None => diff_id.to_string(),
-        Some(p) => format!("sha256:{}", hex::encode(Sha256::digest(format!("{p} {diff_id}").as_bytes()))),
+        Some(p) => format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(format!("{p} {diff_id}").as_bytes()))
+        ),
     }
 }
 
 /// Import the image at `path` (`DIR[:TAG]` for an OCI layout, a file for a
 /// `docker save` archive); answers the image. `progress` hears each layer done.
-pub fn import(store: &Store, path: &str, name: Option<&str>, progress: &mut dyn FnMut(usize, usize)) -> Result<Image, Error> {
+/// On failure nothing is registered and nothing half-built stays behind.
+pub fn import(
+    store: &Store,
+    path: &str,
+    name: Option<&str>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Image, Error> {
+    let res = import_inner(store, path, name, progress);
+    let _ = store.clear_tmp();
+    res
+}
+
+fn import_inner(
+    store: &Store,
+    path: &str,
+    name: Option<&str>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Image, Error> {
     let (p, tag) = match path.rsplit_once(':') {
-        Some((p, t)) if !Path::new(path).exists() && Path::new(p).exists() => (Path::new(p), Some(t)),
+        Some((p, t)) if !Path::new(path).exists() && Path::new(p).exists() => {
+            (Path::new(p), Some(t))
+        }
         _ => (Path::new(path), None),
     };
     let parts = if p.is_dir() {
@@ -210,10 +295,16 @@ pub fn import(store: &Store, path: &str, name: Option<&str>, progress: &mut dyn 
     } else if p.is_file() {
         docker_save(store, p)?
     } else {
-        return Err(Error::NotFound(format!("{path}: no such image layout or archive")));
+        return Err(Error::NotFound(format!(
+            "{path}: no such image layout or archive"
+        )));
     };
     if parts.layers.len() != parts.diff_ids.len() {
-        return Err(invalid(format!("{} layers but {} diff_ids in the config", parts.layers.len(), parts.diff_ids.len())));
+        return Err(invalid(format!(
+            "{} layers but {} diff_ids in the config",
+            parts.layers.len(),
+            parts.diff_ids.len()
+        )));
     }
     for d in &parts.diff_ids {
         digest_hex(d)?;
@@ -232,16 +323,28 @@ pub fn import(store: &Store, path: &str, name: Option<&str>, progress: &mut dyn 
     let total = parts.layers.len();
     for (i, ((blob, _), diff_id)) in parts.layers.iter().zip(&parts.diff_ids).enumerate() {
         let id = chain_id(parent.as_deref(), diff_id);
-        if store.meta(&id)?.is_none() && !staged.iter().any(|(s, _, _): &(String, PathBuf, u64)| s == &id) {
+        if store.meta(&id)?.is_none()
+            && !staged
+                .iter()
+                .any(|(s, _, _): &(String, PathBuf, u64)| s == &id)
+        {
             let tmp = store.temp_dir(&format!("layer{i}"))?;
-            let tfd = nix::fcntl::open(&tmp, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-                .map_err(|e| Error::Io(tmp.display().to_string(), e.into()))?;
+            let tfd = nix::fcntl::open(
+                &tmp,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| Error::Io(tmp.display().to_string(), e.into()))?;
             let mut h = Hashing::new(decompress(open_in(&parts.root, blob)?)?);
             let x = extract(&mut h, tfd.as_fd())?;
-            std::io::copy(&mut h, &mut std::io::sink()).map_err(|e| Error::Io(blob.display().to_string(), e))?;
+            std::io::copy(&mut h, &mut std::io::sink())
+                .map_err(|e| Error::Io(blob.display().to_string(), e))?;
             let got = h.digest();
             if &got != diff_id {
-                return Err(invalid(format!("layer {}: uncompressed digest {got} does not match diff_id {diff_id}", blob.display())));
+                return Err(invalid(format!(
+                    "layer {}: uncompressed digest {got} does not match diff_id {diff_id}",
+                    blob.display()
+                )));
             }
             staged.push((id.clone(), tmp, x.size));
         }
@@ -259,7 +362,10 @@ pub fn import(store: &Store, path: &str, name: Option<&str>, progress: &mut dyn 
             store.save_meta(&LayerMeta {
                 id: id.clone(),
                 parent: prev.clone(),
-                created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                created: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
                 diff_digest: Some(diff_id.clone()),
                 size,
                 rw: false,
@@ -268,7 +374,10 @@ pub fn import(store: &Store, path: &str, name: Option<&str>, progress: &mut dyn 
         prev = Some(id);
     }
     let top = prev.ok_or_else(|| invalid("the image has no layers"))?;
-    let name = name.map(String::from).or(parts.name).unwrap_or_else(|| top.replace("sha256:", "")[..12].to_string());
+    let name = name
+        .map(String::from)
+        .or(parts.name)
+        .unwrap_or_else(|| top.replace("sha256:", "")[..12].to_string());
     check_name("image name", &name)?;
     let img = Image {
         name,

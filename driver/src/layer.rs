@@ -38,12 +38,19 @@ pub trait GraphDriver {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn open_dir(p: &Path) -> Result<OwnedFd, Error> {
-    nix::fcntl::open(p, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-        .map_err(|e| Error::Io(p.display().to_string(), e.into()))
+    nix::fcntl::open(
+        p,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::Io(p.display().to_string(), e.into()))
 }
 
 /// Is `p` a mount point now (per /proc/self/mountinfo)?
@@ -76,7 +83,10 @@ fn mount_program() -> PathBuf {
 
 /// Bytes of file data below `dir`, each hard-linked file counted once.
 fn sum_sizes(dir: std::os::fd::BorrowedFd) -> Result<u64, unionfs::sys::Errno> {
-    fn walk(dir: std::os::fd::BorrowedFd, seen: &mut std::collections::HashSet<(u64, u64)>) -> Result<u64, sys::Errno> {
+    fn walk(
+        dir: std::os::fd::BorrowedFd,
+        seen: &mut std::collections::HashSet<(u64, u64)>,
+    ) -> Result<u64, sys::Errno> {
         let mut n = 0;
         for e in sys::read_dir(dir)? {
             let st = sys::stat_at(dir, &e.name)?;
@@ -105,7 +115,9 @@ impl Store {
         if specs.is_empty() {
             return Ok(None);
         }
-        BranchSet::open(&specs).map(Some).map_err(|e| self.io("layers", e))
+        BranchSet::open(&specs)
+            .map(Some)
+            .map_err(|e| self.io("layers", e))
     }
 
     fn refresh_size(&self, m: &mut LayerMeta) -> Result<(), Error> {
@@ -119,13 +131,20 @@ impl Store {
         check_name("image name", name)?;
         let mut m = self.layer(container)?;
         if !m.rw {
-            return Err(Error::Invalid(format!("{container} is not a container (rw) layer")));
+            return Err(Error::Invalid(format!(
+                "{container} is not a container (rw) layer"
+            )));
         }
         if self.mount_state(container)?.count > 0 {
             return Err(Error::Busy(format!("{container} is mounted")));
         }
         let config = match &m.parent {
-            Some(p) => self.images()?.into_iter().find(|i| &i.top == p).map(|i| i.config).unwrap_or_default(),
+            Some(p) => self
+                .images()?
+                .into_iter()
+                .find(|i| &i.top == p)
+                .map(|i| i.config)
+                .unwrap_or_default(),
             None => Default::default(),
         };
         m.rw = false;
@@ -211,11 +230,21 @@ impl GraphDriver for Store {
         if self.mount_state(&id)?.count > 0 && is_mounted(&self.mount_dir(&id)) {
             return Err(Error::Busy(format!("layer {id} is mounted")));
         }
-        if let Some(child) = self.layers()?.iter().find(|m| m.parent.as_deref() == Some(&id)) {
-            return Err(Error::Busy(format!("layer {id} has a child layer ({})", child.id)));
+        if let Some(child) = self
+            .layers()?
+            .iter()
+            .find(|m| m.parent.as_deref() == Some(&id))
+        {
+            return Err(Error::Busy(format!(
+                "layer {id} has a child layer ({})",
+                child.id
+            )));
         }
         if let Some(img) = self.images()?.iter().find(|i| i.top == id) {
-            return Err(Error::Busy(format!("layer {id} is the top of image {}", img.name)));
+            return Err(Error::Busy(format!(
+                "layer {id} is the top of image {}",
+                img.name
+            )));
         }
         // Metadata first: a crash after it leaves a directory the next start removes.
         self.remove_meta(&id)?;
@@ -230,15 +259,28 @@ impl GraphDriver for Store {
 
     fn status(&self) -> Result<Vec<(String, String)>, Error> {
         let layers = self.layers()?;
-        let mounted = layers.iter().filter(|m| is_mounted(&self.mount_dir(&m.id))).count();
-        let fs = nix::sys::statfs::statfs(&self.root).map(|s| format!("{:?}", s.filesystem_type())).unwrap_or_default();
+        let mounted = layers
+            .iter()
+            .filter(|m| is_mounted(&self.mount_dir(&m.id)))
+            .count();
+        let fs = match nix::sys::statfs::statfs(&self.root).map(|s| s.filesystem_type().0 as u64) {
+            Ok(0xef53) => "ext4".to_string(),
+            Ok(0x0102_1994) => "tmpfs".to_string(),
+            Ok(0x5846_5342) => "xfs".to_string(),
+            Ok(0x9123_683e) => "btrfs".to_string(),
+            Ok(other) => format!("{other:#x}"),
+            Err(e) => e.to_string(),
+        };
         Ok(vec![
             ("Root Dir".into(), self.root.display().to_string()),
             ("Backing Filesystem".into(), fs),
             ("Layers".into(), layers.len().to_string()),
             ("Images".into(), self.images()?.len().to_string()),
             ("Mounted".into(), mounted.to_string()),
-            ("Mount Program".into(), mount_program().display().to_string()),
+            (
+                "Mount Program".into(),
+                mount_program().display().to_string(),
+            ),
         ])
     }
 
@@ -269,7 +311,8 @@ impl GraphDriver for Store {
         let view = self.parent_view(&id)?;
         let fd = open_dir(&self.layer_dir(&id))?;
         let mut out = BTreeMap::new();
-        changes_in(fd.as_fd(), Path::new(""), view.as_ref(), &mut out).map_err(|e| self.io("layers", e.into()))?;
+        changes_in(fd.as_fd(), Path::new(""), view.as_ref(), &mut out)
+            .map_err(|e| self.io("layers", e.into()))?;
         Ok(out.into_iter().map(|(p, c)| (c, p)).collect())
     }
 
@@ -278,14 +321,26 @@ impl GraphDriver for Store {
         let mut m = self.layer(&id)?;
         let dir = self.layer_dir(&id);
         let fd = open_dir(&dir)?;
-        if !sys::read_dir(fd.as_fd()).map_err(|e| self.io("layers", e.into()))?.is_empty() {
+        if !sys::read_dir(fd.as_fd())
+            .map_err(|e| self.io("layers", e.into()))?
+            .is_empty()
+        {
             return Err(Error::Invalid(format!("layer {id} is not empty")));
         }
         let tmp = self.temp_dir("apply")?;
         let tfd = open_dir(&tmp)?;
         let mut hashing = Hashing::new(diff);
-        extract(&mut hashing, tfd.as_fd())?;
-        std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|e| Error::Io("tar".into(), e))?;
+        let extracted = extract(&mut hashing, tfd.as_fd())
+            .map_err(Error::from)
+            .and_then(|_| {
+                std::io::copy(&mut hashing, &mut std::io::sink())
+                    .map_err(|e| Error::Io("tar".into(), e))
+            });
+        if let Err(e) = extracted {
+            // Nothing half-extracted stays behind.
+            let _ = self.clear_tmp();
+            return Err(e);
+        }
         // The empty layer directory is replaced whole.
         std::fs::rename(&tmp, &dir).map_err(|e| self.io("layers", e))?;
         m.diff_digest = Some(hashing.digest());
@@ -304,9 +359,15 @@ pub fn unmount(p: &Path) -> Result<(), Error> {
     if !is_mounted(p) {
         return Ok(());
     }
-    let ok = Command::new("fusermount3").arg("-u").arg(p).status().map(|s| s.success()).unwrap_or(false);
+    let ok = Command::new("fusermount3")
+        .arg("-u")
+        .arg(p)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     if !ok {
-        nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH).map_err(|e| Error::Io(p.display().to_string(), e.into()))?;
+        nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(|e| Error::Io(p.display().to_string(), e.into()))?;
     }
     Ok(())
 }
@@ -344,7 +405,12 @@ fn names_in(view: &BranchSet, path: &Path) -> Vec<std::ffi::OsString> {
 }
 
 /// `docker diff` lines for the layer directory `dir` (at `rel`) against `view`.
-fn changes_in(dir: std::os::fd::BorrowedFd, rel: &Path, view: Option<&BranchSet>, out: &mut BTreeMap<String, char>) -> Result<(), sys::Errno> {
+fn changes_in(
+    dir: std::os::fd::BorrowedFd,
+    rel: &Path,
+    view: Option<&BranchSet>,
+    out: &mut BTreeMap<String, char>,
+) -> Result<(), sys::Errno> {
     let entries = sys::read_dir(dir)?;
     let shown = |p: &Path| format!("/{}", p.display());
     if entries.iter().any(|e| e.name == whiteout::OPAQUE) {
@@ -358,7 +424,9 @@ fn changes_in(dir: std::os::fd::BorrowedFd, rel: &Path, view: Option<&BranchSet>
         }
     }
     for e in &entries {
-        if (rel.as_os_str().is_empty() && e.name == whiteout::WORK_DIR) || e.name == whiteout::OPAQUE {
+        if (rel.as_os_str().is_empty() && e.name == whiteout::WORK_DIR)
+            || e.name == whiteout::OPAQUE
+        {
             continue;
         }
         if let Some(h) = whiteout::hidden_name(&e.name) {
@@ -374,7 +442,9 @@ fn changes_in(dir: std::os::fd::BorrowedFd, rel: &Path, view: Option<&BranchSet>
             None => false,
         };
         out.insert(shown(&p), if existed { 'C' } else { 'A' });
-        if e.kind == libc::S_IFDIR || (e.kind == 0 && sys::stat_at(dir, &e.name)?.st_mode & libc::S_IFMT == libc::S_IFDIR) {
+        if e.kind == libc::S_IFDIR
+            || (e.kind == 0 && sys::stat_at(dir, &e.name)?.st_mode & libc::S_IFMT == libc::S_IFDIR)
+        {
             let sub = sys::open_dir(dir, Path::new(&e.name))?;
             changes_in(sub.as_fd(), &p, if existed { view } else { None }, out)?;
         }

@@ -73,36 +73,69 @@ pub struct Store {
     _lock: nix::fcntl::Flock<File>,
 }
 
-/// Ids and names become file names: keep them to a safe alphabet.
+/// Ids and names become file names: keep them to a safe alphabet (image
+/// names may also hold '/', as in repository names).
 pub fn check_name(kind: &str, s: &str) -> Result<(), Error> {
+    let extra: &[u8] = if kind.starts_with("image") {
+        b"._-:@+/"
+    } else {
+        b"._-:@+"
+    };
     let ok = !s.is_empty()
         && s.len() <= 128
         && !s.starts_with('.')
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:@+".contains(&b));
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b));
     if ok {
         Ok(())
     } else {
+        let chars = String::from_utf8_lossy(extra)
+            .chars()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
         Err(Error::Invalid(format!(
-            "bad {kind} '{s}': use letters, digits and . _ - : @ + (at most 128, not starting with '.')"
+            "bad {kind} '{s}': use letters, digits and {chars} (at most 128, not starting with '.')"
         )))
     }
 }
 
+/// A name as a file name: '/' cannot be in one, ':' cannot be in a branch list.
 fn file_name(s: &str) -> String {
-    // ':' is fine in file names but not in branch lists: store it escaped.
-    s.replace(':', "%")
+    s.replace('%', "%25")
+        .replace(':', "%3A")
+        .replace('/', "%2F")
+}
+
+fn from_file_name(s: &str) -> String {
+    s.replace("%2F", "/")
+        .replace("%3A", ":")
+        .replace("%25", "%")
 }
 
 impl Store {
     /// Open (creating) the store at `root` and take its lock.
     pub fn open(root: &Path) -> Result<Store, Error> {
         let io = |e: std::io::Error| Error::Io(root.display().to_string(), e);
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(root).map_err(io)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(io)?;
         fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(io)?;
         for d in ["layers", "meta", "images", "mounts", "tmp"] {
-            fs::DirBuilder::new().recursive(true).mode(0o700).create(root.join(d)).map_err(io)?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(root.join(d))
+                .map_err(io)?;
         }
-        let lock = File::options().create(true).truncate(false).write(true).open(root.join("lock")).map_err(io)?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join("lock"))
+            .map_err(io)?;
         let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| Error::Io(root.display().to_string(), e.into()))?;
         let store = Store {
@@ -113,15 +146,21 @@ impl Store {
         Ok(store)
     }
 
-    /// Leftovers of an interrupted run: temporary builds, layers without metadata.
-    fn recover(&self) -> Result<(), Error> {
+    /// Remove everything under tmp/ (only the lock holder builds there).
+    pub fn clear_tmp(&self) -> Result<(), Error> {
         for e in fs::read_dir(self.root.join("tmp")).map_err(|e| self.io("tmp", e))? {
             let e = e.map_err(|e| self.io("tmp", e))?;
             remove_path(&e.path())?;
         }
+        Ok(())
+    }
+
+    /// Leftovers of an interrupted run: temporary builds, layers without metadata.
+    fn recover(&self) -> Result<(), Error> {
+        self.clear_tmp()?;
         for e in fs::read_dir(self.root.join("layers")).map_err(|e| self.io("layers", e))? {
             let e = e.map_err(|e| self.io("layers", e))?;
-            let id = e.file_name().to_string_lossy().replace('%', ":");
+            let id = from_file_name(&e.file_name().to_string_lossy());
             if !self.meta_path(&id).exists() {
                 log::info!("removing leftover layer directory {id}");
                 remove_path(&e.path())?;
@@ -139,11 +178,15 @@ impl Store {
     }
 
     fn meta_path(&self, id: &str) -> PathBuf {
-        self.root.join("meta").join(format!("{}.json", file_name(id)))
+        self.root
+            .join("meta")
+            .join(format!("{}.json", file_name(id)))
     }
 
     fn image_path(&self, name: &str) -> PathBuf {
-        self.root.join("images").join(format!("{}.json", file_name(name)))
+        self.root
+            .join("images")
+            .join(format!("{}.json", file_name(name)))
     }
 
     pub fn mount_dir(&self, id: &str) -> PathBuf {
@@ -151,14 +194,22 @@ impl Store {
     }
 
     fn mount_state_path(&self, id: &str) -> PathBuf {
-        self.root.join("mounts").join(format!("{}.json", file_name(id)))
+        self.root
+            .join("mounts")
+            .join(format!("{}.json", file_name(id)))
     }
 
     /// A fresh directory under tmp/ to build in.
     pub fn temp_dir(&self, tag: &str) -> Result<PathBuf, Error> {
-        let p = self.root.join("tmp").join(format!("{tag}-{}", std::process::id()));
+        let p = self
+            .root
+            .join("tmp")
+            .join(format!("{tag}-{}", std::process::id()));
         let _ = remove_path(&p);
-        fs::DirBuilder::new().mode(0o755).create(&p).map_err(|e| self.io("tmp", e))?;
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&p)
+            .map_err(|e| self.io("tmp", e))?;
         Ok(p)
     }
 
@@ -167,7 +218,8 @@ impl Store {
         let tmp = path.with_extension("json.tmp");
         let io = |e: std::io::Error| Error::Io(path.display().to_string(), e);
         let mut f = File::create(&tmp).map_err(io)?;
-        f.write_all(&serde_json::to_vec_pretty(value).map_err(|e| Error::Invalid(e.to_string()))?).map_err(io)?;
+        f.write_all(&serde_json::to_vec_pretty(value).map_err(|e| Error::Invalid(e.to_string()))?)
+            .map_err(io)?;
         f.sync_all().map_err(io)?;
         fs::rename(&tmp, path).map_err(io)?;
         if let Some(dir) = path.parent() {
@@ -191,7 +243,8 @@ impl Store {
     }
 
     pub fn layer(&self, id: &str) -> Result<LayerMeta, Error> {
-        self.meta(id)?.ok_or_else(|| Error::NotFound(format!("no layer {id}")))
+        self.meta(id)?
+            .ok_or_else(|| Error::NotFound(format!("no layer {id}")))
     }
 
     pub fn save_meta(&self, m: &LayerMeta) -> Result<(), Error> {
@@ -239,7 +292,9 @@ impl Store {
     }
 
     pub fn mount_state(&self, id: &str) -> Result<MountState, Error> {
-        Ok(self.read_json(&self.mount_state_path(id))?.unwrap_or_default())
+        Ok(self
+            .read_json(&self.mount_state_path(id))?
+            .unwrap_or_default())
     }
 
     pub fn save_mount_state(&self, id: &str, s: &MountState) -> Result<(), Error> {
@@ -287,5 +342,6 @@ pub fn remove_path(p: &Path) -> Result<(), Error> {
         nix::sys::stat::Mode::empty(),
     )
     .map_err(|e| Error::Io(p.display().to_string(), e.into()))?;
-    unionfs::branch::remove_tree(std::os::fd::AsFd::as_fd(&dir), name).map_err(|e| Error::Io(p.display().to_string(), e.into()))
+    unionfs::branch::remove_tree(std::os::fd::AsFd::as_fd(&dir), name)
+        .map_err(|e| Error::Io(p.display().to_string(), e.into()))
 }

@@ -82,7 +82,9 @@ fn clean(p: &Path) -> Result<PathBuf, TarError> {
             Component::Normal(x) => out.push(x),
             Component::CurDir => {}
             Component::ParentDir => return Err(TarError::DotDot(p.to_path_buf())),
-            Component::RootDir | Component::Prefix(_) => return Err(TarError::Absolute(p.to_path_buf())),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(TarError::Absolute(p.to_path_buf()))
+            }
         }
     }
     Ok(out)
@@ -96,10 +98,12 @@ pub struct Extracted {
     pub entries: u64,
 }
 
+type Xattrs = Vec<(OsString, Vec<u8>)>;
+
 struct Extractor<'a> {
     root: BorrowedFd<'a>,
     /// Directory metadata is set last: filling a directory changes its times.
-    dirs: Vec<(PathBuf, tar::Header, Vec<(OsString, Vec<u8>)>)>,
+    dirs: Vec<(PathBuf, tar::Header, Xattrs)>,
     out: Extracted,
 }
 
@@ -123,7 +127,8 @@ pub fn extract(reader: impl Read, root: BorrowedFd) -> Result<Extracted, TarErro
         x.entry(&mut entry)?;
     }
     // Deepest first, so a parent's times are set after its children's.
-    x.dirs.sort_by(|a, b| b.0.components().count().cmp(&a.0.components().count()));
+    x.dirs
+        .sort_by_key(|d| std::cmp::Reverse(d.0.components().count()));
     for (path, header, xattrs) in std::mem::take(&mut x.dirs) {
         let (dir, name) = x.parent(&path, false)?;
         set_meta(dir.as_fd(), &name, &header, &xattrs, false).map_err(fs_err(&path))?;
@@ -137,7 +142,9 @@ impl Extractor<'_> {
     fn parent(&self, path: &Path, create: bool) -> Result<(OwnedFd, OsString), TarError> {
         let mut cur = sys::dup(self.root).map_err(fs_err(path))?;
         let comps: Vec<&OsStr> = path.iter().collect();
-        let (name, dirs) = comps.split_last().ok_or(TarError::Reserved(path.to_path_buf()))?;
+        let (name, dirs) = comps
+            .split_last()
+            .ok_or(TarError::Reserved(path.to_path_buf()))?;
         for d in dirs {
             let next = match sys::open_dir(cur.as_fd(), Path::new(d)) {
                 Err(Errno::ENOENT) if create => {
@@ -167,7 +174,10 @@ impl Extractor<'_> {
         let xattrs = pax_xattrs(entry)?;
         let header = entry.header().clone();
         let kind = header.entry_type();
-        if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() || kind.is_gnu_longname() {
+        if kind.is_pax_global_extensions()
+            || kind.is_pax_local_extensions()
+            || kind.is_gnu_longname()
+        {
             return Ok(());
         }
         let (dir, name) = self.parent(&path, true)?;
@@ -193,19 +203,32 @@ impl Extractor<'_> {
                 return Ok(());
             }
             k if k.is_file() || k == tar::EntryType::Continuous => {
-                let f = sys::open_at(dir, &name, OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY, 0o600).map_err(&err)?;
+                let f = sys::open_at(
+                    dir,
+                    &name,
+                    OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY,
+                    0o600,
+                )
+                .map_err(&err)?;
                 let mut f = std::fs::File::from(f);
                 let n = io::copy(entry, &mut f).map_err(TarError::Archive)?;
                 f.flush().map_err(TarError::Archive)?;
                 self.out.size += n;
             }
             k if k.is_symlink() => {
-                let target = entry.link_name().map_err(TarError::Archive)?.ok_or(TarError::Unsupported(raw.clone()))?;
+                let target = entry
+                    .link_name()
+                    .map_err(TarError::Archive)?
+                    .ok_or(TarError::Unsupported(raw.clone()))?;
                 sys::symlink_at(target.as_os_str(), dir, &name).map_err(&err)?;
             }
             k if k.is_hard_link() => {
-                let target = entry.link_name().map_err(TarError::Archive)?.ok_or(TarError::Unsupported(raw.clone()))?;
-                let t = clean(&target).map_err(|_| TarError::LinkOutside(path.clone(), target.to_path_buf()))?;
+                let target = entry
+                    .link_name()
+                    .map_err(TarError::Archive)?
+                    .ok_or(TarError::Unsupported(raw.clone()))?;
+                let t = clean(&target)
+                    .map_err(|_| TarError::LinkOutside(path.clone(), target.to_path_buf()))?;
                 let outside = || TarError::LinkOutside(path.clone(), target.to_path_buf());
                 let (tdir, tname) = self.parent(&t, false).map_err(|_| outside())?;
                 match sys::stat_at(tdir.as_fd(), &tname) {
@@ -239,14 +262,23 @@ fn pax_xattrs<R: Read>(entry: &mut tar::Entry<R>) -> Result<Vec<(OsString, Vec<u
         for ext in exts {
             let ext = ext.map_err(TarError::Archive)?;
             if let Some(k) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-                out.push((OsStr::from_bytes(k).to_os_string(), ext.value_bytes().to_vec()));
+                out.push((
+                    OsStr::from_bytes(k).to_os_string(),
+                    ext.value_bytes().to_vec(),
+                ));
             }
         }
     }
     Ok(out)
 }
 
-fn set_meta(dir: BorrowedFd, name: &OsStr, h: &tar::Header, xattrs: &[(OsString, Vec<u8>)], link: bool) -> sys::Result<()> {
+fn set_meta(
+    dir: BorrowedFd,
+    name: &OsStr,
+    h: &tar::Header,
+    xattrs: &[(OsString, Vec<u8>)],
+    link: bool,
+) -> sys::Result<()> {
     let fd = sys::open_at(dir, name, OFlag::O_PATH, 0)?;
     if !link {
         for (k, v) in xattrs {
@@ -278,7 +310,13 @@ pub fn write_layer(root: BorrowedFd, out: impl Write) -> io::Result<u64> {
     Ok(n)
 }
 
-fn walk<W: Write>(dir: BorrowedFd, rel: &Path, b: &mut tar::Builder<W>, links: &mut HashMap<(u64, u64), PathBuf>, n: &mut u64) -> io::Result<()> {
+fn walk<W: Write>(
+    dir: BorrowedFd,
+    rel: &Path,
+    b: &mut tar::Builder<W>,
+    links: &mut HashMap<(u64, u64), PathBuf>,
+    n: &mut u64,
+) -> io::Result<()> {
     let mut entries = sys::read_dir(dir)?;
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     for e in entries {

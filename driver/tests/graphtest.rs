@@ -24,7 +24,10 @@ fn create_empty_layer() {
     assert_eq!(meta["id"], "empty");
     assert_eq!(meta["parent"], serde_json::Value::Null);
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(fs::metadata(&e.root).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        fs::metadata(&e.root).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
 }
 
 #[test]
@@ -45,8 +48,14 @@ fn base_and_snapshot_layers() {
     fs::write(m.join("dir/c"), "new").unwrap();
     fs::remove_file(m.join("gone")).unwrap();
     e.ok(&["umount", "snap"]);
-    assert_eq!(e.ok(&["changes", "snap"]), "C /a\nC /dir\nA /dir/c\nD /gone\n");
-    assert_eq!(e.ok(&["changes", "base"]), "A /a\nA /dir\nA /dir/b\nA /gone\n");
+    assert_eq!(
+        e.ok(&["changes", "snap"]),
+        "C /a\nC /dir\nA /dir/c\nD /gone\n"
+    );
+    assert_eq!(
+        e.ok(&["changes", "base"]),
+        "A /a\nA /dir\nA /dir/b\nA /gone\n"
+    );
     assert_eq!(e.ok(&["diff-size", "snap"]), "9\n");
     // the base is unchanged underneath
     let m = e.mount("base");
@@ -72,7 +81,11 @@ fn a_chain_of_64_layers_reads_from_the_top() {
             .file("common", format!("top is {i}").as_bytes())
             .bytes();
         let out = e.with_stdin(&["apply-diff", &id], &tar);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         parent = Some(id);
     }
     let m = e.mount("l63");
@@ -94,18 +107,29 @@ fn diff_then_apply_round_trip() {
     fs::write(m.join("x"), vec![7u8; 100_000]).unwrap();
     fs::hard_link(m.join("x"), m.join("x2")).unwrap();
     std::os::unix::fs::symlink("d/e/f", m.join("link")).unwrap();
-    std::process::Command::new("setfattr").args(["-n", "user.k", "-v", "v"]).arg(m.join("x")).status().ok();
+    std::process::Command::new("setfattr")
+        .args(["-n", "user.k", "-v", "v"])
+        .arg(m.join("x"))
+        .status()
+        .ok();
     e.ok(&["umount", "src"]);
     let diff = e.run(&["diff", "src"]).stdout;
     e.ok(&["create", "dst"]);
     let out = e.with_stdin(&["apply-diff", "dst"], &diff);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "100004\n");
     assert_eq!(e.ok(&["changes", "dst"]), e.ok(&["changes", "src"]));
     assert_eq!(e.ok(&["diff-size", "dst"]), "100004\n");
     let d = e.root.join("layers/dst");
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(fs::metadata(d.join("x")).unwrap().ino(), fs::metadata(d.join("x2")).unwrap().ino());
+    assert_eq!(
+        fs::metadata(d.join("x")).unwrap().ino(),
+        fs::metadata(d.join("x2")).unwrap().ino()
+    );
     assert_eq!(fs::read_link(d.join("link")).unwrap(), Path::new("d/e/f"));
     // and the second diff is the same as the first
     assert_eq!(e.run(&["diff", "dst"]).stdout.len(), diff.len());
@@ -120,8 +144,16 @@ fn whiteouts_in_diffs_are_oci_whiteouts() {
     need_root!();
     let e = Env::new();
     e.ok(&["create", "base"]);
-    let base = TarBuilder::new().file("a", b"a").dir("d/").file("d/x", b"x").file("d/y", b"y").bytes();
-    assert!(e.with_stdin(&["apply-diff", "base"], &base).status.success());
+    let base = TarBuilder::new()
+        .file("a", b"a")
+        .dir("d/")
+        .file("d/x", b"x")
+        .file("d/y", b"y")
+        .bytes();
+    assert!(e
+        .with_stdin(&["apply-diff", "base"], &base)
+        .status
+        .success());
     e.ok(&["create", "--rw", "--parent", "base", "c"]);
     let m = e.mount("c");
     fs::remove_file(m.join("a")).unwrap();
@@ -137,7 +169,10 @@ fn whiteouts_in_diffs_are_oci_whiteouts() {
         .collect();
     names.sort();
     assert_eq!(names, vec![".wh.a", "d", "d/.wh..wh..opq", "d/z"]);
-    assert_eq!(e.ok(&["changes", "c"]), "D /a\nC /d\nD /d/x\nD /d/y\nA /d/z\n");
+    assert_eq!(
+        e.ok(&["changes", "c"]),
+        "D /a\nC /d\nD /d/x\nD /d/y\nA /d/z\n"
+    );
 }
 
 #[test]
@@ -175,7 +210,10 @@ fn rm_rules() {
     assert_eq!(e.ok(&["ls"]), "");
     assert!(!e.run(&["exists", "parent"]).status.success());
     e.fails(&["rm", "parent"], "no layer or image parent");
-    e.fails(&["create", "--parent", "nothing", "x"], "no layer or image nothing");
+    e.fails(
+        &["create", "--parent", "nothing", "x"],
+        "no layer or image nothing",
+    );
     e.ok(&["create", "y"]);
     e.fails(&["create", "y"], "exists");
     e.fails(&["create", "../evil"], "bad layer id");
@@ -202,7 +240,10 @@ fn one_process_changes_the_store_at_a_time() {
     let held = unionfs_driver::Store::open(&e.root).unwrap();
     let mut child = e.cmd(&["create", "waits"]).spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(child.try_wait().unwrap().is_none(), "a second process did not wait for the lock");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a second process did not wait for the lock"
+    );
     drop(held);
     assert!(child.wait().unwrap().success());
     assert!(e.ok(&["ls"]).contains("waits"));

@@ -121,7 +121,9 @@ fn run(cli: Cli) -> Result<(), unionfs_driver::Error> {
             }
         }
         Cmd::Import { name, path } => {
-            let bar = std::io::stderr().is_terminal().then(|| indicatif::ProgressBar::new(0));
+            let bar = std::io::stderr()
+                .is_terminal()
+                .then(|| indicatif::ProgressBar::new(0));
             let mut progress = |done: usize, total: usize| {
                 if let Some(b) = &bar {
                     b.set_length(total as u64);
@@ -142,13 +144,24 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
         Err(e) => {
             let text = e.to_string();
-            eprintln!("unionfs-driver: {}", text.lines().next().unwrap_or("bad arguments").trim_start_matches("error: "));
+            eprintln!(
+                "unionfs-driver: {}",
+                text.lines()
+                    .next()
+                    .unwrap_or("bad arguments")
+                    .trim_start_matches("error: ")
+            );
             return ExitCode::from(2);
         }
     };

@@ -42,7 +42,10 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
-        let tmp = tempfile::Builder::new().prefix("driver-test").tempdir().unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("driver-test")
+            .tempdir()
+            .unwrap();
         let root = tmp.path().join("store");
         Env { tmp, root }
     }
@@ -65,7 +68,11 @@ impl Env {
     #[track_caller]
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "unionfs-driver {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "unionfs-driver {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -80,7 +87,13 @@ impl Env {
     }
 
     pub fn with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
-        let mut child = self.cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         child.stdin.take().unwrap().write_all(input).ok();
         child.wait_with_output().unwrap()
     }
@@ -92,7 +105,11 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        let _ = Command::new(CLI).arg("--root").arg(&self.root).arg("cleanup").output();
+        let _ = Command::new(CLI)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("cleanup")
+            .output();
     }
 }
 
@@ -116,11 +133,17 @@ fn header(name: &str, kind: tar::EntryType, size: u64, mode: u32) -> tar::Header
 
 impl TarBuilder {
     pub fn new() -> TarBuilder {
-        TarBuilder { b: tar::Builder::new(Vec::new()) }
+        TarBuilder {
+            b: tar::Builder::new(Vec::new()),
+        }
     }
 
-    pub fn file(mut self, name: &str, data: &[u8]) -> Self {
-        let h = header(name, tar::EntryType::Regular, data.len() as u64, 0o644);
+    pub fn file(self, name: &str, data: &[u8]) -> Self {
+        self.file_mode(name, data, 0o644)
+    }
+
+    pub fn file_mode(mut self, name: &str, data: &[u8], mode: u32) -> Self {
+        let h = header(name, tar::EntryType::Regular, data.len() as u64, mode);
         self.b.append(&h, data).unwrap();
         self
     }
@@ -172,13 +195,16 @@ pub fn zstd(b: &[u8]) -> Vec<u8> {
 pub fn busybox_layer() -> Vec<u8> {
     let busybox = fs::read("/bin/busybox").expect("/bin/busybox (install busybox-static)");
     let mut t = TarBuilder::new().dir("bin/").dir("etc/").dir("tmp/");
-    t = t.file("bin/busybox", &busybox);
+    t = t.file_mode("bin/busybox", &busybox, 0o755);
     for app in ["sh", "ls", "cat", "echo", "id", "hostname"] {
         t = t.symlink(&format!("bin/{app}"), "busybox");
     }
-    t.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n")
-        .file("etc/os-release", b"NAME=busybox\n")
-        .bytes()
+    t.file(
+        "etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n",
+    )
+    .file("etc/os-release", b"NAME=busybox\n")
+    .bytes()
 }
 
 pub struct Layer {
@@ -189,13 +215,22 @@ pub struct Layer {
 
 impl Layer {
     pub fn gz(tar: Vec<u8>) -> Layer {
-        Layer { blob: gzip(&tar), tar }
+        Layer {
+            blob: gzip(&tar),
+            tar,
+        }
     }
     pub fn zst(tar: Vec<u8>) -> Layer {
-        Layer { blob: zstd(&tar), tar }
+        Layer {
+            blob: zstd(&tar),
+            tar,
+        }
     }
     pub fn plain(tar: Vec<u8>) -> Layer {
-        Layer { blob: tar.clone(), tar }
+        Layer {
+            blob: tar.clone(),
+            tar,
+        }
     }
 }
 
@@ -250,10 +285,15 @@ pub fn docker_save(path: &Path, layers: &[Layer], repo_tag: &str) {
     let mut names = Vec::new();
     for (i, l) in layers.iter().enumerate() {
         let dir = format!("layer{i}");
-        t = t.dir(&format!("{dir}/")).file(&format!("{dir}/layer.tar"), &l.tar);
+        t = t
+            .dir(&format!("{dir}/"))
+            .file(&format!("{dir}/layer.tar"), &l.tar);
         names.push(format!("{dir}/layer.tar"));
     }
-    let manifest = serde_json::to_vec(&serde_json::json!([{"Config": cname, "RepoTags": [repo_tag], "Layers": names}])).unwrap();
+    let manifest = serde_json::to_vec(
+        &serde_json::json!([{"Config": cname, "RepoTags": [repo_tag], "Layers": names}]),
+    )
+    .unwrap();
     fs::write(path, t.file("manifest.json", &manifest).bytes()).unwrap();
 }
 

@@ -8,8 +8,8 @@ if ! command -v mount.fuse3 >/dev/null || ! command -v getfattr >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 attr >/dev/null
 fi
-cargo build --release --quiet
-install -m 0755 target/release/unionfs-mount target/release/unionctl target/release/snapmerge /usr/local/bin/
+cargo build --release --quiet --workspace
+install -m 0755 target/release/unionfs-mount target/release/unionctl target/release/snapmerge target/release/unionfs-driver /usr/local/bin/
 
 demo=$(mktemp -d /tmp/unionfs-demo.XXXXXX)
 trap 'fusermount3 -u "$demo/mnt" 2>/dev/null || true; rm -rf "$demo"' EXIT
@@ -33,4 +33,4 @@ echo "# the read-only branch is untouched; the copy-up, the whiteouts and the"
 echo "# renamed (opaque) directory are all in the writable branch"
 run cat "$demo/ro/hello"
 run fusermount3 -u "$demo/mnt"
-echo "demo done: unionfs-mount, unionctl and snapmerge are installed in /usr/local/bin"
+echo "demo done: unionfs-mount, unionctl, snapmerge and unionfs-driver are installed in /usr/local/bin"

@@ -11,6 +11,7 @@
 #![deny(unsafe_code)]
 
 pub mod branch;
+pub mod cli;
 pub mod control;
 pub mod copyup;
 pub mod create;

@@ -255,16 +255,20 @@ impl Store {
         fs::remove_file(self.meta_path(id)).map_err(|e| self.io("meta", e))
     }
 
-    pub fn layers(&self) -> Result<Vec<LayerMeta>, Error> {
+    /// Every JSON record in the store directory `dir`.
+    fn read_all<T: for<'de> Deserialize<'de>>(&self, dir: &str) -> Result<Vec<T>, Error> {
         let mut out = Vec::new();
-        for e in fs::read_dir(self.root.join("meta")).map_err(|e| self.io("meta", e))? {
-            let p = e.map_err(|e| self.io("meta", e))?.path();
+        for e in fs::read_dir(self.root.join(dir)).map_err(|e| self.io(dir, e))? {
+            let p = e.map_err(|e| self.io(dir, e))?.path();
             if p.extension().is_some_and(|x| x == "json") {
-                if let Some(m) = self.read_json::<LayerMeta>(&p)? {
-                    out.push(m);
-                }
+                out.extend(self.read_json::<T>(&p)?);
             }
         }
+        Ok(out)
+    }
+
+    pub fn layers(&self) -> Result<Vec<LayerMeta>, Error> {
+        let mut out: Vec<LayerMeta> = self.read_all("meta")?;
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
@@ -278,15 +282,7 @@ impl Store {
     }
 
     pub fn images(&self) -> Result<Vec<Image>, Error> {
-        let mut out = Vec::new();
-        for e in fs::read_dir(self.root.join("images")).map_err(|e| self.io("images", e))? {
-            let p = e.map_err(|e| self.io("images", e))?.path();
-            if p.extension().is_some_and(|x| x == "json") {
-                if let Some(i) = self.read_json::<Image>(&p)? {
-                    out.push(i);
-                }
-            }
-        }
+        let mut out: Vec<Image> = self.read_all("images")?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }

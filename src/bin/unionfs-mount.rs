@@ -5,7 +5,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
+use clap::{ArgAction, Parser};
 use nix::sys::signal::{SigSet, Signal};
 use unionfs::{branch, sys, BranchSet, MountOptions};
 
@@ -111,22 +111,9 @@ fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::command().try_get_matches() {
-        Ok(m) => Cli::from_arg_matches(&m).expect("clap checked the arguments"),
-        Err(e)
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) =>
-        {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("bad arguments");
-            return usage_error(first.trim_start_matches("error: "));
-        }
+    let cli: Cli = match unionfs::cli::parse("unionfs-mount") {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     // fuser warns when the kernel side is already gone at exit: not ours to report.
     let log_default = if cli.debug {

@@ -7,8 +7,10 @@
 #![deny(unsafe_code)]
 
 pub mod image;
+pub mod launch;
 pub mod layer;
 pub mod store;
+mod sys;
 pub mod tar;
 
 pub use layer::GraphDriver;
@@ -30,4 +32,6 @@ pub enum Error {
     Io(String, std::io::Error),
     #[error(transparent)]
     Tar(#[from] tar::TarError),
+    #[error(transparent)]
+    Launch(#[from] launch::LaunchError),
 }

@@ -70,12 +70,138 @@ enum Cmd {
         name: Option<String>,
         path: String,
     },
+    /// Run a command in a new container of IMAGE: a rw layer on the image,
+    /// mounted, launched (CMD, Env, WorkingDir and User default to the
+    /// image's config), then unmounted; removed too with --rm.
+    Run {
+        /// Remove the container layer afterwards.
+        #[arg(long)]
+        rm: bool,
+        /// The container layer's id (default: ctr-PID-TIME).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        run: Box<unionfs_driver::launch::RunArgs>,
+        image: String,
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
+    /// Drop a container's mount (and with --rm its layer): the launcher's
+    /// clean-up when it was killed.
+    #[command(hide = true)]
+    Release {
+        #[arg(long)]
+        rm: bool,
+        id: String,
+    },
+}
+
+/// Undo a container's mount, and with `rm` remove its layer.
+fn release(root: &std::path::Path, id: &str, rm: bool) -> Result<(), unionfs_driver::Error> {
+    let s = Store::open(root)?;
+    if s.mount_state(id)?.count > 0 {
+        s.put(id)?;
+    }
+    if rm && s.exists(id) {
+        s.remove(id)?;
+    }
+    Ok(())
+}
+
+/// `run`: the store is locked only while the container is set up and torn
+/// down, not while it runs.
+fn run_container(
+    root: &std::path::Path,
+    rm: bool,
+    name: Option<String>,
+    args: &unionfs_driver::launch::RunArgs,
+    image: &str,
+    cmd: Vec<String>,
+) -> Result<i32, unionfs_driver::Error> {
+    use unionfs_driver::launch::{self, parse_user, Options};
+    let (id, mnt, opts, argv) = {
+        let s = Store::open(root)?;
+        let top = s.resolve(image)?;
+        let config = match s.image(image)? {
+            Some(i) => i.config,
+            None => s
+                .images()?
+                .into_iter()
+                .find(|i| i.top == top)
+                .map(|i| i.config)
+                .unwrap_or_default(),
+        };
+        let user = match config.user.as_str() {
+            "" => None,
+            u => Some(parse_user(u).map_err(unionfs_driver::Error::Invalid)?),
+        };
+        let base = Options {
+            env: config.env.clone(),
+            workdir: Some(config.working_dir.clone()).filter(|w| !w.is_empty()),
+            user,
+            ..Default::default()
+        };
+        let opts = args.options(base)?;
+        let mut argv = config.entrypoint.clone().unwrap_or_default();
+        if cmd.is_empty() {
+            argv.extend(config.cmd.clone().unwrap_or_default());
+        } else {
+            argv.extend(cmd);
+        }
+        if argv.is_empty() {
+            argv.push("/bin/sh".into());
+        }
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let id = name.unwrap_or_else(|| format!("ctr-{}-{secs}", std::process::id()));
+        s.create(&id, Some(&top), true)?;
+        let mnt = match s.get(&id) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = s.remove(&id);
+                return Err(e);
+            }
+        };
+        (id, mnt, opts, argv)
+    };
+    let exe =
+        std::env::current_exe().map_err(|e| unionfs_driver::Error::Io("current_exe".into(), e))?;
+    let mut cleanup = vec![
+        exe.display().to_string(),
+        "--root".into(),
+        root.display().to_string(),
+        "release".into(),
+        id.clone(),
+    ];
+    if rm {
+        cleanup.push("--rm".into());
+    }
+    let res = launch::run(&mnt, &opts, &argv, Some(cleanup));
+    release(root, &id, rm)?;
+    Ok(res?)
 }
 
 fn run(cli: Cli) -> Result<(), unionfs_driver::Error> {
     let root = cli.root.unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT));
+    match cli.cmd {
+        Cmd::Run {
+            rm,
+            name,
+            run,
+            image,
+            cmd,
+        } => {
+            let code = run_container(&root, rm, name, &run, &image, cmd)?;
+            std::process::exit(code);
+        }
+        Cmd::Release { rm, id } => return release(&root, &id, rm),
+        _ => {}
+    }
     let s = Store::open(&root)?;
     match cli.cmd {
+        Cmd::Run { .. } | Cmd::Release { .. } => unreachable!("handled above"),
         Cmd::Create { rw, parent, id } => s.create(&id, parent.as_deref(), rw)?,
         Cmd::Mount { id } => println!("{}", s.get(&id)?.display()),
         Cmd::Umount { id } => s.put(&id)?,
@@ -150,7 +276,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("unionfs-driver: {e}");
-            ExitCode::from(1)
+            // As docker run: 125 when the container could not be started.
+            ExitCode::from(if matches!(e, unionfs_driver::Error::Launch(_)) {
+                125
+            } else {
+                1
+            })
         }
     }
 }

@@ -194,9 +194,15 @@ pub fn zstd(b: &[u8]) -> Vec<u8> {
 /// A base layer from busybox-static: /bin/busybox and a few applet links.
 pub fn busybox_layer() -> Vec<u8> {
     let busybox = fs::read("/bin/busybox").expect("/bin/busybox (install busybox-static)");
-    let mut t = TarBuilder::new().dir("bin/").dir("etc/").dir("tmp/");
+    let mut t = TarBuilder::new()
+        .dir("bin/")
+        .dir("etc/")
+        .dir("tmp/")
+        .dir("dev/")
+        .dir("proc/")
+        .dir("sys/");
     t = t.file_mode("bin/busybox", &busybox, 0o755);
-    for app in ["sh", "ls", "cat", "echo", "id", "hostname"] {
+    for app in ["sh", "ls", "cat", "echo", "id", "hostname", "sleep"] {
         t = t.symlink(&format!("bin/{app}"), "busybox");
     }
     t.file(

@@ -1,0 +1,301 @@
+//! The container's mount namespace: private propagation, the rootfs bound
+//! onto itself, /proc (with Docker's masked and read-only paths), /sys
+//! read-only, a tmpfs /dev, volumes, then pivot_root with the old root
+//! detached. Paths inside the rootfs are resolved from a directory handle
+//! with RESOLVE_NO_SYMLINKS and mounts go through /proc/self/fd: an image
+//! whose /dev or /proc is a symlink cannot make the launcher touch the host.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use unionfs::sys;
+
+use super::{LaunchError, Options, Step};
+
+fn fd_path(fd: BorrowedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+fn step(s: Step) -> impl Fn(Errno) -> LaunchError {
+    move |e| LaunchError::Step(s, e.to_string())
+}
+
+/// The directory `rel` inside the rootfs (created when missing); a symlink
+/// on the way is refused.
+fn dir_in(root: BorrowedFd, rel: &Path, s: Step) -> Result<OwnedFd, LaunchError> {
+    let mut cur = sys::dup(root).map_err(step(s))?;
+    for c in rel.iter() {
+        let next = match sys::open_dir(cur.as_fd(), Path::new(c)) {
+            Err(Errno::ENOENT) => {
+                sys::mkdir_at(cur.as_fd(), c, 0o755).map_err(step(s))?;
+                sys::open_dir(cur.as_fd(), Path::new(c))
+            }
+            other => other,
+        };
+        cur = next.map_err(|e| match e {
+            Errno::ELOOP | Errno::ENOTDIR => LaunchError::Step(
+                s,
+                format!(
+                    "/{} in the rootfs is a symlink or not a directory",
+                    rel.display()
+                ),
+            ),
+            e => LaunchError::Step(s, e.to_string()),
+        })?;
+    }
+    Ok(cur)
+}
+
+fn mnt(
+    src: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+    s: Step,
+) -> Result<(), LaunchError> {
+    mount(src, target, fstype, flags, data)
+        .map_err(|e| LaunchError::Step(s, format!("{}: {e}", target.display())))
+}
+
+const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+fn proc_fs(root: BorrowedFd) -> Result<(), LaunchError> {
+    let s = Step::MountProc;
+    let p = dir_in(root, Path::new("proc"), s)?;
+    mnt(
+        Some("proc"),
+        &fd_path(p.as_fd()),
+        Some("proc"),
+        NOSUID_NODEV_NOEXEC,
+        None,
+        s,
+    )?;
+    let p = dir_in(root, Path::new("proc"), s)?;
+    // Docker's masked paths: /dev/null over files, an empty read-only tmpfs over directories.
+    for name in [
+        "kcore",
+        "keys",
+        "timer_list",
+        "sched_debug",
+        "latency_stats",
+        "timer_stats",
+        "acpi",
+        "scsi",
+    ] {
+        let Ok(st) = sys::stat_at(p.as_fd(), OsStr::new(name)) else {
+            continue;
+        };
+        let fd = sys::open_at(p.as_fd(), OsStr::new(name), OFlag::O_PATH, 0).map_err(step(s))?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            mnt(
+                Some("tmpfs"),
+                &fd_path(fd.as_fd()),
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                Some("size=0"),
+                s,
+            )?;
+        } else {
+            mnt(
+                Some("/dev/null"),
+                &fd_path(fd.as_fd()),
+                None,
+                MsFlags::MS_BIND,
+                None,
+                s,
+            )?;
+        }
+    }
+    // ... and its read-only ones.
+    for name in ["asound", "bus", "fs", "irq", "sys", "sysrq-trigger"] {
+        if sys::stat_at(p.as_fd(), OsStr::new(name)).is_err() {
+            continue;
+        }
+        let fd = sys::open_at(p.as_fd(), OsStr::new(name), OFlag::O_PATH, 0).map_err(step(s))?;
+        let target = fd_path(fd.as_fd());
+        mnt(
+            Some(target.to_str().unwrap_or_default()),
+            &target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+            s,
+        )?;
+        let fd = sys::open_at(p.as_fd(), OsStr::new(name), OFlag::O_PATH, 0).map_err(step(s))?;
+        mnt(
+            None,
+            &fd_path(fd.as_fd()),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+            s,
+        )?;
+    }
+    Ok(())
+}
+
+fn dev_fs(root: BorrowedFd) -> Result<(), LaunchError> {
+    let s = Step::MountDev;
+    let d = dir_in(root, Path::new("dev"), s)?;
+    mnt(
+        Some("tmpfs"),
+        &fd_path(d.as_fd()),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+        s,
+    )?;
+    let d = dir_in(root, Path::new("dev"), s)?;
+    let s = Step::Devices;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        sys::mknod_at(
+            d.as_fd(),
+            OsStr::new(name),
+            libc::S_IFCHR | 0o666,
+            libc::makedev(major, minor),
+        )
+        .map_err(step(s))?;
+        let fd = sys::open_at(d.as_fd(), OsStr::new(name), OFlag::O_PATH, 0).map_err(step(s))?;
+        sys::chmod_fd(fd.as_fd(), 0o666).map_err(step(s))?;
+    }
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        sys::symlink_at(OsStr::new(target), d.as_fd(), OsStr::new(name)).map_err(step(s))?;
+    }
+    let pts = dir_in(d.as_fd(), Path::new("pts"), s)?;
+    mnt(
+        Some("devpts"),
+        &fd_path(pts.as_fd()),
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+        s,
+    )?;
+    let shm = dir_in(d.as_fd(), Path::new("shm"), s)?;
+    mnt(
+        Some("shm"),
+        &fd_path(shm.as_fd()),
+        Some("tmpfs"),
+        NOSUID_NODEV_NOEXEC,
+        Some("mode=1777,size=65536k"),
+        s,
+    )?;
+    Ok(())
+}
+
+/// Set up the mount namespace of the child and pivot into `rootfs`.
+pub fn enter(rootfs: &Path, opts: &Options) -> Result<(), LaunchError> {
+    mnt(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+        Step::MountPropagation,
+    )?;
+    let r = rootfs.to_str().unwrap_or_default();
+    mnt(
+        Some(r),
+        rootfs,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+        Step::BindRootfs,
+    )?;
+    let root = nix::fcntl::open(
+        rootfs,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(step(Step::BindRootfs))?;
+    proc_fs(root.as_fd())?;
+    let sysd = dir_in(root.as_fd(), Path::new("sys"), Step::MountSys)?;
+    mnt(
+        Some("sysfs"),
+        &fd_path(sysd.as_fd()),
+        Some("sysfs"),
+        NOSUID_NODEV_NOEXEC | MsFlags::MS_RDONLY,
+        None,
+        Step::MountSys,
+    )?;
+    dev_fs(root.as_fd())?;
+    for v in &opts.volumes {
+        let s = Step::Volume;
+        let src = std::fs::canonicalize(&v.src)
+            .map_err(|e| LaunchError::Step(s, format!("{}: {e}", v.src.display())))?;
+        let rel = v.dst.strip_prefix("/").unwrap_or(&v.dst);
+        let target = if src.is_dir() {
+            dir_in(root.as_fd(), rel, s)?
+        } else {
+            let (parent, name) = (
+                rel.parent().unwrap_or(Path::new("")),
+                rel.file_name().unwrap_or_default(),
+            );
+            let pd = dir_in(root.as_fd(), parent, s)?;
+            match sys::open_at(pd.as_fd(), name, OFlag::O_CREAT | OFlag::O_WRONLY, 0o644) {
+                Ok(_) | Err(Errno::EISDIR) => {}
+                Err(e) => return Err(LaunchError::Step(s, format!("{}: {e}", v.dst.display()))),
+            }
+            sys::open_at(pd.as_fd(), name, OFlag::O_PATH, 0).map_err(step(s))?
+        };
+        let t = fd_path(target.as_fd());
+        mnt(
+            src.to_str(),
+            &t,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+            s,
+        )?;
+        if v.read_only {
+            let target = dir_or_file(root.as_fd(), rel).map_err(step(s))?;
+            mnt(
+                None,
+                &fd_path(target.as_fd()),
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None,
+                s,
+            )?;
+        }
+    }
+    if opts.read_only {
+        mnt(
+            None,
+            rootfs,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+            Step::ReadOnly,
+        )?;
+    }
+    nix::unistd::fchdir(&root).map_err(step(Step::PivotRoot))?;
+    nix::unistd::pivot_root(".", ".").map_err(step(Step::PivotRoot))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(step(Step::PivotRoot))?;
+    nix::unistd::chdir("/").map_err(step(Step::PivotRoot))?;
+    Ok(())
+}
+
+/// The mounted object at `rel` (after a bind mount, a fresh handle sees it).
+fn dir_or_file(root: BorrowedFd, rel: &Path) -> nix::Result<OwnedFd> {
+    sys::open_beneath(root, rel, OFlag::O_PATH, 0)
+}

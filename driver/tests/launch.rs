@@ -1,0 +1,501 @@
+//! The launcher on a rootfs built from busybox-static, and `unionfs-driver
+//! run` on an imported image: isolation, identity, capabilities, limits,
+//! exit statuses, signals, no leftovers.
+
+mod common;
+use common::*;
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const RUN: &str = env!("CARGO_BIN_EXE_unionfs-run");
+
+fn rootfs(at: &Path) -> PathBuf {
+    let r = at.join("rootfs");
+    for d in ["bin", "etc", "tmp", "data"] {
+        fs::create_dir_all(r.join(d)).unwrap();
+    }
+    fs::copy("/bin/busybox", r.join("bin/busybox")).expect("/bin/busybox (busybox-static)");
+    for a in [
+        "sh", "ls", "cat", "echo", "id", "hostname", "sleep", "ps", "grep", "wc",
+    ] {
+        std::os::unix::fs::symlink("busybox", r.join("bin").join(a)).unwrap();
+    }
+    fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    r
+}
+
+fn run(args: &[&str], root: &Path, script: &str) -> Output {
+    Command::new(RUN)
+        .args(args)
+        .arg(root)
+        .args(["--", "/bin/sh", "-c", script])
+        .output()
+        .unwrap()
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn pid1_hostname_env_workdir_user() {
+    need_root!();
+    let e = Env::new();
+    let r = rootfs(e.tmp.path());
+    let o = run(
+        &[
+            "--hostname",
+            "box",
+            "-e",
+            "A=1",
+            "-e",
+            "B=two words",
+            "-w",
+            "/tmp",
+            "-u",
+            "1000:1001",
+        ],
+        &r,
+        "echo $$; hostname; echo $A; echo $B; pwd; id -u; id -g; echo $HOSTNAME",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(out(&o), "1\nbox\n1\ntwo words\n/tmp\n1000\n1001\nbox\n");
+    assert_ne!(
+        fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim(),
+        "box",
+        "the host hostname changed"
+    );
+}
+
+#[test]
+fn the_root_and_proc_are_the_containers() {
+    need_root!();
+    let e = Env::new();
+    let r = rootfs(e.tmp.path());
+    fs::write(e.path("host-only"), "x").unwrap();
+    let o = run(
+        &[],
+        &r,
+        "ls /; echo; ls -d /proc/[0-9]*; echo; cat /proc/1/cmdline | tr '\\0' ' '",
+    );
+    let text = out(&o);
+    let mut parts = text.split("\n\n");
+    assert_eq!(parts.next().unwrap(), "bin\ndata\ndev\netc\nproc\nsys\ntmp");
+    let pids = parts.next().unwrap();
+    assert!(
+        pids.lines().count() <= 3 && pids.contains("/proc/1"),
+        "{pids}"
+    );
+    assert!(parts.next().unwrap().starts_with("/bin/sh -c"));
+    let o = run(&[], &r, "echo x > /proc/sys/kernel/hostname; echo $?; echo x > /sys/kernel/test 2>/dev/null; echo $?; ls /dev | tr '\\n' ' '");
+    let t = out(&o);
+    assert!(
+        t.starts_with("1\n1\n"),
+        "{t}: /proc/sys or /sys is writable"
+    );
+    assert!(
+        t.contains("full null ptmx pts random shm") && t.contains("tty urandom zero"),
+        "{t}"
+    );
+}
+
+#[test]
+fn capabilities_no_new_privs_and_fds() {
+    need_root!();
+    let e = Env::new();
+    let r = rootfs(e.tmp.path());
+    // an fd the launcher inherits must not reach the command
+    let f = fs::File::open("/etc/hostname").unwrap();
+    let inherited = nix::unistd::dup(&f).unwrap();
+    let o = run(&[], &r, "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs)' /proc/$$/status; ls /proc/$$/fd | tr '\\n' ' '");
+    drop(inherited);
+    assert_eq!(
+        out(&o),
+        "CapInh:\t0000000000000000\nCapPrm:\t00000000a80425fb\nCapEff:\t00000000a80425fb\n\
+         CapBnd:\t00000000a80425fb\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n0 1 2 "
+    );
+    // a non-root user has no effective capabilities
+    let o = run(&["-u", "1000"], &r, "grep CapEff /proc/$$/status");
+    assert_eq!(out(&o), "CapEff:\t0000000000000000\n");
+}
+
+#[test]
+fn volumes_and_read_only_root() {
+    need_root!();
+    let e = Env::new();
+    let r = rootfs(e.tmp.path());
+    let vol = e.path("vol");
+    fs::create_dir(&vol).unwrap();
+    fs::write(vol.join("f"), "host data").unwrap();
+    let ro = format!("{}:/data:ro", vol.display());
+    let o = run(
+        &["-v", &ro],
+        &r,
+        "cat /data/f; echo; echo x > /data/new; echo $?",
+    );
+    assert_eq!(out(&o), "host data\n1\n");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Read-only file system"));
+    assert!(!vol.join("new").exists());
+    let rw = format!("{}:/mnt/inside", vol.display());
+    let o = run(
+        &["-v", &rw],
+        &r,
+        "echo from container > /mnt/inside/new; echo $?",
+    );
+    assert_eq!(out(&o), "0\n");
+    assert_eq!(
+        fs::read_to_string(vol.join("new")).unwrap(),
+        "from container\n"
+    );
+    let o = run(&["--read-only"], &r, "echo x > /tmp/x; echo $?");
+    assert_eq!(out(&o), "1\n");
+    assert!(!r.join("tmp/x").exists());
+    let o = Command::new(RUN)
+        .args(["-v", "nocolon"])
+        .arg(&r)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn network_is_loopback_only_by_default() {
+    need_root!();
+    let e = Env::new();
+    let r = rootfs(e.tmp.path());
+    let o = run(&[], &r, "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '; cat /sys/class/net/lo/operstate 2>/dev/null; grep -c . /proc/net/dev");
+    let t = out(&o);
+    assert!(t.starts_with("lo\n"), "{t}");
+    assert!(t.ends_with("3\n"), "more than loopback: {t}");
+    let o = run(&["--net", "host"], &r, "grep -c . /proc/net/dev");
+    let n: u32 = out(&o).trim().parse().unwrap();
+    let host = fs::read_to_string("/proc/net/dev").unwrap().lines().count() as u32;
+    assert_eq!(n, host);
+}
+
+#[test]
+fn memory_and_pids_limits() {
+    need_root!();
+    let e = Env::new();
+    let r = rootfs(e.tmp.path());
+    let o = run(
+        &["--memory", "16m"],
+        &r,
+        "x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done",
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(137),
+        "an over-allocating process was not killed"
+    );
+    let flood = "n=0; while [ $n -lt 40 ]; do sleep 1 & n=$((n+1)); done; echo started $n";
+    let o = run(&["--pids", "10"], &r, flood);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("can't fork"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = run(&[], &r, flood);
+    assert_eq!(out(&o), "started 40\n");
+    let o = run(&["--cpus", "0.5"], &r, "echo ok");
+    assert_eq!(out(&o), "ok\n");
+    assert_eq!(
+        Command::new(RUN)
+            .args(["--memory", "lots"])
+            .arg(&r)
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn exit_statuses() {
+    need_root!();
+    let e = Env::new();
+    let r = rootfs(e.tmp.path());
+    assert_eq!(run(&[], &r, "exit 7").status.code(), Some(7));
+    let o = Command::new(RUN)
+        .arg(&r)
+        .args(["--", "nosuchcommand"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nosuchcommand: command not found"));
+    let o = Command::new(RUN)
+        .arg(&r)
+        .args(["--", "/etc/passwd"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(126));
+    let o = Command::new(RUN)
+        .arg(e.path("missing"))
+        .args(["--", "/bin/sh"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125));
+    let o = run(&["-w", "/nope"], &r, "true");
+    assert_eq!(o.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("entering the working directory"));
+}
+
+#[test]
+fn signals_reach_the_container() {
+    need_root!();
+    let e = Env::new();
+    let r = rootfs(e.tmp.path());
+    let child = Command::new(RUN)
+        .arg(&r)
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            "trap 'echo got TERM; exit 42' TERM; echo ready; while true; do sleep 0.1; done",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(42));
+    assert_eq!(out(&o), "ready\ngot TERM\n");
+}
+
+fn our_cgroups() -> Vec<String> {
+    let mut v = Vec::new();
+    for base in [
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup/unionfs-run",
+        "/sys/fs/cgroup",
+    ] {
+        let out = Command::new("find")
+            .args([base, "-maxdepth", "4", "-name", "unionfs-run-*"])
+            .output();
+        if let Ok(o) = out {
+            v.extend(String::from_utf8_lossy(&o.stdout).lines().map(String::from));
+        }
+    }
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn processes_with(marker: &str) -> usize {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(marker))
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+#[test]
+fn nothing_is_left_after_exit_or_sigkill() {
+    need_root!();
+    let e = Env::new();
+    let r = rootfs(e.tmp.path());
+    let before = our_cgroups();
+    let mounts = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count();
+    assert!(run(&["--memory", "64m", "--pids", "50"], &r, "true")
+        .status
+        .success());
+    assert_eq!(our_cgroups(), before);
+    assert_eq!(
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .count(),
+        mounts
+    );
+    let mut child = Command::new(RUN)
+        .args(["--memory", "64m", "--pids", "50"])
+        .arg(&r)
+        .args(["--", "/bin/sleep", "1234"])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while processes_with("sleep\u{0}1234") == 0 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let start = Instant::now();
+    while (processes_with("sleep\u{0}1234") > 0 || our_cgroups() != before)
+        && start.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        processes_with("sleep\u{0}1234"),
+        0,
+        "the container outlived its launcher"
+    );
+    assert_eq!(our_cgroups(), before, "a cgroup was left behind");
+}
+
+#[test]
+fn a_symlinked_dev_or_proc_never_touches_the_host() {
+    need_root!();
+    let e = Env::new();
+    let r = rootfs(e.tmp.path());
+    let host = e.path("hostdir");
+    fs::create_dir(&host).unwrap();
+    std::os::unix::fs::symlink(&host, r.join("dev")).unwrap();
+    let o = run(&[], &r, "true");
+    assert_eq!(o.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("mounting /dev") && err.contains("symlink"),
+        "{err}"
+    );
+    assert!(
+        ls(&host).is_empty(),
+        "the launcher wrote into the host directory"
+    );
+    fs::remove_file(r.join("dev")).unwrap();
+    // the failed run made the /proc mount point, as runc does
+    let _ = fs::remove_dir(r.join("proc"));
+    std::os::unix::fs::symlink(&host, r.join("proc")).unwrap();
+    let o = run(&[], &r, "true");
+    assert_eq!(o.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("mounting /proc"));
+    assert!(ls(&host).is_empty());
+    assert!(!fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(host.to_str().unwrap()));
+}
+
+fn import_busybox(e: &Env) {
+    let app = TarBuilder::new().file("etc/motd", b"welcome\n").bytes();
+    oci_layout(
+        &e.path("oci"),
+        &[Layer::gz(busybox_layer()), Layer::gz(app)],
+        "latest",
+    );
+    e.ok(&["import", "--name", "bb", e.path("oci").to_str().unwrap()]);
+}
+
+#[test]
+fn driver_run_uses_the_image_config_and_cleans_up() {
+    need_root!();
+    let e = Env::new();
+    import_busybox(&e);
+    let layers = e.ok(&["ls"]);
+    // --rm: nothing stays
+    let o = e.run(&[
+        "run",
+        "--rm",
+        "bb",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /etc/motd; echo $GREETING; pwd; echo made > /made",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(out(&o), "welcome\nhello\n/tmp\n");
+    assert_eq!(e.ok(&["ls"]), layers);
+    // the image's Cmd (/bin/sh) is the default command
+    let mut child = e
+        .cmd(&["run", "--rm", "bb"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo from the default command\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(out(&o), "from the default command\n");
+    // without --rm the container layer stays for changes and commit
+    let o = e.run(&[
+        "run",
+        "--name",
+        "c1",
+        "-e",
+        "GREETING=hi",
+        "bb",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo $GREETING > /result; exit 3",
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(e.ok(&["changes", "c1"]), "A /result\n");
+    assert!(e.ok(&["ls"]).contains("c1 "));
+    assert!(!unionfs_driver::layer::is_mounted(
+        &e.root.join("mounts/c1")
+    ));
+    e.ok(&["commit", "c1", "bb2"]);
+    let o = e.run(&["run", "--rm", "bb2", "--", "/bin/cat", "/result"]);
+    assert_eq!(out(&o), "hi\n");
+    assert_eq!(
+        e.run(&["run", "--rm", "bb", "--", "nosuch"]).status.code(),
+        Some(127)
+    );
+}
+
+#[test]
+fn a_killed_driver_run_leaves_no_mount_or_layer() {
+    need_root!();
+    let e = Env::new();
+    import_busybox(&e);
+    let layers = e.ok(&["ls"]);
+    let mut child = e
+        .cmd(&[
+            "run",
+            "--rm",
+            "--name",
+            "doomed",
+            "bb",
+            "--",
+            "/bin/sleep",
+            "4321",
+        ])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while processes_with("sleep\u{0}4321") == 0 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mnt = e.root.join("mounts/doomed");
+    let start = Instant::now();
+    while (unionfs_driver::layer::is_mounted(&mnt) || e.ok(&["ls"]) != layers)
+        && start.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !unionfs_driver::layer::is_mounted(&mnt),
+        "the container's mount was left"
+    );
+    assert_eq!(e.ok(&["ls"]), layers, "the --rm container layer was left");
+    assert_eq!(processes_with("sleep\u{0}4321"), 0);
+}

@@ -4,15 +4,15 @@
 # copy-up and whiteouts on a live mount, and unmounts.
 set -euo pipefail
 cd "$(dirname "$0")"
-if ! command -v mount.fuse3 >/dev/null || ! command -v getfattr >/dev/null; then
+if ! command -v mount.fuse3 >/dev/null || ! command -v getfattr >/dev/null || [ ! -x /bin/busybox ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 attr >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 attr busybox-static >/dev/null
 fi
 cargo build --release --quiet --workspace
-install -m 0755 target/release/unionfs-mount target/release/unionctl target/release/snapmerge target/release/unionfs-driver /usr/local/bin/
+install -m 0755 target/release/unionfs-mount target/release/unionctl target/release/snapmerge target/release/unionfs-driver target/release/unionfs-run /usr/local/bin/
 
 demo=$(mktemp -d /tmp/unionfs-demo.XXXXXX)
-trap 'fusermount3 -u "$demo/mnt" 2>/dev/null || true; rm -rf "$demo"' EXIT
+trap 'fusermount3 -u "$demo/mnt" 2>/dev/null || true; unionfs-driver --root "$demo/store" cleanup 2>/dev/null; rm -rf "$demo"' EXIT
 mkdir -p "$demo"/{rw,ro,mnt}
 echo "from the read-only branch" > "$demo/ro/hello"
 echo "lower" > "$demo/ro/gone"
@@ -33,4 +33,9 @@ echo "# the read-only branch is untouched; the copy-up, the whiteouts and the"
 echo "# renamed (opaque) directory are all in the writable branch"
 run cat "$demo/ro/hello"
 run fusermount3 -u "$demo/mnt"
-echo "demo done: unionfs-mount, unionctl, snapmerge and unionfs-driver are installed in /usr/local/bin"
+
+echo "# and a container: an image built from busybox-static, stacked with the union"
+run ./scripts/mkimage.sh "$demo/busybox-image" latest
+run unionfs-driver --root "$demo/store" import --name busybox "$demo/busybox-image"
+run unionfs-driver --root "$demo/store" run --rm --hostname demo busybox -- /bin/sh -c 'echo "PID $$ on $(hostname)"; id; ls /'
+echo "demo done: unionfs-mount, unionctl, snapmerge, unionfs-driver and unionfs-run are installed in /usr/local/bin"

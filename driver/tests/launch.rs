@@ -112,12 +112,13 @@ fn capabilities_no_new_privs_and_fds() {
     // an fd the launcher inherits must not reach the command
     let f = fs::File::open("/etc/hostname").unwrap();
     let inherited = nix::unistd::dup(&f).unwrap();
-    let o = run(&[], &r, "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs)' /proc/$$/status; ls /proc/$$/fd | tr '\\n' ' '");
+    // exec: ls itself shows its fds, 3 being the one it reads /proc/self/fd with
+    let o = run(&[], &r, "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs)' /proc/$$/status; exec ls /proc/self/fd");
     drop(inherited);
     assert_eq!(
         out(&o),
         "CapInh:\t0000000000000000\nCapPrm:\t00000000a80425fb\nCapEff:\t00000000a80425fb\n\
-         CapBnd:\t00000000a80425fb\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n0 1 2 "
+         CapBnd:\t00000000a80425fb\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n0\n1\n2\n3\n"
     );
     // a non-root user has no effective capabilities
     let o = run(&["-u", "1000"], &r, "grep CapEff /proc/$$/status");
@@ -274,33 +275,45 @@ fn signals_reach_the_container() {
     assert_eq!(out(&o), "ready\ngot TERM\n");
 }
 
-fn our_cgroups() -> Vec<String> {
+/// The cgroups a launcher with this pid made (tests run in parallel: look at
+/// one launcher's own only).
+fn cgroups_of(pid: u32) -> Vec<String> {
+    let name = format!("unionfs-run-{pid}");
     let mut v = Vec::new();
-    for base in [
-        "/sys/fs/cgroup/memory",
-        "/sys/fs/cgroup/pids",
-        "/sys/fs/cgroup/unionfs-run",
-        "/sys/fs/cgroup",
-    ] {
-        let out = Command::new("find")
-            .args([base, "-maxdepth", "4", "-name", "unionfs-run-*"])
-            .output();
-        if let Ok(o) = out {
+    for base in ["/sys/fs/cgroup"] {
+        if let Ok(o) = Command::new("find")
+            .args([base, "-maxdepth", "5", "-name", &name])
+            .output()
+        {
             v.extend(String::from_utf8_lossy(&o.stdout).lines().map(String::from));
         }
     }
-    v.sort();
-    v.dedup();
     v
 }
 
-fn processes_with(marker: &str) -> usize {
+/// Kills the child if a test fails before it does.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A number for a sleep no other run of these tests uses.
+fn unique_secs() -> String {
+    (100_000 + std::process::id() % 100_000).to_string()
+}
+
+/// Processes whose whole command line is `cmdline` (NUL-separated).
+fn processes_exact(cmdline: &str) -> usize {
     fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter(|e| {
             fs::read(e.path().join("cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(marker))
+                .map(|c| c == cmdline.as_bytes())
                 .unwrap_or(false)
         })
         .count()
@@ -311,47 +324,66 @@ fn nothing_is_left_after_exit_or_sigkill() {
     need_root!();
     let e = Env::new();
     let r = rootfs(e.tmp.path());
-    let before = our_cgroups();
-    let mounts = fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .count();
-    assert!(run(&["--memory", "64m", "--pids", "50"], &r, "true")
-        .status
-        .success());
-    assert_eq!(our_cgroups(), before);
-    assert_eq!(
+    // Other tests mount at the same time: look for this rootfs only.
+    let rootfs_mounted = || {
         fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
-            .lines()
-            .count(),
-        mounts
-    );
-    let mut child = Command::new(RUN)
+            .contains(r.to_str().unwrap())
+    };
+    let child = Command::new(RUN)
         .args(["--memory", "64m", "--pids", "50"])
         .arg(&r)
-        .args(["--", "/bin/sleep", "1234"])
-        .process_group(0)
+        .args(["--", "/bin/sh", "-c", "true"])
         .spawn()
         .unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    assert!(
+        cgroups_of(pid).is_empty(),
+        "cgroup left: {:?}",
+        cgroups_of(pid)
+    );
+    assert!(!rootfs_mounted(), "a mount of the container was left");
+    let secs = unique_secs();
+    // The container's sleep: its command line is exactly this.
+    let marker = format!("/bin/sleep\u{0}{secs}\u{0}");
+    let mut child = KillOnDrop(
+        Command::new(RUN)
+            .args(["--memory", "64m", "--pids", "50"])
+            .arg(&r)
+            .args(["--", "/bin/sleep", &secs])
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id();
     let start = Instant::now();
-    while processes_with("sleep\u{0}1234") == 0 && start.elapsed() < Duration::from_secs(10) {
+    while processes_exact(&marker) == 0 && start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    assert!(
+        !cgroups_of(pid).is_empty(),
+        "no cgroup was made for the limits"
+    );
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
     let start = Instant::now();
-    while (processes_with("sleep\u{0}1234") > 0 || our_cgroups() != before)
+    while (processes_exact(&marker) > 0 || !cgroups_of(pid).is_empty())
         && start.elapsed() < Duration::from_secs(10)
     {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(
-        processes_with("sleep\u{0}1234"),
+        processes_exact(&marker),
         0,
         "the container outlived its launcher"
     );
-    assert_eq!(our_cgroups(), before, "a cgroup was left behind");
+    assert!(
+        cgroups_of(pid).is_empty(),
+        "a cgroup was left behind: {:?}",
+        cgroups_of(pid)
+    );
+    assert!(!rootfs_mounted());
 }
 
 #[test]
@@ -465,8 +497,10 @@ fn a_killed_driver_run_leaves_no_mount_or_layer() {
     let e = Env::new();
     import_busybox(&e);
     let layers = e.ok(&["ls"]);
-    let mut child = e
-        .cmd(&[
+    let secs = unique_secs();
+    let marker = format!("/bin/sleep\u{0}{secs}\u{0}");
+    let mut child = KillOnDrop(
+        e.cmd(&[
             "run",
             "--rm",
             "--name",
@@ -474,17 +508,18 @@ fn a_killed_driver_run_leaves_no_mount_or_layer() {
             "bb",
             "--",
             "/bin/sleep",
-            "4321",
+            &secs,
         ])
         .process_group(0)
         .spawn()
-        .unwrap();
+        .unwrap(),
+    );
     let start = Instant::now();
-    while processes_with("sleep\u{0}4321") == 0 && start.elapsed() < Duration::from_secs(10) {
+    while processes_exact(&marker) == 0 && start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
     let mnt = e.root.join("mounts/doomed");
     let start = Instant::now();
     while (unionfs_driver::layer::is_mounted(&mnt) || e.ok(&["ls"]) != layers)
@@ -497,5 +532,5 @@ fn a_killed_driver_run_leaves_no_mount_or_layer() {
         "the container's mount was left"
     );
     assert_eq!(e.ok(&["ls"]), layers, "the --rm container layer was left");
-    assert_eq!(processes_with("sleep\u{0}4321"), 0);
+    assert_eq!(processes_exact(&marker), 0);
 }

@@ -1,0 +1,96 @@
+//! Criterion micro-benchmarks of the union's hot internals, on real branch
+//! directories: resolving a name across 1-64 branches, a merged readdir of N
+//! entries over K branches, whiteout checks. `cargo bench`; the side-by-side
+//! comparison with the peer filesystems is `benches/compare.sh`.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use unionfs::branch::{BranchSet, BranchSpec, Mode};
+use unionfs::inode::InodeTable;
+use unionfs::{lookup, readdir, whiteout};
+
+/// `k` branches under `dir`; the name `bottom` only in the last one.
+fn branches(dir: &Path, k: usize, entries: usize) -> BranchSet {
+    let specs: Vec<BranchSpec> = (0..k)
+        .map(|i| {
+            let p = dir.join(format!("b{i}"));
+            fs::create_dir_all(p.join("d")).unwrap();
+            for e in 0..entries / k {
+                fs::write(p.join("d").join(format!("e{i}-{e}")), "").unwrap();
+            }
+            BranchSpec {
+                path: p,
+                mode: if i == 0 { Mode::Rw } else { Mode::Ro },
+            }
+        })
+        .collect();
+    fs::write(specs[k - 1].path.join("d/bottom"), "").unwrap();
+    BranchSet::open(&specs).unwrap()
+}
+
+fn resolve(c: &mut Criterion) {
+    let mut g = c.benchmark_group("resolve-bottom-name");
+    for k in [1, 4, 16, 64] {
+        let t = tempfile::tempdir().unwrap();
+        let bs = branches(t.path(), k, 0);
+        let layers: Vec<usize> = (0..k).collect();
+        g.bench_with_input(BenchmarkId::from_parameter(k), &k, |b, _| {
+            b.iter(|| {
+                let s = lookup::scan(&bs, &layers, Path::new("d"), OsStr::new("bottom"), false)
+                    .unwrap();
+                assert!(s.top().is_some());
+            })
+        });
+    }
+    g.finish();
+}
+
+fn merged_readdir(c: &mut Criterion) {
+    let mut g = c.benchmark_group("merged-readdir");
+    g.sample_size(20);
+    for (n, k) in [(1000, 1), (1000, 5), (20000, 5), (20000, 20)] {
+        let t = tempfile::tempdir().unwrap();
+        let bs = branches(t.path(), k, n);
+        let layers: Vec<usize> = (0..k).collect();
+        let inodes = InodeTable::new((0, 0), Vec::new());
+        g.bench_with_input(
+            BenchmarkId::from_parameter(format!("{n}x{k}")),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    readdir::merged(&bs, &layers, Path::new("d"), &inodes)
+                        .unwrap()
+                        .len()
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+fn whiteouts(c: &mut Criterion) {
+    let t = tempfile::tempdir().unwrap();
+    fs::write(t.path().join(".wh.gone"), "").unwrap();
+    let dir = nix::fcntl::open(
+        t.path(),
+        nix::fcntl::OFlag::O_PATH,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    c.bench_function("whiteout-check-hit", |b| {
+        b.iter(|| whiteout::has_whiteout(dir.as_fd(), OsStr::new("gone")).unwrap())
+    });
+    c.bench_function("whiteout-check-miss", |b| {
+        b.iter(|| whiteout::has_whiteout(dir.as_fd(), OsStr::new("there")).unwrap())
+    });
+    c.bench_function("reserved-name", |b| {
+        b.iter(|| whiteout::is_reserved(OsStr::new(".wh.name")))
+    });
+}
+
+criterion_group!(benches, resolve, merged_readdir, whiteouts);
+criterion_main!(benches);

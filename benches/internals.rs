@@ -40,8 +40,9 @@ fn resolve(c: &mut Criterion) {
         let layers: Vec<usize> = (0..k).collect();
         g.bench_with_input(BenchmarkId::from_parameter(k), &k, |b, _| {
             b.iter(|| {
-                let s = lookup::scan(&bs, &layers, Path::new("d"), OsStr::new("bottom"), false)
-                    .unwrap();
+                let s =
+                    lookup::scan_path(&bs, &layers, Path::new("d"), OsStr::new("bottom"), false)
+                        .unwrap();
                 assert!(s.top().is_some());
             })
         });
@@ -62,7 +63,8 @@ fn merged_readdir(c: &mut Criterion) {
             &n,
             |b, _| {
                 b.iter(|| {
-                    readdir::merged(&bs, &layers, Path::new("d"), &inodes)
+                    readdir::open_layers(&bs, &layers, Path::new("d"))
+                        .and_then(|dirs| readdir::merged(&bs, &dirs, &inodes))
                         .unwrap()
                         .len()
                 })

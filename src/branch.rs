@@ -203,7 +203,7 @@ pub struct Branch {
     pub mode: Mode,
     pub dev: u64,
     pub name_max: u64,
-    root: OwnedFd,
+    root: Arc<OwnedFd>,
     work: Mutex<Option<Arc<OwnedFd>>>,
 }
 
@@ -224,7 +224,7 @@ impl Branch {
             mode: spec.mode,
             dev: st.st_dev,
             name_max,
-            root,
+            root: Arc::new(root),
             work: Mutex::new(None),
         })
     }
@@ -237,7 +237,7 @@ impl Branch {
             mode,
             dev: self.dev,
             name_max: self.name_max,
-            root: sys::dup(&self.root)?,
+            root: Arc::new(sys::dup(&*self.root)?),
             work: Mutex::new(None),
         })
     }
@@ -248,6 +248,11 @@ impl Branch {
 
     pub fn root(&self) -> BorrowedFd<'_> {
         self.root.as_fd()
+    }
+
+    /// The root fd, shared (directory fd caches hand it out like any other).
+    pub fn root_fd(&self) -> Arc<OwnedFd> {
+        self.root.clone()
     }
 
     /// The directory `rel` (relative to the branch root) as an `O_PATH` fd.
@@ -330,13 +335,17 @@ pub struct BranchSet {
     /// Distinct for every set made: node locations computed against another
     /// generation are re-resolved before use.
     pub generation: u64,
+    /// The longest name the union accepts: the branches' limit less `.wh.`.
+    pub name_max: u64,
 }
 
 impl BranchSet {
     pub fn new(branches: Vec<Arc<Branch>>) -> BranchSet {
+        let min = branches.iter().map(|b| b.name_max).min().unwrap_or(255);
         BranchSet {
             branches,
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+            name_max: min.saturating_sub(crate::whiteout::PREFIX.len() as u64),
         }
     }
 

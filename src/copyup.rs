@@ -14,7 +14,7 @@ use nix::fcntl::OFlag;
 use crate::branch::{remove_tree, temp_name, BranchSet};
 use crate::inode::{Node, ROOT};
 use crate::sys::{self, Errno, FileStat, Result, Time};
-use crate::union::{split, Union};
+use crate::union::Union;
 use crate::whiteout;
 
 const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
@@ -186,11 +186,13 @@ impl Union {
         if node.ino == ROOT {
             return Err(Errno::EROFS);
         }
-        let path = self.inodes.path(node.ino)?;
-        let (_, name) = split(&path);
-        let parent = self.inodes.get(node.loc.read().parent)?;
+        let (name, parent) = {
+            let l = node.loc.read();
+            (l.name.clone(), l.parent)
+        };
+        let parent = self.inodes.get(parent)?;
         let pdir = self.dir_in(bs, target, &parent)?;
-        match sys::stat_at(pdir.as_fd(), name) {
+        match sys::stat_at(pdir.as_fd(), &name) {
             // Already there: copied along with a directory, or made directly.
             Ok(st) if is_kind(&st, node.kind) => {
                 self.moved_up(node, bs, target, &st);
@@ -200,26 +202,26 @@ impl Union {
             Err(Errno::ENOENT) => {}
             Err(e) => return Err(e),
         }
-        let src = bs.get(idx);
-        let fd = sys::open_beneath(src.root(), &path, OFlag::O_PATH, 0)?;
+        let (sdir, _) = self.parent_in(bs, node, idx)?;
+        let fd = sys::open_at(sdir.as_fd(), &name, OFlag::O_PATH, 0)?;
         let st = sys::fstat(fd.as_fd())?;
-        let tmp = self.build_copy(bs, target, src.root(), &path, &fd, &st, data)?;
-        tmp.commit(pdir.as_fd(), name, RENAME_NOREPLACE)?;
-        let new = sys::stat_at(pdir.as_fd(), name)?;
-        self.link_aliases(bs, target, node, pdir.as_fd(), name);
+        let tmp = self.build_copy(bs, target, sdir.as_fd(), &name, &fd, &st, data)?;
+        tmp.commit(pdir.as_fd(), &name, RENAME_NOREPLACE)?;
+        let new = sys::stat_at(pdir.as_fd(), &name)?;
+        self.link_aliases(bs, target, node, pdir.as_fd(), &name);
         self.moved_up(node, bs, target, &new);
         Ok(())
     }
 
-    /// Build a copy of the object at `path` (fd `fd`, attributes `st`) in the
-    /// work directory of branch `target`.
+    /// Build a copy of the entry `name` of `src_dir` (an `O_PATH` fd on it:
+    /// `fd`, its attributes: `st`) in the work directory of branch `target`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn build_copy(
         &self,
         bs: &BranchSet,
         target: usize,
-        src_root: BorrowedFd,
-        path: &Path,
+        src_dir: BorrowedFd,
+        name: &OsStr,
         fd: &OwnedFd,
         st: &FileStat,
         data: bool,
@@ -236,7 +238,7 @@ impl Union {
                 )?;
                 tmp.arm();
                 if data && st.st_size > 0 {
-                    let s = sys::open_beneath(src_root, path, OFlag::O_RDONLY, 0)?;
+                    let s = sys::open_at(src_dir, name, OFlag::O_RDONLY, 0)?;
                     copy_data(s.as_fd(), dst.as_fd(), st.st_size as u64)?;
                     sys::fsync(dst.as_fd(), true)?;
                 }
@@ -329,10 +331,11 @@ impl Union {
                 Err(Errno::ENOENT) => {}
                 Err(e) => return Err(e),
             }
-            let (sidx, src, path) = self.top_fd(bs, node)?;
+            let (_, src) = self.top_fd(bs, node)?;
             let st = sys::fstat(src.as_fd())?;
             let hide_below = whiteout::has_whiteout(fd.as_fd(), &name)?;
-            let tmp = self.build_copy(bs, target, bs.get(sidx).root(), &path, &src, &st, false)?;
+            // No data to copy: the source directory is not read.
+            let tmp = self.build_copy(bs, target, src.as_fd(), &name, &src, &st, false)?;
             if hide_below {
                 let t = sys::open_dir(tmp.dir(), Path::new(&tmp.name))?;
                 whiteout::make_opaque(t.as_fd())?;

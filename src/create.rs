@@ -4,7 +4,7 @@
 //! whited-out lower directories is made opaque.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -38,20 +38,34 @@ impl Union {
         self.check_new_name(name)?;
         let bs = self.branches();
         let pnode = self.inodes.get(parent)?;
-        let (scan, _) = self.scan_in(&bs, &pnode, name, false)?;
+        let layers = self.dir_layers(&bs, &pnode)?;
+        let scan = self.scan_at(&bs, &pnode, &layers, name, false)?;
         if scan.top().is_some() {
             return Err(Errno::EEXIST);
         }
         let up = bs.first_writable().ok_or(Errno::EROFS)?;
         let pdir = self.dir_in(&bs, up, &pnode)?;
         let pdir = pdir.as_fd();
-        let replaces_whiteout = whiteout::has_whiteout(pdir, name)?;
+        // The whiteout, if any, was seen by the scan when `up` is a layer above it.
+        let replaces_whiteout = match scan.whiteout {
+            Some(w) if w == up => true,
+            Some(w) if w < up => whiteout::has_whiteout(pdir, name)?,
+            _ if layers.contains(&up) => false,
+            _ => whiteout::has_whiteout(pdir, name)?,
+        };
         // Something below may be hidden by a whiteout: a new directory must not reveal it.
         let opaque = replaces_whiteout || scan.whiteout.is_some();
-        let pst = self.getattr(parent, None)?.st;
+        // The union attributes of the parent are its top instance's.
+        let pst = if layers.first() == Some(&up) {
+            sys::fstat(pdir)?
+        } else {
+            self.getattr(parent, None)?.st
+        };
         let setgid = pst.st_mode & libc::S_ISGID != 0;
         let uid = caller.uid;
         let gid = if setgid { pst.st_gid } else { caller.gid };
+        // What the kernel gives a new entry of this daemon anyway needs no chown.
+        let chown = uid != sys::geteuid() || (!setgid && gid != sys::getegid());
         let mut file = None;
         match new {
             New::File { mode, flags } => {
@@ -64,12 +78,14 @@ impl Union {
                     acc | OFlag::O_CREAT | OFlag::O_EXCL,
                     mode & 0o7777,
                 )?;
-                undo_on_err(
-                    pdir,
-                    name,
-                    false,
-                    sys::chown_fd(fd.as_fd(), Some(uid), Some(gid)),
-                )?;
+                if chown {
+                    undo_on_err(
+                        pdir,
+                        name,
+                        false,
+                        sys::chown_fd(fd.as_fd(), Some(uid), Some(gid)),
+                    )?;
+                }
                 file = Some((fd, acc));
             }
             New::Dir { mode } => {
@@ -89,30 +105,38 @@ impl Union {
             New::Special { mode, rdev } => sys::mknod_at(pdir, name, mode, rdev)?,
             New::Symlink { target } => sys::symlink_at(target, pdir, name)?,
         }
-        if matches!(new, New::Special { .. } | New::Symlink { .. }) {
+        if chown && matches!(new, New::Special { .. } | New::Symlink { .. }) {
             let owned = sys::chown_at(pdir, name, Some(uid), Some(gid));
             undo_on_err(pdir, name, false, owned)?;
         }
         if replaces_whiteout {
             whiteout::remove_whiteout(pdir, name)?;
         }
-        let (node, attr) = self.register_new(&bs, up, parent, pdir, name)?;
+        let st = match &file {
+            Some((fd, _)) => sys::fstat(fd.as_fd())?,
+            None => sys::stat_at(pdir, name)?,
+        };
+        let (node, attr) = self.register_new(&bs, up, parent, name, st);
         let id = bs.get(up).id;
-        let opened =
-            file.map(|(fd, flags)| self.register_file(node, sys::into_file(fd), flags, id));
+        let opened = file.map(|(fd, flags)| {
+            let mut o = self.register_file(node, sys::into_file(fd), flags, id);
+            // On a writable branch: no copy-up can move it under the handle.
+            o.passthrough_ok = true;
+            o
+        });
         Ok((attr, opened))
     }
 
-    /// The node for an entry just made in branch `idx`, with one lookup reference.
+    /// The node for an entry just made in branch `idx` (its attributes:
+    /// `st`), with one lookup reference.
     fn register_new(
         &self,
         bs: &crate::branch::BranchSet,
         idx: usize,
         parent: u64,
-        pdir: BorrowedFd,
         name: &OsStr,
-    ) -> Result<(Arc<Node>, Attr)> {
-        let st = sys::stat_at(pdir, name)?;
+        st: sys::FileStat,
+    ) -> (Arc<Node>, Attr) {
         let kind = st.st_mode & libc::S_IFMT;
         let b = bs.get(idx);
         let loc = Loc {
@@ -129,7 +153,7 @@ impl Union {
         };
         let node = self.inodes.found((b.dev, st.st_ino), kind, loc);
         let attr = Attr { ino: node.ino, st };
-        Ok((node, attr))
+        (node, attr)
     }
 
     /// A hard link `newparent/newname` to the object `ino`, made in the branch
@@ -141,7 +165,7 @@ impl Union {
             return Err(Errno::EPERM);
         }
         let pnode = self.inodes.get(newparent)?;
-        let (scan, _) = self.scan_in(&self.branches(), &pnode, newname, false)?;
+        let scan = self.scan_in(&self.branches(), &pnode, newname, false)?;
         if scan.top().is_some() {
             return Err(Errno::EEXIST);
         }
@@ -151,27 +175,16 @@ impl Union {
             // A whiteout above the object's branch would hide the new name.
             return Err(Errno::EXDEV);
         }
-        let (src_fd, src_name) = self.parent_fd(&bs, idx, &node)?;
-        let pdir: OwnedFd = self.dir_in(&bs, idx, &pnode)?;
+        let (src_fd, src_name) = self.parent_in(&bs, &node, idx)?;
+        let pdir = self.dir_in(&bs, idx, &pnode)?;
         sys::link_at(src_fd.as_fd(), &src_name, pdir.as_fd(), newname)?;
         whiteout::remove_whiteout(pdir.as_fd(), newname)?;
         node.aliases
             .lock()
             .push((newparent, newname.to_os_string()));
-        let (_, attr) = self.register_new(&bs, idx, newparent, pdir.as_fd(), newname)?;
+        let st = sys::stat_at(pdir.as_fd(), newname)?;
+        let (_, attr) = self.register_new(&bs, idx, newparent, newname, st);
         Ok(attr)
-    }
-
-    /// An fd on the parent directory of `node` in branch `idx`, and its name.
-    pub(crate) fn parent_fd(
-        &self,
-        bs: &crate::branch::BranchSet,
-        idx: usize,
-        node: &Node,
-    ) -> Result<(OwnedFd, std::ffi::OsString)> {
-        let path = self.inodes.path(node.ino)?;
-        let (ppath, name) = crate::union::split(&path);
-        Ok((bs.get(idx).dir(ppath)?, name.to_os_string()))
     }
 }
 

@@ -25,8 +25,8 @@ struct Plan {
 
 /// A writable directory instance holding nothing but whiteouts can go; one
 /// with real entries (hidden by whiteouts above it) must stay and be hidden.
-fn dir_clean(bs: &BranchSet, idx: usize, path: &Path) -> Result<bool> {
-    let fd = bs.get(idx).dir(path)?;
+fn dir_clean(i: &Instance) -> Result<bool> {
+    let fd = i.dir.as_ref().ok_or(Errno::ENOENT)?;
     Ok(sys::read_dir(fd.as_fd())?
         .iter()
         .all(|e| whiteout::is_reserved(&e.name)))
@@ -47,25 +47,24 @@ impl Union {
         }
         let bs = self.branches();
         let pnode = self.inodes.get(parent)?;
-        let (scan, ppath) = self.scan_in(&bs, &pnode, name, true)?;
+        let scan = self.scan_in(&bs, &pnode, name, true)?;
         let top = scan.top().ok_or(Errno::ENOENT)?.clone();
-        let path = ppath.join(name);
         if dir && !top.is_dir() {
             return Err(Errno::ENOTDIR);
         }
         if !dir && top.is_dir() {
             return Err(Errno::EISDIR);
         }
-        if dir && !readdir::is_empty(&bs, &scan.layers(), &path)? {
+        if dir && !readdir::is_empty(&scan.layer_fds())? {
             return Err(Errno::ENOTEMPTY);
         }
-        let plan = self.plan(&bs, &scan, &top, dir, &path)?;
+        let plan = self.plan(&bs, &scan, &top, dir)?;
         if let Some(w) = plan.whiteout {
             let pdir = self.dir_in(&bs, w, &pnode)?;
             whiteout::create_whiteout(pdir.as_fd(), name)?;
         }
         for idx in plan.remove {
-            let pdir = bs.get(idx).dir(&ppath)?;
+            let pdir = self.layer_dir(&bs, &pnode, idx)?;
             if dir {
                 clear_whiteouts(pdir.as_fd(), name)?;
             }
@@ -78,16 +77,9 @@ impl Union {
         Ok(())
     }
 
-    fn plan(
-        &self,
-        bs: &BranchSet,
-        scan: &Scan,
-        top: &Instance,
-        dir: bool,
-        path: &Path,
-    ) -> Result<Plan> {
+    fn plan(&self, bs: &BranchSet, scan: &Scan, top: &Instance, dir: bool) -> Result<Plan> {
         let removable = |i: &Instance| -> Result<bool> {
-            Ok(bs.get(i.idx).writable() && (!dir || dir_clean(bs, i.idx, path)?))
+            Ok(bs.get(i.idx).writable() && (!dir || dir_clean(i)?))
         };
         let mut plan = Plan {
             remove: Vec::new(),

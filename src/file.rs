@@ -62,6 +62,9 @@ pub struct Opened {
     pub fh: u64,
     pub file: Arc<File>,
     pub passthrough_ok: bool,
+    /// The backing file is on a read-only branch: its data cannot change
+    /// through the union, so the kernel may keep its page cache.
+    pub keep_cache: bool,
 }
 
 impl Union {
@@ -89,6 +92,7 @@ impl Union {
             fh,
             file,
             passthrough_ok: false,
+            keep_cache: false,
         }
     }
 
@@ -106,10 +110,10 @@ impl Union {
             self.branches()
         };
         let idx = self.top_idx(&bs, &node)?;
-        let path = self.inodes.path(ino)?;
-        let fd = sys::open_beneath(bs.get(idx).root(), &path, oflags, 0)?;
+        let fd = self.open_in(&bs, &node, idx, oflags)?;
         let mut opened = self.register_file(node, sys::into_file(fd), oflags, bs.get(idx).id);
         opened.passthrough_ok = bs.get(idx).writable() || bs.writable_above(idx).is_none();
+        opened.keep_cache = !bs.get(idx).writable();
         Ok(opened)
     }
 
@@ -139,8 +143,7 @@ impl Union {
         }
         let bs = self.branches();
         let idx = self.top_idx(&bs, &h.node)?;
-        let path = self.inodes.path(h.node.ino)?;
-        let fd = sys::open_beneath(bs.get(idx).root(), &path, h.flags & !OFlag::O_TRUNC, 0)?;
+        let fd = self.open_in(&bs, &h.node, idx, h.flags & !OFlag::O_TRUNC)?;
         let file = Arc::new(sys::into_file(fd));
         *h.file.write() = file.clone();
         h.generation.store(generation, Ordering::Release);
@@ -228,8 +231,7 @@ impl Union {
             return Ok(h.entries.lock().clone());
         }
         let bs = self.branches();
-        let layers = self.dir_layers(&bs, &h.node)?;
-        let path = self.inodes.path(h.node.ino)?;
+        let layers = self.layer_fds(&bs, &h.node)?;
         let parent = h.node.loc.read().parent;
         let mut entries = vec![
             Entry {
@@ -243,7 +245,7 @@ impl Union {
                 kind: libc::S_IFDIR,
             },
         ];
-        entries.extend(readdir::merged(&bs, &layers, &path, &self.inodes)?);
+        entries.extend(readdir::merged(&bs, &layers, &self.inodes)?);
         let entries = Arc::new(entries);
         *h.entries.lock() = entries.clone();
         Ok(entries)
@@ -257,13 +259,7 @@ impl Union {
         let node = self.inodes.get(ino)?;
         let bs = self.branches();
         let idx = self.top_idx(&bs, &node)?;
-        let path = self.inodes.path(ino)?;
-        let fd = sys::open_beneath(
-            bs.get(idx).root(),
-            &path,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
-            0,
-        )?;
+        let fd = self.open_in(&bs, &node, idx, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
         sys::fsync(fd.as_fd(), false)
     }
 }

@@ -86,6 +86,40 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// The attributes of a negative entry: node id 0 means "no such name".
+fn absent() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
+/// Open flags for an open served through the daemon: the kernel may keep
+/// the page cache of a file on a read-only branch across opens (its data
+/// changes only by a copy-up, which copies it as it is; writes after that go
+/// through this same cache, since an inode with cached opens gets no
+/// passthrough ones).
+fn cache_flags(opened: &Opened) -> FopenFlags {
+    if opened.keep_cache {
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
+    }
+}
+
 fn to_time(t: TimeOrNow) -> Time {
     match t {
         TimeOrNow::Now => Time::Now,
@@ -212,11 +246,36 @@ impl Filesystem for UnionFs {
             }
         }
         let _ = config.set_max_write(1 << 20);
+        // As large as the kernel allows: fewer round trips for sequential reads.
+        if let Err(max) = config.set_max_readahead(1 << 20) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.set_max_background(64);
+        // Lookups and readdirs in one directory may run at once (the model
+        // has no per-directory lock); symlink targets never change in place;
+        // a file whose mtime or size changed under the kernel's page cache
+        // (directly in a branch) has its cached pages dropped.
+        for flag in [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_AUTO_INVAL_DATA,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(reply, self.union.lookup(parent.0, name));
+        match self.union.lookup(parent.0, name) {
+            // A negative entry: the kernel keeps the miss for entry_timeout.
+            Err(Errno::ENOENT)
+                if !self.entry_ttl.is_zero()
+                    && self.union.negatives.admit(parent.0, name, self.entry_ttl) =>
+            {
+                reply.entry_with_ttls(&Duration::ZERO, &self.entry_ttl, &absent(), Generation(0))
+            }
+            res => self.entry(reply, res),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -368,7 +427,7 @@ impl Filesystem for UnionFs {
                 let fh = opened.fh;
                 match self.choose_io(ino.0, fh, &opened, |f| reply.open_backing(f)) {
                     Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
-                    None => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                    None => reply.opened(FileHandle(fh), cache_flags(&opened)),
                 }
             }
             Err(e) => reply.error(err(e)),
@@ -418,7 +477,8 @@ impl Filesystem for UnionFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to do on close(2): ENOSYS tells the kernel to stop asking.
+        reply.error(FErrno::ENOSYS);
     }
 
     fn release(
@@ -570,7 +630,7 @@ impl Filesystem for UnionFs {
                         &attr,
                         Generation(0),
                         FileHandle(fh),
-                        FopenFlags::empty(),
+                        cache_flags(&opened),
                     ),
                 }
             }

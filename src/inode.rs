@@ -12,9 +12,11 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::dircache::DirFds;
 use crate::sys::{Errno, Result};
 
 pub const ROOT: u64 = 1;
@@ -50,6 +52,8 @@ pub struct Node {
     keys: Mutex<Vec<Key>>,
     /// Other names of a hard-linked object, as (parent ino, name).
     pub aliases: Mutex<Vec<(u64, OsString)>>,
+    /// Directories: fds on their instances (see dircache.rs).
+    pub dirfds: Mutex<DirFds>,
 }
 
 impl Node {
@@ -88,6 +92,7 @@ impl InodeTable {
             generation: AtomicU64::new(0),
             keys: Mutex::new(vec![root_key]),
             aliases: Mutex::new(Vec::new()),
+            dirfds: Mutex::new(DirFds::default()),
         });
         let mut keys = HashMap::new();
         keys.insert(root_key, ROOT);
@@ -144,6 +149,7 @@ impl InodeTable {
             generation: AtomicU64::new(0),
             keys: Mutex::new(vec![key]),
             aliases: Mutex::new(Vec::new()),
+            dirfds: Mutex::new(DirFds::default()),
         });
         nodes.insert(ino, node.clone());
         node
@@ -234,5 +240,48 @@ impl InodeTable {
             }
         }
         Ok(parts.iter().rev().collect())
+    }
+}
+
+/// Names the kernel was told do not exist (negative entries, cached for a
+/// time): a branch change must invalidate them like any other name. The set
+/// is bounded; when it is full of live entries, misses are answered uncached.
+#[derive(Debug)]
+pub struct Negatives {
+    names: Mutex<HashMap<(u64, OsString), Instant>>,
+    cap: usize,
+}
+
+impl Negatives {
+    pub fn new(cap: usize) -> Negatives {
+        Negatives {
+            names: Mutex::new(HashMap::new()),
+            cap,
+        }
+    }
+
+    /// Record that `parent/name` is absent for `ttl`; false when there is no
+    /// room (the miss must then not be cached).
+    pub fn admit(&self, parent: u64, name: &std::ffi::OsStr, ttl: Duration) -> bool {
+        let mut names = self.names.lock();
+        let now = Instant::now();
+        if names.len() >= self.cap {
+            names.retain(|_, until| *until > now);
+            if names.len() >= self.cap {
+                return false;
+            }
+        }
+        names.insert((parent, name.to_os_string()), now + ttl);
+        true
+    }
+
+    /// Every name the kernel may still hold as absent; the set is emptied.
+    pub fn take(&self) -> Vec<(u64, OsString)> {
+        let now = Instant::now();
+        std::mem::take(&mut *self.names.lock())
+            .into_iter()
+            .filter(|(_, until)| *until > now)
+            .map(|(k, _)| k)
+            .collect()
     }
 }

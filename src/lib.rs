@@ -16,6 +16,7 @@ pub mod control;
 pub mod copyup;
 pub mod create;
 pub mod delete;
+pub mod dircache;
 pub mod file;
 pub mod fs;
 pub mod inode;
@@ -93,7 +94,10 @@ pub fn mount(
 ) -> std::io::Result<Mounted> {
     // Modes come from the requests (already masked by the caller's umask).
     sys::set_umask(0);
-    let union = Arc::new(union::Union::new(branches, opts.delete).map_err(std::io::Error::from)?);
+    let union = Arc::new(
+        union::Union::new(branches, opts.delete, opts.entry_timeout)
+            .map_err(std::io::Error::from)?,
+    );
     let fs = fs::UnionFs::new(union.clone(), opts);
     let session = fuser::Session::new(fs, mountpoint, &fuse_config(opts))?;
     let notifier = session.notifier();
@@ -102,6 +106,9 @@ pub fn mount(
         for (ino, parent, name) in u.inodes.known_names() {
             let _ = notifier.inval_entry(fuser::INodeNo(parent), &name);
             let _ = notifier.inval_inode(fuser::INodeNo(ino), 0, 0);
+        }
+        for (parent, name) in u.negatives.take() {
+            let _ = notifier.inval_entry(fuser::INodeNo(parent), &name);
         }
         let _ = notifier.inval_inode(fuser::INodeNo(inode::ROOT), 0, 0);
     });

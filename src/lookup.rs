@@ -3,8 +3,9 @@
 //! a non-directory, or a whiteout.
 
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::branch::BranchSet;
 use crate::sys::{self, Errno, FileStat, Result};
@@ -17,6 +18,8 @@ pub struct Instance {
     pub stat: FileStat,
     /// A directory holding the opaque marker.
     pub opaque: bool,
+    /// Directories: an fd on this instance, opened while checking it.
+    pub dir: Option<Arc<OwnedFd>>,
 }
 
 impl Instance {
@@ -42,20 +45,28 @@ impl Scan {
         self.instances.first()
     }
 
+    /// The directory instances that merge into the union directory (empty
+    /// when the top instance is not a directory), top first.
+    fn merging(&self) -> impl Iterator<Item = &Instance> {
+        let mut done = false;
+        self.instances.iter().take_while(move |i| {
+            let take = !done && i.is_dir();
+            done = done || i.opaque;
+            take
+        })
+    }
+
     /// Branch indices whose directory instances merge into the union
     /// directory (empty when the top instance is not a directory).
     pub fn layers(&self) -> Vec<usize> {
-        let mut out = Vec::new();
-        for inst in &self.instances {
-            if !inst.is_dir() {
-                break;
-            }
-            out.push(inst.idx);
-            if inst.opaque {
-                break;
-            }
-        }
-        out
+        self.merging().map(|i| i.idx).collect()
+    }
+
+    /// The merging directory instances as (branch index, fd), top first.
+    pub fn layer_fds(&self) -> Vec<(usize, Arc<OwnedFd>)> {
+        self.merging()
+            .filter_map(|i| i.dir.clone().map(|d| (i.idx, d)))
+            .collect()
     }
 
     /// Whether anything below branch `idx` would show if `idx` and the
@@ -65,19 +76,19 @@ impl Scan {
     }
 }
 
-/// Scan `name` in the directory `parent_path`, through the branches
-/// `parent_layers` (indices, top first). A `full` scan goes on past what is
+/// Scan `name` in a directory whose instances are in the branches
+/// `parent_layers` (indices, top first); `dir_of` gives an fd on the
+/// directory's instance in a branch. A `full` scan goes on past what is
 /// visible, down to a whiteout, to find every instance a delete must hide.
 pub fn scan(
-    bs: &BranchSet,
     parent_layers: &[usize],
-    parent_path: &Path,
     name: &OsStr,
     full: bool,
+    dir_of: impl Fn(usize) -> Result<Arc<OwnedFd>>,
 ) -> Result<Scan> {
     let mut out = Scan::default();
     for &idx in parent_layers {
-        let dir = match bs.get(idx).dir(parent_path) {
+        let dir = match dir_of(idx) {
             Ok(fd) => fd,
             Err(Errno::ENOENT | Errno::ENOTDIR) => continue,
             Err(e) => return Err(e),
@@ -86,9 +97,26 @@ pub fn scan(
         match sys::stat_at(dir, name) {
             Ok(stat) => {
                 let is_dir = stat.st_mode & libc::S_IFMT == libc::S_IFDIR;
-                let opaque = is_dir && whiteout::is_opaque(dir, name)?;
                 let first_kind_dir = out.top().map(|t| t.is_dir()).unwrap_or(is_dir);
-                out.instances.push(Instance { idx, stat, opaque });
+                let (sub, opaque) = if is_dir && (full || first_kind_dir) {
+                    match sys::open_dir(dir, Path::new(name)) {
+                        Ok(sub) => {
+                            let opaque = sys::exists_at(sub.as_fd(), OsStr::new(whiteout::OPAQUE))?;
+                            (Some(Arc::new(sub)), opaque)
+                        }
+                        // Replaced since the stat: not a directory after all.
+                        Err(Errno::ENOENT | Errno::ENOTDIR) => continue,
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    (None, false)
+                };
+                out.instances.push(Instance {
+                    idx,
+                    stat,
+                    opaque,
+                    dir: sub,
+                });
                 if !full && (!is_dir || !first_kind_dir || opaque) {
                     break;
                 }
@@ -108,4 +136,17 @@ pub fn scan(
         }
     }
     Ok(out)
+}
+
+/// [`scan`] with the parent directory given as a path below each branch root.
+pub fn scan_path(
+    bs: &BranchSet,
+    parent_layers: &[usize],
+    parent_path: &Path,
+    name: &OsStr,
+    full: bool,
+) -> Result<Scan> {
+    scan(parent_layers, name, full, |idx| {
+        bs.get(idx).dir(parent_path).map(Arc::new)
+    })
 }

@@ -4,8 +4,9 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::ops::ControlFlow;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::branch::BranchSet;
 use crate::inode::InodeTable;
@@ -20,23 +21,20 @@ pub struct Entry {
     pub kind: u32,
 }
 
-/// Call `f` with each visible entry of the union directory `path` whose
-/// instances are in branches `layers` (indices, top first): the branch index,
-/// an fd on that branch's directory, and the entry. Stops when `f` breaks.
+/// The instances of a union directory: (branch index, fd on the directory), top first.
+pub type Layers = [(usize, Arc<OwnedFd>)];
+
+/// Call `f` with each visible entry of the union directory whose instances
+/// are `layers`: the branch index, an fd on that branch's directory, and the
+/// entry. Stops when `f` breaks.
 fn each_visible(
-    bs: &BranchSet,
-    layers: &[usize],
-    path: &Path,
+    layers: &Layers,
     mut f: impl FnMut(usize, BorrowedFd, DirEntry) -> Result<ControlFlow<()>>,
 ) -> Result<()> {
     let mut seen: HashSet<OsString> = HashSet::new();
     let mut hidden: HashSet<OsString> = HashSet::new();
-    for &idx in layers {
-        let dir = match bs.get(idx).dir(path) {
-            Ok(fd) => fd,
-            Err(Errno::ENOENT | Errno::ENOTDIR) => continue,
-            Err(e) => return Err(e),
-        };
+    let single = layers.len() == 1;
+    for (idx, dir) in layers {
         // A whiteout hides names of lower branches, not of its own.
         let mut whiteouts = Vec::new();
         for e in sys::read_dir(dir.as_fd())? {
@@ -46,10 +44,11 @@ fn each_visible(
                 }
                 continue;
             }
-            if hidden.contains(&e.name) || !seen.insert(e.name.clone()) {
+            // One branch cannot repeat a name: no need to remember them.
+            if !single && (hidden.contains(&e.name) || !seen.insert(e.name.clone())) {
                 continue;
             }
-            if f(idx, dir.as_fd(), e)?.is_break() {
+            if f(*idx, dir.as_fd(), e)?.is_break() {
                 return Ok(());
             }
         }
@@ -60,14 +59,9 @@ fn each_visible(
 
 /// The merged listing of a union directory. Inode numbers come from `inodes`,
 /// so they match what lookup answers.
-pub fn merged(
-    bs: &BranchSet,
-    layers: &[usize],
-    path: &Path,
-    inodes: &InodeTable,
-) -> Result<Vec<Entry>> {
+pub fn merged(bs: &BranchSet, layers: &Layers, inodes: &InodeTable) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
-    each_visible(bs, layers, path, |idx, dir, e| {
+    each_visible(layers, |idx, dir, e| {
         let kind = if e.kind != 0 {
             e.kind
         } else {
@@ -85,11 +79,29 @@ pub fn merged(
 }
 
 /// Whether the union directory has no visible entry.
-pub fn is_empty(bs: &BranchSet, layers: &[usize], path: &Path) -> Result<bool> {
+pub fn is_empty(layers: &Layers) -> Result<bool> {
     let mut empty = true;
-    each_visible(bs, layers, path, |_, _, _| {
+    each_visible(layers, |_, _, _| {
         empty = false;
         Ok(ControlFlow::Break(()))
     })?;
     Ok(empty)
+}
+
+/// The instances of the union directory `path` in branches `layers`, opened
+/// from the branch roots (for callers that work by path).
+pub fn open_layers(
+    bs: &BranchSet,
+    layers: &[usize],
+    path: &Path,
+) -> Result<Vec<(usize, Arc<OwnedFd>)>> {
+    let mut out = Vec::new();
+    for &idx in layers {
+        match bs.get(idx).dir(path) {
+            Ok(fd) => out.push((idx, Arc::new(fd))),
+            Err(Errno::ENOENT | Errno::ENOTDIR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }

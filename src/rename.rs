@@ -41,8 +41,8 @@ impl Union {
         let bs = self.branches();
         let sp = self.inodes.get(parent)?;
         let dp = self.inodes.get(newparent)?;
-        let (sscan, _) = self.scan_in(&bs, &sp, name, true)?;
-        let (dscan, dppath) = self.scan_in(&bs, &dp, newname, true)?;
+        let sscan = self.scan_in(&bs, &sp, name, true)?;
+        let dscan = self.scan_in(&bs, &dp, newname, true)?;
         let src = sscan.top().ok_or(Errno::ENOENT)?.clone();
         let dst = dscan.top().cloned();
         if parent == newparent && name == newname {
@@ -62,7 +62,7 @@ impl Union {
                     // Two names of one object: rename(2) does nothing.
                     return Ok(());
                 }
-                if d.is_dir() && !readdir::is_empty(&bs, &dscan.layers(), &dppath.join(newname))? {
+                if d.is_dir() && !readdir::is_empty(&dscan.layer_fds())? {
                     return Err(Errno::ENOTEMPTY);
                 }
             }
@@ -114,6 +114,9 @@ impl Union {
             }
         }
         sys::rename_at(sdir.as_fd(), name, ddir.as_fd(), newname, flags)?;
+        if snode.is_dir() || dnode.as_ref().is_some_and(|d| d.is_dir()) {
+            self.dir_moved();
+        }
         if !exchange && dst_whiteout {
             whiteout::remove_whiteout(ddir.as_fd(), newname)?;
         }
@@ -177,14 +180,15 @@ impl Union {
     /// (instances in `layers`) that `up` does not hold yet, recursively.
     fn merge_into(&self, bs: &BranchSet, up: usize, layers: &[usize], path: &Path) -> Result<()> {
         let updir = bs.get(up).dir(path)?;
-        for e in readdir::merged(bs, layers, path, &self.inodes)? {
-            let scan = lookup::scan(bs, layers, path, &e.name, false)?;
+        let dirs = readdir::open_layers(bs, layers, path)?;
+        for e in readdir::merged(bs, &dirs, &self.inodes)? {
+            let scan = lookup::scan_path(bs, layers, path, &e.name, false)?;
             let Some(top) = scan.top() else { continue };
             let child = path.join(&e.name);
             if top.idx != up {
-                let src = bs.get(top.idx);
-                let fd = sys::open_beneath(src.root(), &child, OFlag::O_PATH, 0)?;
-                let tmp = self.build_copy(bs, up, src.root(), &child, &fd, &top.stat, true)?;
+                let src = bs.get(top.idx).dir(path)?;
+                let fd = sys::open_at(src.as_fd(), &e.name, OFlag::O_PATH, 0)?;
+                let tmp = self.build_copy(bs, up, src.as_fd(), &e.name, &fd, &top.stat, true)?;
                 tmp.commit(updir.as_fd(), &e.name, NOREPLACE)?;
             }
             if top.is_dir() {

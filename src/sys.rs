@@ -399,6 +399,14 @@ pub fn getuid() -> u32 {
     unistd::getuid().as_raw()
 }
 
+pub fn geteuid() -> u32 {
+    unistd::geteuid().as_raw()
+}
+
+pub fn getegid() -> u32 {
+    unistd::getegid().as_raw()
+}
+
 pub fn dup(fd: impl AsFd) -> Result<OwnedFd> {
     unistd::dup(fd)
 }

@@ -6,16 +6,17 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Duration;
 
 use nix::fcntl::OFlag;
 use parking_lot::{Mutex, RwLock};
 
 use crate::branch::BranchSet;
 use crate::file::{DirHandle, FileHandle};
-use crate::inode::{InodeTable, Loc, Node, ROOT};
+use crate::inode::{InodeTable, Loc, Negatives, Node, ROOT};
 use crate::lookup::{self, Scan};
 use crate::options::DeleteMode;
 use crate::sys::{self, Errno, FileStat, Result, Time};
@@ -57,19 +58,30 @@ impl SetAttr {
     }
 }
 
+/// At most this many negative entries are handed to the kernel at a time
+/// (each costs a name in memory until it expires).
+const NEGATIVE_CAP: usize = 65536;
+
 pub struct Union {
     branches: RwLock<Arc<BranchSet>>,
     pub inodes: InodeTable,
+    /// Names the kernel caches as absent.
+    pub negatives: Negatives,
     pub delete: DeleteMode,
     pub(crate) files: Mutex<HashMap<u64, Arc<FileHandle>>>,
     pub(crate) dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
     pub(crate) next_fh: AtomicU64,
     /// Serializes branch changes (never held by a request).
     pub change_lock: Mutex<()>,
+    /// How long directory fds are reused (see dircache.rs).
+    pub(crate) cache_ttl: Duration,
+    /// Bumped when a directory moves: cached directory fds are dropped.
+    pub(crate) dir_epoch: AtomicU64,
 }
 
 impl Union {
-    pub fn new(bs: BranchSet, delete: DeleteMode) -> Result<Union> {
+    /// A union over `bs`; directory fds are reused for `cache_ttl` (zero: never).
+    pub fn new(bs: BranchSet, delete: DeleteMode, cache_ttl: Duration) -> Result<Union> {
         if bs.is_empty() {
             return Err(Errno::EINVAL);
         }
@@ -82,11 +94,14 @@ impl Union {
         Ok(Union {
             inodes: InodeTable::new((top.dev, st.st_ino), layers),
             branches: RwLock::new(Arc::new(bs)),
+            negatives: Negatives::new(NEGATIVE_CAP),
             delete,
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             change_lock: Mutex::new(()),
+            cache_ttl,
+            dir_epoch: AtomicU64::new(0),
         })
     }
 
@@ -102,9 +117,7 @@ impl Union {
 
     /// The longest name the union accepts: the branches' limit less `.wh.`.
     pub fn name_max(&self) -> u64 {
-        let bs = self.branches();
-        let min = bs.branches.iter().map(|b| b.name_max).min().unwrap_or(255);
-        min.saturating_sub(whiteout::PREFIX.len() as u64)
+        self.branches.read().name_max
     }
 
     fn check_name(&self, name: &OsStr) -> Result<()> {
@@ -158,8 +171,7 @@ impl Union {
         }
         let parent = self.inodes.get(loc.parent)?;
         let (_, players) = self.located(bs, &parent)?;
-        let ppath = self.inodes.path(parent.ino)?;
-        let scan = lookup::scan(bs, &players, &ppath, &loc.name, false)?;
+        let scan = self.scan_at(bs, &parent, &players, &loc.name, false)?;
         let top = scan.top().ok_or(Errno::ENOENT)?;
         let layers = scan.layers();
         if bs.generation == self.branches().generation {
@@ -171,6 +183,18 @@ impl Union {
         Ok((top.idx, layers))
     }
 
+    /// Scan `name` in the directory node `parent`, whose instances are in `layers`.
+    pub(crate) fn scan_at(
+        &self,
+        bs: &BranchSet,
+        parent: &Node,
+        layers: &[usize],
+        name: &OsStr,
+        full: bool,
+    ) -> Result<Scan> {
+        lookup::scan(layers, name, full, |idx| self.layer_dir(bs, parent, idx))
+    }
+
     /// Scan `name` in the directory node `parent`.
     pub(crate) fn scan_in(
         &self,
@@ -178,11 +202,9 @@ impl Union {
         parent: &Node,
         name: &OsStr,
         full: bool,
-    ) -> Result<(Scan, PathBuf)> {
+    ) -> Result<Scan> {
         let layers = self.dir_layers(bs, parent)?;
-        let ppath = self.inodes.path(parent.ino)?;
-        let scan = lookup::scan(bs, &layers, &ppath, name, full)?;
-        Ok((scan, ppath))
+        self.scan_at(bs, parent, &layers, name, full)
     }
 
     /// Register what a scan found as a node the kernel knows (one lookup reference).
@@ -204,6 +226,12 @@ impl Union {
             generation: bs.generation,
         };
         let node = self.inodes.found((b.dev, top.stat.st_ino), top.kind(), loc);
+        // The directory fds the scan opened serve the next lookups inside it.
+        for i in scan.instances.iter() {
+            if let Some(fd) = &i.dir {
+                self.cache_dir(bs, &node, bs.get(i.idx).id, fd.clone());
+            }
+        }
         let attr = Attr {
             ino: node.ino,
             st: top.stat,
@@ -218,7 +246,7 @@ impl Union {
         }
         let bs = self.branches();
         let pnode = self.inodes.get(parent)?;
-        let (scan, _) = self.scan_in(&bs, &pnode, name, false)?;
+        let scan = self.scan_in(&bs, &pnode, name, false)?;
         Ok(self.remember(&bs, parent, name, &scan)?.1)
     }
 
@@ -232,11 +260,9 @@ impl Union {
     }
 
     /// An `O_PATH` fd on the topmost instance of a node, with its branch index.
-    pub(crate) fn top_fd(&self, bs: &BranchSet, node: &Node) -> Result<(usize, OwnedFd, PathBuf)> {
+    pub(crate) fn top_fd(&self, bs: &BranchSet, node: &Node) -> Result<(usize, OwnedFd)> {
         let idx = self.top_idx(bs, node)?;
-        let path = self.inodes.path(node.ino)?;
-        let fd = sys::open_beneath(bs.get(idx).root(), &path, OFlag::O_PATH, 0)?;
-        Ok((idx, fd, path))
+        Ok((idx, self.open_in(bs, node, idx, OFlag::O_PATH)?))
     }
 
     fn attr_of(&self, node: &Node, fd: &OwnedFd) -> Result<Attr> {
@@ -257,7 +283,7 @@ impl Union {
         }
         let bs = self.branches();
         match self.top_fd(&bs, &node) {
-            Ok((_, fd, _)) => self.attr_of(&node, &fd),
+            Ok((_, fd)) => self.attr_of(&node, &fd),
             // Gone from the union (its branch was removed, say) but open:
             // fstat an open handle (fstat(2) does not always say which).
             Err(e @ (Errno::ENOENT | Errno::ESTALE)) => {
@@ -280,12 +306,12 @@ impl Union {
         }
         let data = set.size != Some(0);
         let bs = self.copy_up(&node, data)?;
-        let (idx, fd, path) = self.top_fd(&bs, &node)?;
+        let (idx, fd) = self.top_fd(&bs, &node)?;
         if let Some(size) = set.size {
             if node.is_dir() {
                 return Err(Errno::EISDIR);
             }
-            let w = sys::open_beneath(bs.get(idx).root(), &path, OFlag::O_WRONLY, 0)?;
+            let w = self.open_in(&bs, &node, idx, OFlag::O_WRONLY)?;
             sys::truncate_fd(w.as_fd(), size)?;
         }
         if set.uid.is_some() || set.gid.is_some() {
@@ -339,7 +365,7 @@ impl Union {
             return Err(Errno::EINVAL);
         }
         let bs = self.branches();
-        let (_, fd, _) = self.top_fd(&bs, &node)?;
+        let (_, fd) = self.top_fd(&bs, &node)?;
         sys::readlink_obj(fd.as_fd())
     }
 
@@ -352,21 +378,21 @@ impl Union {
     pub fn getxattr(&self, ino: u64, name: &OsStr, buf: &mut [u8]) -> Result<usize> {
         let node = self.inodes.get(ino)?;
         let bs = self.branches();
-        let (_, fd, _) = self.top_fd(&bs, &node)?;
+        let (_, fd) = self.top_fd(&bs, &node)?;
         sys::get_xattr(fd.as_fd(), name, buf)
     }
 
     pub fn listxattr(&self, ino: u64, buf: &mut [u8]) -> Result<usize> {
         let node = self.inodes.get(ino)?;
         let bs = self.branches();
-        let (_, fd, _) = self.top_fd(&bs, &node)?;
+        let (_, fd) = self.top_fd(&bs, &node)?;
         sys::list_xattr(fd.as_fd(), buf)
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         let node = self.inodes.get(ino)?;
         let bs = self.copy_up(&node, true)?;
-        let (_, fd, _) = self.top_fd(&bs, &node)?;
+        let (_, fd) = self.top_fd(&bs, &node)?;
         sys::set_xattr(fd.as_fd(), name, value, flags)
     }
 
@@ -375,21 +401,20 @@ impl Union {
         {
             // Removing an xattr that is not there changes nothing: no copy-up.
             let bs = self.branches();
-            let (_, fd, _) = self.top_fd(&bs, &node)?;
+            let (_, fd) = self.top_fd(&bs, &node)?;
             sys::get_xattr(fd.as_fd(), name, &mut [])?;
         }
         let bs = self.copy_up(&node, true)?;
-        let (_, fd, _) = self.top_fd(&bs, &node)?;
+        let (_, fd) = self.top_fd(&bs, &node)?;
         sys::remove_xattr(fd.as_fd(), name)
     }
 
     /// The directory `rel` in branch `idx`, created there (with its parents,
     /// as copies of their union attributes) when missing.
-    pub(crate) fn dir_in(&self, bs: &BranchSet, idx: usize, dir: &Node) -> Result<OwnedFd> {
-        let path = self.inodes.path(dir.ino)?;
-        match bs.get(idx).dir(&path) {
+    pub(crate) fn dir_in(&self, bs: &BranchSet, idx: usize, dir: &Node) -> Result<Arc<OwnedFd>> {
+        match self.layer_dir(bs, dir, idx) {
             Ok(fd) => Ok(fd),
-            Err(Errno::ENOENT) => self.ensure_dirs(bs, idx, dir),
+            Err(Errno::ENOENT) => self.ensure_dirs(bs, idx, dir).map(Arc::new),
             Err(e) => Err(e),
         }
     }

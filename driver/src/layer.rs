@@ -377,7 +377,7 @@ fn exists_in(view: &BranchSet, path: &Path) -> Result<bool, sys::Errno> {
     let mut layers: Vec<usize> = (0..view.len()).collect();
     let mut cur = PathBuf::new();
     for c in path.iter() {
-        let scan = lookup::scan(view, &layers, &cur, c, false)?;
+        let scan = lookup::scan_path(view, &layers, &cur, c, false)?;
         if scan.top().is_none() {
             return Ok(false);
         }
@@ -392,14 +392,15 @@ fn names_in(view: &BranchSet, path: &Path) -> Vec<std::ffi::OsString> {
     let mut layers: Vec<usize> = (0..view.len()).collect();
     let mut cur = PathBuf::new();
     for c in path.iter() {
-        match lookup::scan(view, &layers, &cur, c, false) {
+        match lookup::scan_path(view, &layers, &cur, c, false) {
             Ok(s) if s.top().is_some_and(|t| t.is_dir()) => layers = s.layers(),
             _ => return Vec::new(),
         }
         cur.push(c);
     }
     let inodes = unionfs::inode::InodeTable::new((0, 0), Vec::new());
-    unionfs::readdir::merged(view, &layers, path, &inodes)
+    unionfs::readdir::open_layers(view, &layers, path)
+        .and_then(|dirs| unionfs::readdir::merged(view, &dirs, &inodes))
         .map(|v| v.into_iter().map(|e| e.name).collect())
         .unwrap_or_default()
 }

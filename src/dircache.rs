@@ -1,0 +1,192 @@
+//! Directory fds, kept per union directory and branch so that a lookup,
+//! create or readdir works from an open fd instead of walking a path from the
+//! branch root each time (one `fstatat` per branch instead of an `openat2` of
+//! the whole path plus the `fstatat`).
+//!
+//! A cached fd is used only while it is provably current: for the branch set
+//! generation and the directory's list of layers it was opened under (any
+//! copy-up, rename or branch change that alters them drops the cache), and
+//! and for no directory rename since (a rename drops every cached fd), and
+//! for at most the cache lifetime (`entry_timeout`, the time the kernel keeps
+//! names too), so a change made directly in a branch shows after that long.
+//! Every fd is opened one component at a time with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)` from a branch root or from another such fd.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use nix::fcntl::OFlag;
+
+use crate::branch::BranchSet;
+use crate::inode::{Node, ROOT};
+use crate::sys::{self, Errno, Result};
+use crate::union::Union;
+
+/// The cached instances of one union directory.
+#[derive(Debug, Default)]
+pub struct DirFds {
+    generation: u64,
+    epoch: u64,
+    layers: Vec<u32>,
+    expires: Option<Instant>,
+    /// (branch id, fd on the directory's instance in that branch)
+    fds: Vec<(u32, Arc<OwnedFd>)>,
+}
+
+impl DirFds {
+    fn current(&self, generation: u64, epoch: u64, layers: &[u32], now: Instant) -> bool {
+        self.generation == generation
+            && self.epoch == epoch
+            && self.layers == layers
+            && self.expires.is_some_and(|e| now < e)
+    }
+}
+
+impl Union {
+    fn cached_dir(&self, bs: &BranchSet, node: &Node, id: u32) -> Option<Arc<OwnedFd>> {
+        let loc = node.loc.read();
+        let c = node.dirfds.lock();
+        if !c.current(bs.generation, self.dir_epoch(), &loc.layers, Instant::now()) {
+            return None;
+        }
+        c.fds
+            .iter()
+            .find(|(b, _)| *b == id)
+            .map(|(_, fd)| fd.clone())
+    }
+
+    /// Remember `fd` as the instance of directory `node` in branch `id`.
+    pub(crate) fn cache_dir(&self, bs: &BranchSet, node: &Node, id: u32, fd: Arc<OwnedFd>) {
+        if self.cache_ttl.is_zero() {
+            return;
+        }
+        let loc = node.loc.read();
+        let mut c = node.dirfds.lock();
+        let now = Instant::now();
+        let epoch = self.dir_epoch();
+        if !c.current(bs.generation, epoch, &loc.layers, now) {
+            *c = DirFds {
+                generation: bs.generation,
+                epoch,
+                layers: loc.layers.clone(),
+                expires: Some(now + self.cache_ttl),
+                fds: Vec::new(),
+            };
+        }
+        match c.fds.iter_mut().find(|(b, _)| *b == id) {
+            Some(slot) => slot.1 = fd,
+            None => c.fds.push((id, fd)),
+        }
+    }
+
+    fn dir_epoch(&self) -> u64 {
+        self.dir_epoch.load(Ordering::Acquire)
+    }
+
+    /// A directory moved: every cached directory fd is dropped, since the
+    /// instances below a moved directory may be other ones now (a merged
+    /// directory is made whole in one branch when renamed).
+    pub(crate) fn dir_moved(&self) {
+        self.dir_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// An fd on the instance of the union directory `node` in branch `idx`:
+    /// from the cache, else opened from the nearest cached ancestor (or the
+    /// branch root) one name at a time, caching each step.
+    pub(crate) fn layer_dir(
+        &self,
+        bs: &BranchSet,
+        node: &Node,
+        idx: usize,
+    ) -> Result<Arc<OwnedFd>> {
+        let b = bs.get(idx);
+        if node.ino == ROOT {
+            return Ok(b.root_fd());
+        }
+        if let Some(fd) = self.cached_dir(bs, node, b.id) {
+            return Ok(fd);
+        }
+        // Walk up to a directory whose fd is known, then open downwards.
+        let mut chain: Vec<(Option<Arc<Node>>, std::ffi::OsString)> = Vec::new();
+        let (mut parent, name) = {
+            let l = node.loc.read();
+            (l.parent, l.name.clone())
+        };
+        chain.push((None, name));
+        let mut fd = loop {
+            if parent == ROOT {
+                break b.root_fd();
+            }
+            let p = self.inodes.get(parent)?;
+            if let Some(fd) = self.cached_dir(bs, &p, b.id) {
+                break fd;
+            }
+            let (pp, pname) = {
+                let l = p.loc.read();
+                (l.parent, l.name.clone())
+            };
+            chain.push((Some(p), pname));
+            parent = pp;
+            if chain.len() > libc::PATH_MAX as usize {
+                return Err(Errno::ELOOP);
+            }
+        };
+        for (n, name) in chain.into_iter().rev() {
+            fd = Arc::new(sys::open_dir(fd.as_fd(), Path::new(&name))?);
+            self.cache_dir(bs, n.as_deref().unwrap_or(node), b.id, fd.clone());
+        }
+        Ok(fd)
+    }
+
+    /// The instances of directory `node` that merge into it, as (branch
+    /// index, fd), top first; layers whose directory has gone are skipped.
+    pub(crate) fn layer_fds(
+        &self,
+        bs: &BranchSet,
+        node: &Node,
+    ) -> Result<Vec<(usize, Arc<OwnedFd>)>> {
+        let mut out = Vec::new();
+        for idx in self.dir_layers(bs, node)? {
+            match self.layer_dir(bs, node, idx) {
+                Ok(fd) => out.push((idx, fd)),
+                Err(Errno::ENOENT | Errno::ENOTDIR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The parent directory of `node` in branch `idx`, and the node's name there.
+    pub(crate) fn parent_in(
+        &self,
+        bs: &BranchSet,
+        node: &Node,
+        idx: usize,
+    ) -> Result<(Arc<OwnedFd>, std::ffi::OsString)> {
+        let (parent, name) = {
+            let l = node.loc.read();
+            (l.parent, l.name.clone())
+        };
+        let p = self.inodes.get(parent)?;
+        Ok((self.layer_dir(bs, &p, idx)?, name))
+    }
+
+    /// Open the instance of `node` in branch `idx` (never following a symlink).
+    pub(crate) fn open_in(
+        &self,
+        bs: &BranchSet,
+        node: &Node,
+        idx: usize,
+        flags: OFlag,
+    ) -> Result<OwnedFd> {
+        if node.ino == ROOT {
+            return sys::open_beneath(bs.get(idx).root(), Path::new(""), flags, 0);
+        }
+        let (dir, name) = self.parent_in(bs, node, idx)?;
+        sys::open_at(dir.as_fd(), OsStr::new(&name), flags, 0)
+    }
+}

@@ -15,7 +15,7 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,6 +26,10 @@ use crate::inode::{Node, ROOT};
 use crate::sys::{self, Errno, Result};
 use crate::union::Union;
 
+/// Directory fds held by every cache of this process (fds are a process-wide
+/// resource); no cache grows past the union's `dir_cache` limit.
+static CACHED: AtomicUsize = AtomicUsize::new(0);
+
 /// The cached instances of one union directory.
 #[derive(Debug, Default)]
 pub struct DirFds {
@@ -35,6 +39,12 @@ pub struct DirFds {
     expires: Option<Instant>,
     /// (branch id, fd on the directory's instance in that branch)
     fds: Vec<(u32, Arc<OwnedFd>)>,
+}
+
+impl Drop for DirFds {
+    fn drop(&mut self) {
+        CACHED.fetch_sub(self.fds.len(), Ordering::Relaxed);
+    }
 }
 
 impl DirFds {
@@ -61,7 +71,7 @@ impl Union {
 
     /// Remember `fd` as the instance of directory `node` in branch `id`.
     pub(crate) fn cache_dir(&self, bs: &BranchSet, node: &Node, id: u32, fd: Arc<OwnedFd>) {
-        if self.cache_ttl.is_zero() {
+        if self.cache_ttl.is_zero() || self.cache_max == 0 {
             return;
         }
         let loc = node.loc.read();
@@ -79,7 +89,12 @@ impl Union {
         }
         match c.fds.iter_mut().find(|(b, _)| *b == id) {
             Some(slot) => slot.1 = fd,
-            None => c.fds.push((id, fd)),
+            // Full: this fd is used once and closed, as without a cache.
+            None if CACHED.load(Ordering::Relaxed) >= self.cache_max => {}
+            None => {
+                CACHED.fetch_add(1, Ordering::Relaxed);
+                c.fds.push((id, fd));
+            }
         }
     }
 

@@ -78,6 +78,10 @@ fn fuse_config(opts: &MountOptions) -> Config {
     c
 }
 
+/// File descriptors kept free of the directory cache: branch roots, open
+/// files, FUSE channels.
+const FD_HEADROOM: u64 = 8192;
+
 /// A live mount: the FUSE session (serving once `run` is called) and the
 /// unionctl socket (removed when this is dropped).
 pub struct Mounted {
@@ -94,10 +98,14 @@ pub fn mount(
 ) -> std::io::Result<Mounted> {
     // Modes come from the requests (already masked by the caller's umask).
     sys::set_umask(0);
-    let union = Arc::new(
-        union::Union::new(branches, opts.delete, opts.entry_timeout)
-            .map_err(std::io::Error::from)?,
-    );
+    // Room for the directory cache, the branch roots and open files, made
+    // before any thread starts.
+    let limit = sys::reserve_fds(opts.dir_cache as u64 + FD_HEADROOM);
+    let cache_max = opts
+        .dir_cache
+        .min(limit.saturating_sub(FD_HEADROOM) as usize);
+    let union = union::Union::new(branches, opts.delete, opts.entry_timeout, cache_max);
+    let union = Arc::new(union.map_err(std::io::Error::from)?);
     let fs = fs::UnionFs::new(union.clone(), opts);
     let session = fuser::Session::new(fs, mountpoint, &fuse_config(opts))?;
     let notifier = session.notifier();

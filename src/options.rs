@@ -40,6 +40,8 @@ pub struct MountOptions {
     pub passthrough: bool,
     pub entry_timeout: Duration,
     pub attr_timeout: Duration,
+    /// Directory fds kept open for lookups (0: none).
+    pub dir_cache: usize,
     pub fsname: Option<String>,
     pub flags: Vec<Flag>,
 }
@@ -58,6 +60,7 @@ impl Default for MountOptions {
             passthrough: true,
             entry_timeout: Duration::from_secs(1),
             attr_timeout: Duration::from_secs(1),
+            dir_cache: 32768,
             fsname: None,
             flags: Vec::new(),
         }
@@ -147,6 +150,11 @@ impl MountOptions {
                 ("passthrough", Some(v)) => self.passthrough = on_off(key, v)?,
                 ("entry_timeout", Some(v)) => self.entry_timeout = seconds(key, v)?,
                 ("attr_timeout", Some(v)) => self.attr_timeout = seconds(key, v)?,
+                ("dir_cache", Some(v)) => {
+                    self.dir_cache = v.parse().ok().filter(|n| *n <= 1 << 20).ok_or_else(|| {
+                        format!("option dir_cache: '{v}' is not a number from 0 to 1048576")
+                    })?
+                }
                 ("fsname", Some(v)) if !v.is_empty() => self.fsname = Some(v.to_string()),
                 ("subtype", Some(_)) => {}
                 ("dev", None) => self.flags.push(Flag::Dev),
@@ -167,7 +175,7 @@ impl MountOptions {
                 }
                 (
                     "delete" | "threads" | "passthrough" | "entry_timeout" | "attr_timeout"
-                    | "fsname",
+                    | "dir_cache" | "fsname",
                     None,
                 ) => return Err(format!("option {key} needs a value ({key}=...)")),
                 _ => return Err(format!("unknown mount option '{opt}'")),

@@ -438,3 +438,33 @@ pub fn utimes_obj(fd: BorrowedFd, atime: Time, mtime: Time) -> Result<()> {
 pub fn readlink_obj(fd: BorrowedFd) -> Result<OsString> {
     fcntl::readlinkat(fd, "")
 }
+
+/// Make room for `n` open files: raise the soft RLIMIT_NOFILE towards the
+/// hard one, then grow the fd table to that size at once. Growing it later,
+/// with several threads, costs an RCU grace period (~10 ms) at each
+/// doubling. Call it while the process has one thread. Answers how many fds
+/// the process may hold.
+pub fn reserve_fds(n: u64) -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    let want = n.min(hard).max(soft);
+    let limit = if want > soft && setrlimit(Resource::RLIMIT_NOFILE, want, hard).is_ok() {
+        want
+    } else {
+        soft
+    };
+    if let Ok(fd) = fcntl::open(
+        "/dev/null",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        // A descriptor at the top of the range sizes the table; it is closed at once.
+        if let Ok(top) = fcntl::fcntl(&fd, fcntl::FcntlArg::F_DUPFD_CLOEXEC(limit as i32 - 1)) {
+            // SAFETY: `top` was just returned by fcntl and is owned by nobody else.
+            drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(top) });
+        }
+    }
+    limit
+}

@@ -73,15 +73,22 @@ pub struct Union {
     pub(crate) next_fh: AtomicU64,
     /// Serializes branch changes (never held by a request).
     pub change_lock: Mutex<()>,
-    /// How long directory fds are reused (see dircache.rs).
+    /// How long directory fds are reused, and how many at most (see dircache.rs).
     pub(crate) cache_ttl: Duration,
+    pub(crate) cache_max: usize,
     /// Bumped when a directory moves: cached directory fds are dropped.
     pub(crate) dir_epoch: AtomicU64,
 }
 
 impl Union {
-    /// A union over `bs`; directory fds are reused for `cache_ttl` (zero: never).
-    pub fn new(bs: BranchSet, delete: DeleteMode, cache_ttl: Duration) -> Result<Union> {
+    /// A union over `bs`; up to `cache_max` directory fds are reused for
+    /// `cache_ttl` (zero: never).
+    pub fn new(
+        bs: BranchSet,
+        delete: DeleteMode,
+        cache_ttl: Duration,
+        cache_max: usize,
+    ) -> Result<Union> {
         if bs.is_empty() {
             return Err(Errno::EINVAL);
         }
@@ -101,6 +108,7 @@ impl Union {
             next_fh: AtomicU64::new(1),
             change_lock: Mutex::new(()),
             cache_ttl,
+            cache_max,
             dir_epoch: AtomicU64::new(0),
         })
     }

@@ -301,9 +301,11 @@ impl Branch {
 
 /// A fresh name for a temporary entry in a work directory.
 pub fn temp_name() -> OsString {
+    // getpid(2) is a syscall each time; the daemon forks before it names anything.
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     OsString::from(format!(
         "#{}-{}",
-        std::process::id(),
+        PID.get_or_init(std::process::id),
         NEXT_TEMP.fetch_add(1, Ordering::Relaxed)
     ))
 }

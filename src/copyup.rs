@@ -13,7 +13,7 @@ use nix::fcntl::OFlag;
 
 use crate::branch::{remove_tree, temp_name, BranchSet};
 use crate::inode::{Node, ROOT};
-use crate::sys::{self, Errno, FileStat, Result, Time};
+use crate::sys::{self, Errno, FileStat, Obj, Result, Time};
 use crate::union::Union;
 use crate::whiteout;
 
@@ -68,35 +68,44 @@ fn is_kind(st: &FileStat, kind: u32) -> bool {
 }
 
 /// Copy xattrs, owner, mode and times from `src` (an fd on the source) to the
-/// entry `name` of `dir`.
-pub fn copy_meta(src: BorrowedFd, st: &FileStat, dir: BorrowedFd, name: &OsStr) -> Result<()> {
+/// entry `name` of `dir`: calls on (directory, name) that never follow a
+/// symlink, so no fd on the copy is needed.
+pub fn copy_meta(src: Obj, st: &FileStat, dir: BorrowedFd, name: &OsStr) -> Result<()> {
     let link = is_kind(st, libc::S_IFLNK);
-    let dst = sys::open_at(dir, name, OFlag::O_PATH, 0)?;
+    let dst = Obj::at(dir, name);
     if !link {
-        for (k, v) in sys::all_xattrs(src)? {
-            match sys::set_xattr(dst.as_fd(), &k, &v, 0) {
+        for (k, v) in sys::all_xattrs_obj(src)? {
+            match sys::set_xattr_obj(dst, &k, &v, 0) {
                 // The branch may not take every namespace (security.*, trusted.*).
                 Ok(()) | Err(Errno::EOPNOTSUPP | Errno::EPERM) => {}
                 Err(e) => return Err(e),
             }
         }
     }
-    sys::chown_obj(dst.as_fd(), Some(st.st_uid), Some(st.st_gid))?;
-    if !link {
-        sys::chmod_fd(dst.as_fd(), st.st_mode & 0o7777)?;
+    // A new entry belongs to this daemon already.
+    if (st.st_uid, st.st_gid) != (sys::geteuid(), sys::getegid()) {
+        sys::chown_at(dir, name, Some(st.st_uid), Some(st.st_gid))?;
     }
-    sys::utimes_obj(
-        dst.as_fd(),
+    if !link {
+        sys::chmod_obj(dst, st.st_mode & 0o7777)?;
+    }
+    sys::utimes_at(
+        dir,
+        name,
         Time::Set(st.st_atime, st.st_atime_nsec),
         Time::Set(st.st_mtime, st.st_mtime_nsec),
     )
 }
 
+/// Below this size a reflink is not worth its extra call (and most
+/// filesystems have none): the data is copied.
+const REFLINK_MIN: u64 = 1 << 20;
+
 /// Copy `size` bytes of `src` to `dst`, keeping holes: FICLONE when the
 /// filesystem shares extents, else copy_file_range over the data ranges, else
 /// read and write.
 pub fn copy_data(src: BorrowedFd, dst: BorrowedFd, size: u64) -> Result<()> {
-    if size == 0 || sys::ficlone(dst, src).is_ok() {
+    if size == 0 || (size >= REFLINK_MIN && sys::ficlone(dst, src).is_ok()) {
         return Ok(());
     }
     let size = size as i64;
@@ -203,9 +212,8 @@ impl Union {
             Err(e) => return Err(e),
         }
         let (sdir, _) = self.parent_in(bs, node, idx)?;
-        let fd = sys::open_at(sdir.as_fd(), &name, OFlag::O_PATH, 0)?;
-        let st = sys::fstat(fd.as_fd())?;
-        let tmp = self.build_copy(bs, target, sdir.as_fd(), &name, &fd, &st, data)?;
+        let st = sys::stat_at(sdir.as_fd(), &name)?;
+        let tmp = self.build_copy(bs, target, sdir.as_fd(), &name, &st, data)?;
         tmp.commit(pdir.as_fd(), &name, RENAME_NOREPLACE)?;
         let new = sys::stat_at(pdir.as_fd(), &name)?;
         self.link_aliases(bs, target, node, pdir.as_fd(), &name);
@@ -213,16 +221,14 @@ impl Union {
         Ok(())
     }
 
-    /// Build a copy of the entry `name` of `src_dir` (an `O_PATH` fd on it:
-    /// `fd`, its attributes: `st`) in the work directory of branch `target`.
-    #[allow(clippy::too_many_arguments)]
+    /// Build a copy of the entry `name` of `src_dir` (its attributes: `st`)
+    /// in the work directory of branch `target`.
     pub(crate) fn build_copy(
         &self,
         bs: &BranchSet,
         target: usize,
         src_dir: BorrowedFd,
         name: &OsStr,
-        fd: &OwnedFd,
         st: &FileStat,
         data: bool,
     ) -> Result<Temp> {
@@ -248,7 +254,7 @@ impl Union {
                 tmp.arm();
             }
             libc::S_IFLNK => {
-                let target = sys::readlink_obj(fd.as_fd())?;
+                let target = sys::readlink_at(src_dir, name)?;
                 sys::symlink_at(&target, tmp.dir(), &tmp.name.clone())?;
                 tmp.arm();
             }
@@ -257,7 +263,7 @@ impl Union {
                 tmp.arm();
             }
         }
-        copy_meta(fd.as_fd(), st, tmp.dir(), &tmp.name.clone())?;
+        copy_meta(Obj::at(src_dir, name), st, tmp.dir(), &tmp.name.clone())?;
         Ok(tmp)
     }
 
@@ -331,11 +337,10 @@ impl Union {
                 Err(Errno::ENOENT) => {}
                 Err(e) => return Err(e),
             }
-            let (_, src) = self.top_fd(bs, node)?;
-            let st = sys::fstat(src.as_fd())?;
+            let (sdir, sname) = self.top_entry(bs, node)?;
+            let st = Obj::at(sdir.as_fd(), &sname).stat()?;
             let hide_below = whiteout::has_whiteout(fd.as_fd(), &name)?;
-            // No data to copy: the source directory is not read.
-            let tmp = self.build_copy(bs, target, src.as_fd(), &name, &src, &st, false)?;
+            let tmp = self.build_copy(bs, target, sdir.as_fd(), &sname, &st, false)?;
             if hide_below {
                 let t = sys::open_dir(tmp.dir(), Path::new(&tmp.name))?;
                 whiteout::make_opaque(t.as_fd())?;

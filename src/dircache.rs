@@ -190,6 +190,20 @@ impl Union {
         Ok((self.layer_dir(bs, &p, idx)?, name))
     }
 
+    /// The topmost instance of `node` as (directory fd, name), for calls that
+    /// take a directory and a name; the root is its own fd with no name.
+    pub(crate) fn top_entry(
+        &self,
+        bs: &BranchSet,
+        node: &Node,
+    ) -> Result<(Arc<OwnedFd>, std::ffi::OsString)> {
+        let idx = self.top_idx(bs, node)?;
+        if node.ino == ROOT {
+            return Ok((bs.get(idx).root_fd(), std::ffi::OsString::new()));
+        }
+        self.parent_in(bs, node, idx)
+    }
+
     /// Open the instance of `node` in branch `idx` (never following a symlink).
     pub(crate) fn open_in(
         &self,

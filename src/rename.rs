@@ -9,8 +9,6 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 
-use nix::fcntl::OFlag;
-
 use crate::branch::BranchSet;
 use crate::inode::Node;
 use crate::lookup::{self, Scan};
@@ -187,8 +185,7 @@ impl Union {
             let child = path.join(&e.name);
             if top.idx != up {
                 let src = bs.get(top.idx).dir(path)?;
-                let fd = sys::open_at(src.as_fd(), &e.name, OFlag::O_PATH, 0)?;
-                let tmp = self.build_copy(bs, up, src.as_fd(), &e.name, &fd, &top.stat, true)?;
+                let tmp = self.build_copy(bs, up, src.as_fd(), &e.name, &top.stat, true)?;
                 tmp.commit(updir.as_fd(), &e.name, NOREPLACE)?;
             }
             if top.is_dir() {

@@ -234,7 +234,7 @@ impl<'a> Merge<'a> {
             let ssub = sys::open_dir(sdir, Path::new(name)).map_err(at)?;
             self.dir(bsub.as_fd(), ssub.as_fd(), path)?;
             // Metadata last: filling the directory changed its times.
-            copy_meta(sfd.as_fd(), &st, bdir, name).map_err(at)?;
+            copy_meta(sys::Obj::fd(sfd.as_fd()), &st, bdir, name).map_err(at)?;
             if let Some(c) = change {
                 self.note(c, path);
             }
@@ -306,7 +306,7 @@ impl<'a> Merge<'a> {
                 libc::S_IFLNK => sys::symlink_at(&sys::readlink_obj(sfd.as_fd())?, bdir, &tmp)?,
                 _ => sys::mknod_at(bdir, &tmp, st.st_mode, st.st_rdev)?,
             }
-            copy_meta(sfd.as_fd(), st, bdir, &tmp)?;
+            copy_meta(sys::Obj::fd(sfd.as_fd()), st, bdir, &tmp)?;
         }
         if let Ok(o) = sys::stat_at(bdir, name) {
             if kind(&o) == libc::S_IFDIR {

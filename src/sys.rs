@@ -12,6 +12,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use nix::errno::Errno;
 use nix::fcntl::{self, AtFlags, OFlag, OpenHow, ResolveFlag};
@@ -169,89 +170,313 @@ fn proc_path(fd: BorrowedFd) -> CString {
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a number")
 }
 
+// The *xattrat calls (Linux 6.13) and fchmodat2 (Linux 6.6) work on an
+// fd plus a name, or on an `O_PATH` fd itself with AT_EMPTY_PATH. Older
+// kernels answer ENOSYS once; the calls then go through /proc/self/fd.
+const SYS_SETXATTRAT: libc::c_long = 463;
+const SYS_GETXATTRAT: libc::c_long = 464;
+const SYS_LISTXATTRAT: libc::c_long = 465;
+const SYS_REMOVEXATTRAT: libc::c_long = 466;
+
+static NO_XATTRAT: AtomicBool = AtomicBool::new(false);
+static NO_FCHMODAT2: AtomicBool = AtomicBool::new(false);
+
+/// `struct xattr_args` of the *xattrat calls.
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+/// Where an xattr or mode call lands: the entry `name` of directory `dir`
+/// (never following a symlink), or with an empty name the object behind
+/// `dir` itself (any fd, `O_PATH` included).
+#[derive(Clone, Copy)]
+pub struct Obj<'a> {
+    pub dir: BorrowedFd<'a>,
+    pub name: &'a OsStr,
+}
+
+impl<'a> Obj<'a> {
+    /// The object behind an fd.
+    pub fn fd(fd: BorrowedFd<'a>) -> Obj<'a> {
+        Obj {
+            dir: fd,
+            name: OsStr::new(""),
+        }
+    }
+
+    pub fn at(dir: BorrowedFd<'a>, name: &'a OsStr) -> Obj<'a> {
+        Obj { dir, name }
+    }
+
+    fn at_flags(&self) -> libc::c_uint {
+        (libc::AT_SYMLINK_NOFOLLOW
+            | if self.name.is_empty() {
+                libc::AT_EMPTY_PATH
+            } else {
+                0
+            }) as libc::c_uint
+    }
+
+    /// The fallback: a `/proc/self/fd/N` path of an `O_PATH` fd on the object.
+    fn with_proc_path<T>(&self, f: impl FnOnce(&CString) -> Result<T>) -> Result<T> {
+        if self.name.is_empty() {
+            return f(&proc_path(self.dir));
+        }
+        let fd = open_at(self.dir, self.name, OFlag::O_PATH, 0)?;
+        f(&proc_path(fd.as_fd()))
+    }
+}
+
+impl Obj<'_> {
+    pub fn stat(&self) -> Result<FileStat> {
+        if self.name.is_empty() {
+            fstat(self.dir)
+        } else {
+            stat_at(self.dir, self.name)
+        }
+    }
+
+    pub fn chown(&self, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
+        if self.name.is_empty() {
+            chown_obj(self.dir, uid, gid)
+        } else {
+            chown_at(self.dir, self.name, uid, gid)
+        }
+    }
+
+    pub fn utimes(&self, atime: Time, mtime: Time) -> Result<()> {
+        if self.name.is_empty() {
+            utimes_obj(self.dir, atime, mtime)
+        } else {
+            utimes_at(self.dir, self.name, atime, mtime)
+        }
+    }
+}
+
+/// Call a *xattrat syscall for `obj`; None when the kernel does not have it,
+/// or will not take the fd itself (an `O_PATH` fd with an empty name is
+/// EBADF to these calls): the caller then goes through /proc.
+fn xattrat(obj: &Obj, call: impl FnOnce() -> libc::c_long) -> Option<Result<usize>> {
+    if NO_XATTRAT.load(Ordering::Relaxed) {
+        return None;
+    }
+    match Errno::result(call()) {
+        Err(Errno::ENOSYS) => {
+            NO_XATTRAT.store(true, Ordering::Relaxed);
+            None
+        }
+        Err(Errno::EBADF) if obj.name.is_empty() => None,
+        r => Some(r.map(|n| n as usize)),
+    }
+}
+
+/// chmod an object (not a symlink: Linux has no symlink modes).
+pub fn chmod_obj(obj: Obj, mode: u32) -> Result<()> {
+    if !NO_FCHMODAT2.load(Ordering::Relaxed) {
+        let path = c_name(obj.name)?;
+        // SAFETY: fchmodat2 takes a directory fd that stays open across the
+        // call, a NUL-terminated path that outlives it, a mode and flags.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fchmodat2,
+                obj.dir.as_raw_fd(),
+                path.as_ptr(),
+                mode as libc::c_uint,
+                obj.at_flags(),
+            )
+        };
+        match Errno::result(r) {
+            Err(Errno::ENOSYS) => NO_FCHMODAT2.store(true, Ordering::Relaxed),
+            r => return r.map(drop),
+        }
+    }
+    obj.with_proc_path(|p| {
+        stat::fchmodat(
+            fcntl::AT_FDCWD,
+            p.as_c_str(),
+            Mode::from_bits_truncate(mode),
+            stat::FchmodatFlags::FollowSymlink,
+        )
+    })
+}
+
 /// chmod the inode behind `fd` (which may be an `O_PATH` fd; not a symlink).
 pub fn chmod_fd(fd: BorrowedFd, mode: u32) -> Result<()> {
-    stat::fchmodat(
-        fcntl::AT_FDCWD,
-        proc_path(fd).as_c_str(),
-        Mode::from_bits_truncate(mode),
-        stat::FchmodatFlags::FollowSymlink,
-    )
+    chmod_obj(Obj::fd(fd), mode)
 }
 
 fn c_name(name: &OsStr) -> Result<CString> {
     CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)
 }
 
+/// getxattr of an object; an empty `buf` asks for the size.
+pub fn get_xattr_obj(obj: Obj, name: &OsStr, buf: &mut [u8]) -> Result<usize> {
+    let key = c_name(name)?;
+    let path = c_name(obj.name)?;
+    let mut args = XattrArgs {
+        value: buf.as_mut_ptr() as u64,
+        size: buf.len().min(u32::MAX as usize) as u32,
+        flags: 0,
+    };
+    // SAFETY: dir is open across the call; path and key are NUL-terminated and
+    // outlive it; args points at a live xattr_args whose value/size describe
+    // `buf` (size 0 only asks for the length).
+    let at = xattrat(&obj, || unsafe {
+        libc::syscall(
+            SYS_GETXATTRAT,
+            obj.dir.as_raw_fd(),
+            path.as_ptr(),
+            obj.at_flags(),
+            key.as_ptr(),
+            &mut args as *mut XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    });
+    if let Some(r) = at {
+        return r;
+    }
+    obj.with_proc_path(|p| {
+        // SAFETY: p and key are NUL-terminated and live across the call; buf
+        // is valid for buf.len() bytes (zero length with a dangling pointer is allowed).
+        let n =
+            unsafe { libc::getxattr(p.as_ptr(), key.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        Errno::result(n).map(|n| n as usize)
+    })
+}
+
 /// getxattr on the inode behind `fd`; an empty `buf` asks for the size.
 pub fn get_xattr(fd: BorrowedFd, name: &OsStr, buf: &mut [u8]) -> Result<usize> {
-    let path = proc_path(fd);
-    let name = c_name(name)?;
-    // SAFETY: path and name are NUL-terminated and live across the call; buf is
-    // valid for buf.len() bytes (a zero length with a dangling pointer is allowed).
-    let n = unsafe {
-        libc::getxattr(
+    get_xattr_obj(Obj::fd(fd), name, buf)
+}
+
+/// listxattr of an object; an empty `buf` asks for the size.
+pub fn list_xattr_obj(obj: Obj, buf: &mut [u8]) -> Result<usize> {
+    let path = c_name(obj.name)?;
+    // SAFETY: dir is open; path is NUL-terminated; buf is valid for buf.len() bytes.
+    let at = xattrat(&obj, || unsafe {
+        libc::syscall(
+            SYS_LISTXATTRAT,
+            obj.dir.as_raw_fd(),
             path.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
+            obj.at_flags(),
+            buf.as_mut_ptr(),
             buf.len(),
         )
-    };
-    Errno::result(n).map(|n| n as usize)
+    });
+    if let Some(r) = at {
+        return r;
+    }
+    obj.with_proc_path(|p| {
+        // SAFETY: p is NUL-terminated; buf is valid for buf.len() bytes.
+        let n = unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        Errno::result(n).map(|n| n as usize)
+    })
 }
 
 /// listxattr on the inode behind `fd`; an empty `buf` asks for the size.
 pub fn list_xattr(fd: BorrowedFd, buf: &mut [u8]) -> Result<usize> {
-    let path = proc_path(fd);
-    // SAFETY: path is NUL-terminated; buf is valid for buf.len() bytes.
-    let n = unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    Errno::result(n).map(|n| n as usize)
+    list_xattr_obj(Obj::fd(fd), buf)
+}
+
+pub fn set_xattr_obj(obj: Obj, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+    let key = c_name(name)?;
+    let path = c_name(obj.name)?;
+    let args = XattrArgs {
+        value: value.as_ptr() as u64,
+        size: u32::try_from(value.len()).map_err(|_| Errno::E2BIG)?,
+        flags: flags as u32,
+    };
+    // SAFETY: dir is open; path and key are NUL-terminated; args describes
+    // `value`, which outlives the call.
+    let at = xattrat(&obj, || unsafe {
+        libc::syscall(
+            SYS_SETXATTRAT,
+            obj.dir.as_raw_fd(),
+            path.as_ptr(),
+            obj.at_flags(),
+            key.as_ptr(),
+            &args as *const XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    });
+    if let Some(r) = at {
+        return r.map(drop);
+    }
+    obj.with_proc_path(|p| {
+        // SAFETY: p and key are NUL-terminated; value is valid for value.len() bytes.
+        let n = unsafe {
+            libc::setxattr(
+                p.as_ptr(),
+                key.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                flags,
+            )
+        };
+        Errno::result(n).map(drop)
+    })
 }
 
 pub fn set_xattr(fd: BorrowedFd, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
-    let path = proc_path(fd);
-    let name = c_name(name)?;
-    // SAFETY: path and name are NUL-terminated; value is valid for value.len() bytes.
-    let n = unsafe {
-        libc::setxattr(
+    set_xattr_obj(Obj::fd(fd), name, value, flags)
+}
+
+pub fn remove_xattr_obj(obj: Obj, name: &OsStr) -> Result<()> {
+    let key = c_name(name)?;
+    let path = c_name(obj.name)?;
+    // SAFETY: dir is open; path and key are NUL-terminated C strings that outlive the call.
+    let at = xattrat(&obj, || unsafe {
+        libc::syscall(
+            SYS_REMOVEXATTRAT,
+            obj.dir.as_raw_fd(),
             path.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
+            obj.at_flags(),
+            key.as_ptr(),
         )
-    };
-    Errno::result(n).map(drop)
+    });
+    if let Some(r) = at {
+        return r.map(drop);
+    }
+    obj.with_proc_path(|p| {
+        // SAFETY: p and key are NUL-terminated C strings that outlive the call.
+        let n = unsafe { libc::removexattr(p.as_ptr(), key.as_ptr()) };
+        Errno::result(n).map(drop)
+    })
 }
 
 pub fn remove_xattr(fd: BorrowedFd, name: &OsStr) -> Result<()> {
-    let path = proc_path(fd);
-    let name = c_name(name)?;
-    // SAFETY: path and name are NUL-terminated C strings that outlive the call.
-    let n = unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) };
-    Errno::result(n).map(drop)
+    remove_xattr_obj(Obj::fd(fd), name)
 }
 
 /// All xattrs of the inode behind `fd`, as (name, value) pairs.
 pub fn all_xattrs(fd: BorrowedFd) -> Result<Vec<(OsString, Vec<u8>)>> {
-    let size = match list_xattr(fd, &mut []) {
+    all_xattrs_obj(Obj::fd(fd))
+}
+
+/// All xattrs of an object, as (name, value) pairs.
+pub fn all_xattrs_obj(obj: Obj) -> Result<Vec<(OsString, Vec<u8>)>> {
+    let fd = obj;
+    let size = match list_xattr_obj(fd, &mut []) {
         Ok(n) => n,
         Err(Errno::ENOTSUP) => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
     let mut names = vec![0u8; size];
-    let n = list_xattr(fd, &mut names)?;
+    let n = list_xattr_obj(fd, &mut names)?;
     names.truncate(n);
     let mut out = Vec::new();
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let name = OsStr::from_bytes(name);
-        let len = match get_xattr(fd, name, &mut []) {
+        let len = match get_xattr_obj(fd, name, &mut []) {
             Ok(len) => len,
             Err(Errno::ENODATA) => continue,
             Err(e) => return Err(e),
         };
         let mut value = vec![0u8; len];
-        let len = get_xattr(fd, name, &mut value)?;
+        let len = get_xattr_obj(fd, name, &mut value)?;
         value.truncate(len);
         out.push((name.to_os_string(), value));
     }

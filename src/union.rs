@@ -19,7 +19,7 @@ use crate::file::{DirHandle, FileHandle};
 use crate::inode::{InodeTable, Loc, Negatives, Node, ROOT};
 use crate::lookup::{self, Scan};
 use crate::options::DeleteMode;
-use crate::sys::{self, Errno, FileStat, Result, Time};
+use crate::sys::{self, Errno, FileStat, Obj, Result, Time};
 use crate::whiteout;
 
 /// Who asks: the uid and gid of the calling process.
@@ -273,13 +273,6 @@ impl Union {
         Ok((idx, self.open_in(bs, node, idx, OFlag::O_PATH)?))
     }
 
-    fn attr_of(&self, node: &Node, fd: &OwnedFd) -> Result<Attr> {
-        Ok(Attr {
-            ino: node.ino,
-            st: sys::fstat(fd.as_fd())?,
-        })
-    }
-
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr> {
         let node = self.inodes.get(ino)?;
         if node.loc.read().unlinked {
@@ -290,8 +283,9 @@ impl Union {
             return Ok(Attr { ino, st });
         }
         let bs = self.branches();
-        match self.top_fd(&bs, &node) {
-            Ok((_, fd)) => self.attr_of(&node, &fd),
+        let top = self.top_entry(&bs, &node);
+        match top.and_then(|(dir, entry)| Obj::at(dir.as_fd(), &entry).stat()) {
+            Ok(st) => Ok(Attr { ino, st }),
             // Gone from the union (its branch was removed, say) but open:
             // fstat an open handle (fstat(2) does not always say which).
             Err(e @ (Errno::ENOENT | Errno::ESTALE)) => {
@@ -314,31 +308,35 @@ impl Union {
         }
         let data = set.size != Some(0);
         let bs = self.copy_up(&node, data)?;
-        let (idx, fd) = self.top_fd(&bs, &node)?;
+        let (dir, entry) = self.top_entry(&bs, &node)?;
+        let obj = Obj::at(dir.as_fd(), &entry);
         if let Some(size) = set.size {
             if node.is_dir() {
                 return Err(Errno::EISDIR);
             }
+            let idx = self.top_idx(&bs, &node)?;
             let w = self.open_in(&bs, &node, idx, OFlag::O_WRONLY)?;
             sys::truncate_fd(w.as_fd(), size)?;
         }
         if set.uid.is_some() || set.gid.is_some() {
-            sys::chown_obj(fd.as_fd(), set.uid, set.gid)?;
+            obj.chown(set.uid, set.gid)?;
         }
         if let Some(mode) = set.mode {
             if node.kind == libc::S_IFLNK {
                 return Err(Errno::EOPNOTSUPP);
             }
-            sys::chmod_fd(fd.as_fd(), mode & 0o7777)?;
+            sys::chmod_obj(obj, mode & 0o7777)?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
-            sys::utimes_obj(
-                fd.as_fd(),
+            obj.utimes(
                 set.atime.unwrap_or(Time::Omit),
                 set.mtime.unwrap_or(Time::Omit),
             )?;
         }
-        self.attr_of(&node, &fd)
+        Ok(Attr {
+            ino: node.ino,
+            st: obj.stat()?,
+        })
     }
 
     /// setattr on an object whose names are all gone: only its open fds reach it.
@@ -386,22 +384,22 @@ impl Union {
     pub fn getxattr(&self, ino: u64, name: &OsStr, buf: &mut [u8]) -> Result<usize> {
         let node = self.inodes.get(ino)?;
         let bs = self.branches();
-        let (_, fd) = self.top_fd(&bs, &node)?;
-        sys::get_xattr(fd.as_fd(), name, buf)
+        let (dir, entry) = self.top_entry(&bs, &node)?;
+        sys::get_xattr_obj(Obj::at(dir.as_fd(), &entry), name, buf)
     }
 
     pub fn listxattr(&self, ino: u64, buf: &mut [u8]) -> Result<usize> {
         let node = self.inodes.get(ino)?;
         let bs = self.branches();
-        let (_, fd) = self.top_fd(&bs, &node)?;
-        sys::list_xattr(fd.as_fd(), buf)
+        let (dir, entry) = self.top_entry(&bs, &node)?;
+        sys::list_xattr_obj(Obj::at(dir.as_fd(), &entry), buf)
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         let node = self.inodes.get(ino)?;
         let bs = self.copy_up(&node, true)?;
-        let (_, fd) = self.top_fd(&bs, &node)?;
-        sys::set_xattr(fd.as_fd(), name, value, flags)
+        let (dir, entry) = self.top_entry(&bs, &node)?;
+        sys::set_xattr_obj(Obj::at(dir.as_fd(), &entry), name, value, flags)
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
@@ -409,12 +407,12 @@ impl Union {
         {
             // Removing an xattr that is not there changes nothing: no copy-up.
             let bs = self.branches();
-            let (_, fd) = self.top_fd(&bs, &node)?;
-            sys::get_xattr(fd.as_fd(), name, &mut [])?;
+            let (dir, entry) = self.top_entry(&bs, &node)?;
+            sys::get_xattr_obj(Obj::at(dir.as_fd(), &entry), name, &mut [])?;
         }
         let bs = self.copy_up(&node, true)?;
-        let (_, fd) = self.top_fd(&bs, &node)?;
-        sys::remove_xattr(fd.as_fd(), name)
+        let (dir, entry) = self.top_entry(&bs, &node)?;
+        sys::remove_xattr_obj(Obj::at(dir.as_fd(), &entry), name)
     }
 
     /// The directory `rel` in branch `idx`, created there (with its parents,

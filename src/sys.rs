@@ -460,8 +460,8 @@ pub fn all_xattrs(fd: BorrowedFd) -> Result<Vec<(OsString, Vec<u8>)>> {
 pub fn all_xattrs_obj(obj: Obj) -> Result<Vec<(OsString, Vec<u8>)>> {
     let fd = obj;
     let size = match list_xattr_obj(fd, &mut []) {
+        Ok(0) | Err(Errno::ENOTSUP) => return Ok(Vec::new()),
         Ok(n) => n,
-        Err(Errno::ENOTSUP) => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
     let mut names = vec![0u8; size];
@@ -624,12 +624,16 @@ pub fn getuid() -> u32 {
     unistd::getuid().as_raw()
 }
 
+/// The daemon's effective uid (it never changes ids: asked once).
 pub fn geteuid() -> u32 {
-    unistd::geteuid().as_raw()
+    static ID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| unistd::geteuid().as_raw())
 }
 
+/// The daemon's effective gid (asked once).
 pub fn getegid() -> u32 {
-    unistd::getegid().as_raw()
+    static ID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| unistd::getegid().as_raw())
 }
 
 pub fn dup(fd: impl AsFd) -> Result<OwnedFd> {

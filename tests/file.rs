@@ -338,3 +338,48 @@ fn flock_and_posix_locks_work_through_the_mount() {
         "flock from another process got the lock held by this one"
     );
 }
+
+#[test]
+fn lower_page_cache_never_serves_stale_data() {
+    need_fuse!();
+    for pt in ["on", "off"] {
+        let mut u = Union::new(&["rw", "ro"]);
+        write(u.b("ro/k"), "old-data");
+        write(u.b("ro/h"), "old-data");
+        u.mount(
+            "rw=rw:ro=ro",
+            &[&format!("passthrough={pt},attr_timeout=3600")],
+        );
+        // read through a closed handle: its pages may stay cached (keep_cache)
+        assert_eq!(read(u.m("k")), "old-data");
+        let w = OpenOptions::new().write(true).open(u.m("k")).unwrap();
+        w.write_all_at(b"NEW", 0).unwrap();
+        drop(w);
+        assert_eq!(read(u.m("k")), "NEW-data", "passthrough={pt}");
+        // a handle open across the copy-up and the write sees the write
+        let r = fs::File::open(u.m("h")).unwrap();
+        let mut buf = [0u8; 8];
+        r.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"old-data");
+        let w = OpenOptions::new().write(true).open(u.m("h")).unwrap();
+        w.write_all_at(b"XYZ", 0).unwrap();
+        r.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"XYZ-data", "passthrough={pt}");
+        drop(w);
+        assert_eq!(read(u.b("ro/h")), "old-data");
+    }
+}
+
+#[test]
+fn direct_data_changes_in_a_lower_branch_show_after_the_timeout() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    write(u.b("ro/f"), "first");
+    u.mount("rw=rw:ro=ro", &["entry_timeout=0.2,attr_timeout=0.2"]);
+    assert_eq!(read(u.m("f")), "first");
+    std::thread::sleep(Duration::from_millis(20));
+    // same size, new mtime: the cached pages must go
+    write(u.b("ro/f"), "again");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(read(u.m("f")), "again");
+}

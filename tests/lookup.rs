@@ -220,3 +220,42 @@ fn fstat_of_open_unlinked_files_reports_nlink_zero() {
         assert_errno(fs::metadata(u.m(name)), libc::ENOENT);
     }
 }
+
+#[test]
+fn cached_directories_follow_direct_branch_changes_after_the_timeout() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    write(u.b("ro/d/x"), "x");
+    write(u.b("ro/d/sub/y"), "y");
+    u.mount("rw=rw:ro=ro", &["entry_timeout=0.2,attr_timeout=0.2"]);
+    assert_eq!(read(u.m("d/x")), "x");
+    assert_eq!(read(u.m("d/sub/y")), "y");
+    // the directory is renamed and replaced directly in the branch
+    fs::rename(u.b("ro/d"), u.b("ro/e")).unwrap();
+    write(u.b("ro/d/z"), "z");
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_errno(fs::metadata(u.m("d/x")), libc::ENOENT);
+    assert_errno(fs::metadata(u.m("d/sub/y")), libc::ENOENT);
+    assert_eq!(read(u.m("d/z")), "z");
+    assert_eq!(read(u.m("e/sub/y")), "y");
+    assert_eq!(ls(&u.m("d")), vec!["z"]);
+    // a new file lands in the new directory's copy in the writable branch
+    write(u.m("d/new"), "n");
+    assert_eq!(read(u.b("rw/d/new")), "n");
+    assert!(!u.b("rw/e").exists());
+}
+
+#[test]
+fn negative_entries_are_cached_and_dropped_by_changes() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    u.mount("rw=rw:ro=ro", &["entry_timeout=3600,attr_timeout=3600"]);
+    assert_errno(fs::metadata(u.m("later")), libc::ENOENT);
+    // created through the union: the kernel replaces its negative entry
+    write(u.m("later"), "1");
+    assert_eq!(read(u.m("later")), "1");
+    fs::remove_file(u.m("later")).unwrap();
+    assert_errno(fs::metadata(u.m("later")), libc::ENOENT);
+    fs::create_dir(u.m("later")).unwrap();
+    assert!(fs::metadata(u.m("later")).unwrap().is_dir());
+}

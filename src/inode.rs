@@ -7,7 +7,7 @@
 //! after the kernel forgets a node (numbers stay stable for the life of the
 //! mount) and dropped only when the object's last name is deleted.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,7 +97,11 @@ impl InodeTable {
         let mut keys = HashMap::new();
         keys.insert(root_key, ROOT);
         InodeTable {
-            nodes: RwLock::new(HashMap::from([(ROOT, root)])),
+            nodes: RwLock::new({
+                let mut m = HashMap::new();
+                m.insert(ROOT, root);
+                m
+            }),
             keys: Mutex::new(keys),
             next: AtomicU64::new(ROOT + 1),
         }
@@ -114,6 +118,16 @@ impl InodeTable {
             .lock()
             .entry(key)
             .or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Union inode numbers for many instance keys at once (one lock).
+    pub fn inos_for(&self, keys: impl Iterator<Item = Key>) -> Vec<u64> {
+        let mut map = self.keys.lock();
+        keys.map(|key| {
+            *map.entry(key)
+                .or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed))
+        })
+        .collect()
     }
 
     /// The node an instance key names, if the kernel knows it.

@@ -1,7 +1,7 @@
 //! Merged directory listings: each visible name once, topmost instance wins,
 //! whiteouts and the work directory never shown.
 
-use std::collections::HashSet;
+use foldhash::{HashSet, HashSetExt};
 use std::ffi::OsString;
 use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -61,20 +61,24 @@ fn each_visible(
 /// so they match what lookup answers.
 pub fn merged(bs: &BranchSet, layers: &Layers, inodes: &InodeTable) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
+    let mut keys = Vec::new();
     each_visible(layers, |idx, dir, e| {
         let kind = if e.kind != 0 {
             e.kind
         } else {
             sys::stat_at(dir, &e.name)?.st_mode & libc::S_IFMT
         };
-        let ino = inodes.ino_for((bs.get(idx).dev, e.ino));
+        keys.push((bs.get(idx).dev, e.ino));
         out.push(Entry {
             name: e.name,
-            ino,
+            ino: 0,
             kind,
         });
         Ok(ControlFlow::Continue(()))
     })?;
+    for (e, ino) in out.iter_mut().zip(inodes.inos_for(keys.into_iter())) {
+        e.ino = ino;
+    }
     Ok(out)
 }
 

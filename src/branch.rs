@@ -130,7 +130,7 @@ pub fn resolve(
     mountpoint: Option<&Path>,
 ) -> Result<Vec<BranchSpec>, BranchError> {
     let mut out: Vec<BranchSpec> = Vec::new();
-    let mut ids: Vec<(u64, u64)> = Vec::new();
+    let mut ids = std::collections::HashSet::new();
     for spec in specs {
         let canon = std::fs::canonicalize(&spec.path).map_err(|e| {
             BranchError::Unusable(shown(&spec.path), strip_os_error(&e.to_string()))
@@ -141,22 +141,21 @@ pub fn resolve(
         if !meta.is_dir() {
             return Err(BranchError::NotDirectory(shown(&spec.path)));
         }
-        if ids.contains(&(meta.dev(), meta.ino())) {
+        if !ids.insert((meta.dev(), meta.ino())) {
             return Err(BranchError::Duplicate(shown(&spec.path)));
         }
-        for other in &out {
-            if canon.starts_with(&other.path) {
-                return Err(BranchError::Nested(shown(&canon), shown(&other.path)));
-            }
-            if other.path.starts_with(&canon) {
-                return Err(BranchError::Nested(shown(&other.path), shown(&canon)));
-            }
-        }
-        ids.push((meta.dev(), meta.ino()));
         out.push(BranchSpec {
             path: canon,
             mode: spec.mode,
         });
+    }
+    // Nested: a branch one of whose ancestors is a branch (a set lookup per
+    // ancestor, not a comparison of every pair: 64 branches mount fast).
+    let all: std::collections::HashSet<&Path> = out.iter().map(|b| b.path.as_path()).collect();
+    for b in &out {
+        if let Some(outer) = b.path.ancestors().skip(1).find(|a| all.contains(a)) {
+            return Err(BranchError::Nested(shown(&b.path), shown(outer)));
+        }
     }
     if let Some(mp) = mountpoint {
         let canon = std::fs::canonicalize(mp)

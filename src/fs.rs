@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     BackingId, Errno as FErrno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 
@@ -36,6 +36,7 @@ pub struct UnionFs {
     entry_ttl: Duration,
     attr_ttl: Duration,
     passthrough: bool,
+    readdirplus: bool,
     io: Mutex<HashMap<u64, IoMode>>,
     /// fh -> (ino, opened with passthrough)
     open_modes: Mutex<HashMap<u64, (u64, bool)>>,
@@ -152,6 +153,7 @@ impl UnionFs {
             entry_ttl: opts.entry_timeout,
             attr_ttl: opts.attr_timeout,
             passthrough: opts.passthrough,
+            readdirplus: opts.readdirplus,
             io: Mutex::new(HashMap::new()),
             open_modes: Mutex::new(HashMap::new()),
         }
@@ -255,6 +257,11 @@ impl Filesystem for UnionFs {
         // has no per-directory lock); symlink targets never change in place;
         // a file whose mtime or size changed under the kernel's page cache
         // (directly in a branch) has its cached pages dropped.
+        if self.readdirplus {
+            let _ = config.add_capabilities(
+                InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
+            );
+        }
         for flag in [
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
@@ -533,6 +540,55 @@ impl Filesystem for UnionFs {
             }
             Err(e) => reply.error(err(e)),
         }
+    }
+
+    /// Entries with their attributes: each one is looked up as by LOOKUP
+    /// (and counted as a lookup the kernel will forget), so `ls -l` or `du`
+    /// after a listing asks nothing more. The kernel asks for this only while
+    /// entries of the directory are being looked up (READDIRPLUS_AUTO).
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.union.readdir(fh.0, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(err(e)),
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let off = (i + 1) as u64;
+            if i < 2 {
+                // "." and "..": the kernel takes neither attributes nor a lookup.
+                let mut a = absent();
+                a.ino = INodeNo(e.ino);
+                a.kind = FileType::Directory;
+                if reply.add(
+                    INodeNo(e.ino),
+                    off,
+                    &e.name,
+                    &Duration::ZERO,
+                    &a,
+                    Generation(0),
+                ) {
+                    break;
+                }
+                continue;
+            }
+            // Gone since the listing was taken: left out of this reply.
+            let Ok(attr) = self.union.lookup(ino.0, &e.name) else {
+                continue;
+            };
+            let fa = file_attr(&attr);
+            if reply.add(fa.ino, off, &e.name, &self.entry_ttl, &fa, Generation(0)) {
+                // Not sent: the kernel will not forget it.
+                self.union.forget(attr.ino, 1);
+                break;
+            }
+        }
+        reply.ok();
     }
 
     fn releasedir(

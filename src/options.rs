@@ -38,6 +38,8 @@ pub struct MountOptions {
     pub read_only: bool,
     pub threads: usize,
     pub passthrough: bool,
+    /// Listings carry attributes when entries are being looked up.
+    pub readdirplus: bool,
     pub entry_timeout: Duration,
     pub attr_timeout: Duration,
     /// Directory fds kept open for lookups (0: none).
@@ -58,6 +60,7 @@ impl Default for MountOptions {
                 .map(|n| n.get().max(2))
                 .unwrap_or(2),
             passthrough: true,
+            readdirplus: false,
             entry_timeout: Duration::from_secs(1),
             attr_timeout: Duration::from_secs(1),
             dir_cache: 32768,
@@ -148,6 +151,7 @@ impl MountOptions {
                         })?
                 }
                 ("passthrough", Some(v)) => self.passthrough = on_off(key, v)?,
+                ("readdirplus", Some(v)) => self.readdirplus = on_off(key, v)?,
                 ("entry_timeout", Some(v)) => self.entry_timeout = seconds(key, v)?,
                 ("attr_timeout", Some(v)) => self.attr_timeout = seconds(key, v)?,
                 ("dir_cache", Some(v)) => {
@@ -174,8 +178,8 @@ impl MountOptions {
                     return Err(format!("option {k} takes no value"))
                 }
                 (
-                    "delete" | "threads" | "passthrough" | "entry_timeout" | "attr_timeout"
-                    | "dir_cache" | "fsname",
+                    "delete" | "threads" | "passthrough" | "readdirplus" | "entry_timeout"
+                    | "attr_timeout" | "dir_cache" | "fsname",
                     None,
                 ) => return Err(format!("option {key} needs a value ({key}=...)")),
                 _ => return Err(format!("unknown mount option '{opt}'")),

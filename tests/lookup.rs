@@ -259,3 +259,58 @@ fn negative_entries_are_cached_and_dropped_by_changes() {
     fs::create_dir(u.m("later")).unwrap();
     assert!(fs::metadata(u.m("later")).unwrap().is_dir());
 }
+
+#[test]
+fn readdirplus_listings_carry_the_attributes_lookup_gives() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    write(u.b("ro/f"), "lower");
+    write(u.b("ro/d/g"), "y");
+    write(u.b("rw/h"), "upper!");
+    write(u.b("ro/gone"), "1");
+    write(u.b("rw/.wh.gone"), "");
+    for i in 0..300 {
+        write(u.b(&format!("ro/many/n{i}")), &"x".repeat(i % 7));
+    }
+    u.mount(
+        "rw=rw:ro=ro",
+        &["readdirplus=on,entry_timeout=60,attr_timeout=60"],
+    );
+    let mut names = Vec::new();
+    for e in fs::read_dir(&u.mnt).unwrap() {
+        let e = e.unwrap();
+        let m = fs::symlink_metadata(e.path()).unwrap();
+        assert_eq!(e.ino(), m.ino(), "d_ino != st_ino for {:?}", e.file_name());
+        names.push(e.file_name().into_string().unwrap());
+    }
+    names.sort();
+    assert_eq!(names, vec!["d", "f", "h", "many"]);
+    assert_eq!(fs::metadata(u.m("f")).unwrap().len(), 5);
+    assert_eq!(fs::metadata(u.m("h")).unwrap().len(), 6);
+    assert!(fs::metadata(u.m("d")).unwrap().is_dir());
+    // a long listing, in several replies: every entry once, with its size
+    let mut sizes: Vec<(String, u64)> = fs::read_dir(u.m("many"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    sizes.sort();
+    assert_eq!(sizes.len(), 300);
+    for (n, len) in &sizes {
+        let i: usize = n[1..].parse().unwrap();
+        assert_eq!(*len, (i % 7) as u64, "{n}");
+    }
+    // entries the listing introduced behave as looked-up ones
+    write(u.m("f"), "copied");
+    assert_eq!(read(u.b("rw/f")), "copied");
+    fs::remove_file(u.m("many/n3")).unwrap();
+    assert_errno(fs::metadata(u.m("many/n3")), libc::ENOENT);
+    write(u.m("d/new"), "n");
+    assert_eq!(read(u.b("rw/d/new")), "n");
+    assert_eq!(ls(u.m("d")), vec!["g", "new"]);
+}

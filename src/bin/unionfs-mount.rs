@@ -53,10 +53,20 @@ MOUNT OPTIONS (-o OPT[,OPT...]):
     threads=N     Threads serving requests (default: the number of CPUs, at least 2).
     passthrough=on|off
                   FUSE passthrough: the kernel reads and writes files on writable
-                  branches directly (default on where the kernel has it).
+                  branches directly (default on where the kernel has it). Files
+                  that a copy-up could still move are read through the daemon,
+                  with the kernel's page cache kept across opens.
     entry_timeout=SECS, attr_timeout=SECS
-                  How long the kernel caches names and attributes (default 1).
-                  Changes made directly in a branch show after this long.
+                  How long the kernel caches names (also names that do not
+                  exist) and attributes, and the daemon its directory fds
+                  (default 1). Changes made directly in a branch show after
+                  this long; changes through the mount and unionctl at once.
+    dir_cache=N   Directory fds kept open for lookups, at most (default 32768;
+                  0 turns the cache off). The open-file limit is raised to fit.
+    readdirplus=on|off
+                  Listings carry attributes while entries are being looked up
+                  (the kernel's adaptive mode): fewer requests for ls -l, du,
+                  rsync; more work for plain listings (default off).
     fsname=NAME   The source shown in /proc/mounts (default unionfs).
     Generic options that mount(8) passes from /etc/fstab are accepted: rw,
     defaults, dev, nodev, suid, nosuid, exec, noexec, atime, noatime, sync,

@@ -44,6 +44,8 @@ pub struct MountOptions {
     pub attr_timeout: Duration,
     /// Directory fds kept open for lookups (0: none).
     pub dir_cache: usize,
+    /// Readahead of the mount in KiB.
+    pub readahead_kb: u32,
     pub fsname: Option<String>,
     pub flags: Vec<Flag>,
 }
@@ -64,6 +66,7 @@ impl Default for MountOptions {
             entry_timeout: Duration::from_secs(1),
             attr_timeout: Duration::from_secs(1),
             dir_cache: 32768,
+            readahead_kb: 1024,
             fsname: None,
             flags: Vec::new(),
         }
@@ -154,6 +157,17 @@ impl MountOptions {
                 ("readdirplus", Some(v)) => self.readdirplus = on_off(key, v)?,
                 ("entry_timeout", Some(v)) => self.entry_timeout = seconds(key, v)?,
                 ("attr_timeout", Some(v)) => self.attr_timeout = seconds(key, v)?,
+                ("readahead", Some(v)) => {
+                    self.readahead_kb = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (4..=1 << 20).contains(n))
+                        .ok_or_else(|| {
+                            format!(
+                                "option readahead: '{v}' is not a number of KiB from 4 to 1048576"
+                            )
+                        })?
+                }
                 ("dir_cache", Some(v)) => {
                     self.dir_cache = v.parse().ok().filter(|n| *n <= 1 << 20).ok_or_else(|| {
                         format!("option dir_cache: '{v}' is not a number from 0 to 1048576")
@@ -179,7 +193,7 @@ impl MountOptions {
                 }
                 (
                     "delete" | "threads" | "passthrough" | "readdirplus" | "entry_timeout"
-                    | "attr_timeout" | "dir_cache" | "fsname",
+                    | "attr_timeout" | "dir_cache" | "readahead" | "fsname",
                     None,
                 ) => return Err(format!("option {key} needs a value ({key}=...)")),
                 _ => return Err(format!("unknown mount option '{opt}'")),

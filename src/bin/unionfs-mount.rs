@@ -63,6 +63,8 @@ MOUNT OPTIONS (-o OPT[,OPT...]):
                   this long; changes through the mount and unionctl at once.
     dir_cache=N   Directory fds kept open for lookups, at most (default 32768;
                   0 turns the cache off). The open-file limit is raised to fit.
+    readahead=KB  Readahead of the mount (default 1024, FUSE's largest request;
+                  the kernel's own default for FUSE is 128).
     readdirplus=on|off
                   Listings carry attributes while entries are being looked up
                   (the kernel's adaptive mode): fewer requests for ls -l, du,

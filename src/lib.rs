@@ -122,9 +122,9 @@ pub fn mount(
     // Room for the directory cache, the branch roots and open files, made
     // before any thread starts.
     let limit = sys::reserve_fds(opts.dir_cache as u64 + FD_HEADROOM);
-    let cache_max = opts
-        .dir_cache
-        .min(limit.saturating_sub(FD_HEADROOM) as usize);
+    // Under a low hard limit, half of it still goes to the cache.
+    let room = limit.saturating_sub(FD_HEADROOM).max(limit / 2);
+    let cache_max = opts.dir_cache.min(room as usize);
     let union = union::Union::new(branches, opts.delete, opts.entry_timeout, cache_max);
     let union = Arc::new(union.map_err(std::io::Error::from)?);
     let fs = fs::UnionFs::new(union.clone(), opts);

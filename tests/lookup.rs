@@ -314,3 +314,36 @@ fn readdirplus_listings_carry_the_attributes_lookup_gives() {
     assert_eq!(read(u.b("rw/d/new")), "n");
     assert_eq!(ls(u.m("d")), vec!["g", "new"]);
 }
+
+/// Open fds of a process.
+fn open_fds(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+#[test]
+fn directory_fd_cache_is_bounded_by_dir_cache() {
+    need_fuse!();
+    for (limit, opts) in [(50, "dir_cache=50"), (0, "dir_cache=0")] {
+        let mut u = Union::new(&["rw", "ro1", "ro2"]);
+        for i in 0..200 {
+            write(u.b(&format!("ro1/d{i}/a")), "1");
+            write(u.b(&format!("ro2/d{i}/b")), "2");
+        }
+        u.mount(
+            "rw=rw:ro1=ro:ro2=ro",
+            &[&format!("{opts},entry_timeout=3600,attr_timeout=3600")],
+        );
+        let pid = common::daemon_pid(&u.mnt);
+        let before = open_fds(pid);
+        for i in 0..200 {
+            assert_eq!(ls(u.m(&format!("d{i}"))), vec!["a", "b"], "{opts}");
+        }
+        let grown = open_fds(pid) - before;
+        assert!(
+            grown <= limit,
+            "{opts}: {grown} more fds after walking 200 merged directories"
+        );
+        // and the walk still answers right when nothing is cached
+        assert_eq!(read(u.m("d199/b")), "2");
+    }
+}

@@ -5,8 +5,8 @@
 //!
 //! A cached fd is used only while it is provably current: for the branch set
 //! generation and the directory's list of layers it was opened under (any
-//! copy-up, rename or branch change that alters them drops the cache), and
-//! and for no directory rename since (a rename drops every cached fd), and
+//! copy-up, rename or branch change that alters them drops the cache), for
+//! no directory rename since (a rename drops every cached fd), and
 //! for at most the cache lifetime (`entry_timeout`, the time the kernel keeps
 //! names too), so a change made directly in a branch shows after that long.
 //! Every fd is opened one component at a time with `openat2(RESOLVE_BENEATH |
@@ -23,6 +23,7 @@ use nix::fcntl::OFlag;
 
 use crate::branch::BranchSet;
 use crate::inode::{Node, ROOT};
+use crate::nameindex::{self, NameIndex, INDEX_AFTER};
 use crate::sys::{self, Errno, Result};
 use crate::union::Union;
 
@@ -39,6 +40,11 @@ pub struct DirFds {
     expires: Option<Instant>,
     /// (branch id, fd on the directory's instance in that branch)
     fds: Vec<(u32, Arc<OwnedFd>)>,
+    /// Lookups served since the cache was made, and the index of names in
+    /// read-only branches once there were enough (see nameindex.rs).
+    lookups: u32,
+    index: Option<Arc<NameIndex>>,
+    no_index: bool,
 }
 
 impl Drop for DirFds {
@@ -69,24 +75,32 @@ impl Union {
             .map(|(_, fd)| fd.clone())
     }
 
-    /// Remember `fd` as the instance of directory `node` in branch `id`.
-    pub(crate) fn cache_dir(&self, bs: &BranchSet, node: &Node, id: u32, fd: Arc<OwnedFd>) {
-        if self.cache_ttl.is_zero() || self.cache_max == 0 {
-            return;
-        }
+    /// The cache of `node`, locked, emptied first if it is not current.
+    fn fresh<'a>(&self, bs: &BranchSet, node: &'a Node) -> parking_lot::MutexGuard<'a, DirFds> {
         let loc = node.loc.read();
         let mut c = node.dirfds.lock();
         let now = Instant::now();
         let epoch = self.dir_epoch();
         if !c.current(bs.generation, epoch, &loc.layers, now) {
-            *c = DirFds {
-                generation: bs.generation,
-                epoch,
-                layers: loc.layers.clone(),
-                expires: Some(now + self.cache_ttl),
-                fds: Vec::new(),
-            };
+            *c = DirFds::default();
+            c.generation = bs.generation;
+            c.epoch = epoch;
+            c.layers = loc.layers.clone();
+            c.expires = Some(now + self.cache_ttl);
         }
+        c
+    }
+
+    fn caching(&self) -> bool {
+        !self.cache_ttl.is_zero() && self.cache_max > 0
+    }
+
+    /// Remember `fd` as the instance of directory `node` in branch `id`.
+    pub(crate) fn cache_dir(&self, bs: &BranchSet, node: &Node, id: u32, fd: Arc<OwnedFd>) {
+        if !self.caching() {
+            return;
+        }
+        let mut c = self.fresh(bs, node);
         match c.fds.iter_mut().find(|(b, _)| *b == id) {
             Some(slot) => slot.1 = fd,
             // Full: this fd is used once and closed, as without a cache.
@@ -96,6 +110,54 @@ impl Union {
                 c.fds.push((id, fd));
             }
         }
+    }
+
+    /// The index of names in the read-only branches among `layers` (those of
+    /// directory `node`), once the directory has served enough lookups.
+    pub(crate) fn name_index(
+        &self,
+        bs: &BranchSet,
+        node: &Node,
+        layers: &[usize],
+    ) -> Result<Option<Arc<NameIndex>>> {
+        let ro: Vec<usize> = layers
+            .iter()
+            .copied()
+            .filter(|&i| !bs.get(i).writable())
+            .collect();
+        if ro.len() < 2 || !self.caching() {
+            return Ok(None);
+        }
+        {
+            let mut c = self.fresh(bs, node);
+            if c.index.is_some() || c.no_index {
+                return Ok(c.index.clone());
+            }
+            c.lookups += 1;
+            if c.lookups < INDEX_AFTER {
+                return Ok(None);
+            }
+        }
+        // Read the directories without holding the lock.
+        let mut dirs = Vec::with_capacity(ro.len());
+        for idx in ro {
+            if let Some(fd) = nameindex::skip_missing(self.layer_dir(bs, node, idx))? {
+                dirs.push((idx, fd));
+            }
+        }
+        let index = NameIndex::build(&dirs)?.map(Arc::new);
+        log::debug!(
+            "directory {}: names of {} branches indexed: {}",
+            node.ino,
+            dirs.len(),
+            index.is_some()
+        );
+        let mut c = self.fresh(bs, node);
+        if c.index.is_none() {
+            c.no_index = index.is_none();
+            c.index = index;
+        }
+        Ok(c.index.clone())
     }
 
     fn dir_epoch(&self) -> u64 {

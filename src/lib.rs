@@ -21,6 +21,7 @@ pub mod file;
 pub mod fs;
 pub mod inode;
 pub mod lookup;
+pub mod nameindex;
 pub mod options;
 pub mod readdir;
 pub mod rename;

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::branch::BranchSet;
+use crate::nameindex::Hint;
 use crate::sys::{self, Errno, FileStat, Result};
 use crate::whiteout;
 
@@ -85,9 +86,19 @@ pub fn scan(
     name: &OsStr,
     full: bool,
     dir_of: impl Fn(usize) -> Result<Arc<OwnedFd>>,
+    hint: impl Fn(usize) -> Option<Hint>,
 ) -> Result<Scan> {
     let mut out = Scan::default();
     for &idx in parent_layers {
+        // An indexed read-only branch needs no probe unless it holds the name.
+        match hint(idx) {
+            Some(Hint::Absent) => continue,
+            Some(Hint::Whiteout) => {
+                out.whiteout = Some(idx);
+                break;
+            }
+            Some(Hint::Present) | None => {}
+        }
         let dir = match dir_of(idx) {
             Ok(fd) => fd,
             Err(Errno::ENOENT | Errno::ENOTDIR) => continue,
@@ -146,7 +157,11 @@ pub fn scan_path(
     name: &OsStr,
     full: bool,
 ) -> Result<Scan> {
-    scan(parent_layers, name, full, |idx| {
-        bs.get(idx).dir(parent_path).map(Arc::new)
-    })
+    scan(
+        parent_layers,
+        name,
+        full,
+        |idx| bs.get(idx).dir(parent_path).map(Arc::new),
+        |_| None,
+    )
 }

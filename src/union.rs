@@ -200,7 +200,14 @@ impl Union {
         name: &OsStr,
         full: bool,
     ) -> Result<Scan> {
-        lookup::scan(layers, name, full, |idx| self.layer_dir(bs, parent, idx))
+        let index = self.name_index(bs, parent, layers)?;
+        lookup::scan(
+            layers,
+            name,
+            full,
+            |idx| self.layer_dir(bs, parent, idx),
+            |idx| index.as_ref().and_then(|i| i.hint(idx, name)),
+        )
     }
 
     /// Scan `name` in the directory node `parent`.

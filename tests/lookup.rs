@@ -347,3 +347,57 @@ fn directory_fd_cache_is_bounded_by_dir_cache() {
         assert_eq!(read(u.m("d199/b")), "2");
     }
 }
+
+#[test]
+fn indexed_deep_directories_resolve_like_probed_ones() {
+    need_fuse!();
+    let names: Vec<String> = (0..8).map(|k| format!("ro{k}")).collect();
+    let mut all = vec!["rw".to_string()];
+    all.extend(names.iter().cloned());
+    let refs: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
+    let mut u = Union::new(&refs);
+    for k in 0..8 {
+        write(u.b(&format!("ro{k}/d/x{k}")), &k.to_string());
+        write(u.b(&format!("ro{k}/d/common")), &k.to_string());
+    }
+    // ro3 hides x5 below it; ro2 has x2 and a whiteout beside it (x2 shows,
+    // and hides lower x2s); ro6 makes sub opaque
+    write(u.b("ro3/d/.wh.x5"), "");
+    write(u.b("ro2/d/.wh.x2"), "");
+    write(u.b("ro7/d/x2"), "lower x2");
+    write(u.b("ro6/d/sub/.wh..wh..opq"), "");
+    write(u.b("ro6/d/sub/s6"), "6");
+    write(u.b("ro7/d/sub/s7"), "7");
+    let spec = std::iter::once("rw=rw".to_string())
+        .chain(names.iter().map(|n| format!("{n}=ro")))
+        .collect::<Vec<_>>()
+        .join(":");
+    // names are looked up again and again: the directory gets indexed
+    u.mount(&spec, &["entry_timeout=3600,attr_timeout=3600"]);
+    for round in 0..3 {
+        for k in 0..8 {
+            let p = u.m(&format!("d/x{k}"));
+            match k {
+                5 => assert_errno(fs::metadata(&p), libc::ENOENT),
+                _ => assert_eq!(read(&p), k.to_string(), "round {round}"),
+            }
+        }
+        assert_eq!(read(u.m("d/common")), "0");
+        assert_errno(fs::metadata(u.m(&format!("d/none{round}"))), libc::ENOENT);
+    }
+    assert_eq!(ls(u.m("d/sub")), vec!["s6"]);
+    // changes through the union in the indexed directory
+    fs::remove_file(u.m("d/x6")).unwrap();
+    assert_errno(fs::metadata(u.m("d/x6")), libc::ENOENT);
+    write(u.m("d/x5"), "new 5");
+    assert_eq!(read(u.m("d/x5")), "new 5");
+    fs::rename(u.m("d/x7"), u.m("d/x6")).unwrap();
+    assert_eq!(read(u.m("d/x6")), "7");
+    assert_errno(fs::metadata(u.m("d/x7")), libc::ENOENT);
+    let mut listed = ls(u.m("d"));
+    listed.sort();
+    assert_eq!(
+        listed,
+        vec!["common", "sub", "x0", "x1", "x2", "x3", "x4", "x5", "x6"]
+    );
+}

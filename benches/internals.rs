@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks of the union's hot internals, on real branch
-//! directories: resolving a name across 1-64 branches, a merged readdir of N
+//! directories: resolving a name across 1-64 branches (by path, with cached
+//! directory fds, with the name index), a merged readdir of N
 //! entries over K branches, whiteout checks. `cargo bench`; the side-by-side
 //! comparison with the peer filesystems is `benches/compare.sh`.
 
@@ -11,6 +12,7 @@ use std::path::Path;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use unionfs::branch::{BranchSet, BranchSpec, Mode};
 use unionfs::inode::InodeTable;
+use unionfs::nameindex::NameIndex;
 use unionfs::{lookup, readdir, whiteout};
 
 /// `k` branches under `dir`; the name `bottom` only in the last one.
@@ -38,10 +40,30 @@ fn resolve(c: &mut Criterion) {
         let t = tempfile::tempdir().unwrap();
         let bs = branches(t.path(), k, 0);
         let layers: Vec<usize> = (0..k).collect();
-        g.bench_with_input(BenchmarkId::from_parameter(k), &k, |b, _| {
+        let name = OsStr::new("bottom");
+        // as the daemon did before it kept directory fds: a path walk per branch
+        g.bench_with_input(BenchmarkId::new("by-path", k), &k, |b, _| {
+            b.iter(|| {
+                let s = lookup::scan_path(&bs, &layers, Path::new("d"), name, false).unwrap();
+                assert!(s.top().is_some());
+            })
+        });
+        // with the directory fds cached (dircache.rs)
+        let dirs = readdir::open_layers(&bs, &layers, Path::new("d")).unwrap();
+        let dir_of = |idx: usize| Ok(dirs[idx].1.clone());
+        g.bench_with_input(BenchmarkId::new("cached-fds", k), &k, |b, _| {
+            b.iter(|| {
+                let s = lookup::scan(&layers, name, false, dir_of, |_| None).unwrap();
+                assert!(s.top().is_some());
+            })
+        });
+        // and the read-only branches indexed (nameindex.rs; branch 0 is rw)
+        let ro: Vec<_> = dirs.iter().skip(1).cloned().collect();
+        let index = NameIndex::build(&ro).unwrap().unwrap();
+        g.bench_with_input(BenchmarkId::new("indexed", k), &k, |b, _| {
             b.iter(|| {
                 let s =
-                    lookup::scan_path(&bs, &layers, Path::new("d"), OsStr::new("bottom"), false)
+                    lookup::scan(&layers, name, false, dir_of, |idx| index.hint(idx, name))
                         .unwrap();
                 assert!(s.top().is_some());
             })

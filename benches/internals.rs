@@ -62,9 +62,8 @@ fn resolve(c: &mut Criterion) {
         let index = NameIndex::build(&ro).unwrap().unwrap();
         g.bench_with_input(BenchmarkId::new("indexed", k), &k, |b, _| {
             b.iter(|| {
-                let s =
-                    lookup::scan(&layers, name, false, dir_of, |idx| index.hint(idx, name))
-                        .unwrap();
+                let s = lookup::scan(&layers, name, false, dir_of, |idx| index.hint(idx, name))
+                    .unwrap();
                 assert!(s.top().is_some());
             })
         });

@@ -105,20 +105,34 @@ pub fn scan(
             Err(e) => return Err(e),
         };
         let dir = dir.as_fd();
-        match sys::stat_at(dir, name) {
-            Ok(stat) => {
+        // Below a directory instance the name is most likely a directory too:
+        // open it at once (the fd is kept) and fstat the fd, rather than a
+        // stat by name then an open by name.
+        let found = if out.top().is_some_and(|t| t.is_dir()) {
+            match sys::open_dir(dir, Path::new(name)) {
+                Ok(sub) => sys::fstat(sub.as_fd()).map(|st| (st, Some(sub))),
+                Err(Errno::ENOTDIR | Errno::ELOOP) => sys::stat_at(dir, name).map(|st| (st, None)),
+                Err(e) => Err(e),
+            }
+        } else {
+            sys::stat_at(dir, name).map(|st| (st, None))
+        };
+        match found {
+            Ok((stat, opened)) => {
                 let is_dir = stat.st_mode & libc::S_IFMT == libc::S_IFDIR;
                 let first_kind_dir = out.top().map(|t| t.is_dir()).unwrap_or(is_dir);
                 let (sub, opaque) = if is_dir && (full || first_kind_dir) {
-                    match sys::open_dir(dir, Path::new(name)) {
-                        Ok(sub) => {
-                            let opaque = sys::exists_at(sub.as_fd(), OsStr::new(whiteout::OPAQUE))?;
-                            (Some(Arc::new(sub)), opaque)
-                        }
-                        // Replaced since the stat: not a directory after all.
-                        Err(Errno::ENOENT | Errno::ENOTDIR) => continue,
-                        Err(e) => return Err(e),
-                    }
+                    let sub = match opened {
+                        Some(sub) => sub,
+                        None => match sys::open_dir(dir, Path::new(name)) {
+                            Ok(sub) => sub,
+                            // Replaced since the stat: not a directory after all.
+                            Err(Errno::ENOENT | Errno::ENOTDIR) => continue,
+                            Err(e) => return Err(e),
+                        },
+                    };
+                    let opaque = sys::exists_at(sub.as_fd(), OsStr::new(whiteout::OPAQUE))?;
+                    (Some(Arc::new(sub)), opaque)
                 } else {
                     (None, false)
                 };

@@ -233,15 +233,30 @@ fn serve(
             }
         }
     });
+    // Serve first, then say the mount is live: the first request of the
+    // caller then finds threads waiting for it, not threads being started.
+    let before = threads_running();
+    let serving = std::thread::spawn(move || session.run());
+    let want = before + 1 + opts.threads;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(100);
+    while threads_running() < want && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
     if let Some(mut ready) = ready {
         let _ = ready.write_all(b"1");
         let _ = sys::detach_stdio(std::env::var_os("RUST_LOG").is_some());
     }
-    match session.run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    match serving.join() {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             log::error!("session ended: {e}");
             ExitCode::from(1)
         }
+        Err(_) => ExitCode::from(1),
     }
+}
+
+/// Threads of this process.
+fn threads_running() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
 }

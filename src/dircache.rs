@@ -15,7 +15,7 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,10 +30,14 @@ use crate::union::Union;
 /// Directory fds held by every cache of this process (fds are a process-wide
 /// resource); no cache grows past the union's `dir_cache` limit.
 static CACHED: AtomicUsize = AtomicUsize::new(0);
+static SERIAL: AtomicU64 = AtomicU64::new(1);
 
 /// The cached instances of one union directory.
 #[derive(Debug, Default)]
 pub struct DirFds {
+    /// Distinct for every emptying of the cache: what was read before it
+    /// must not be stored after it.
+    serial: u64,
     generation: u64,
     epoch: u64,
     layers: Vec<u32>,
@@ -83,6 +87,7 @@ impl Union {
         let epoch = self.dir_epoch();
         if !c.current(bs.generation, epoch, &loc.layers, now) {
             *c = DirFds::default();
+            c.serial = SERIAL.fetch_add(1, Ordering::Relaxed);
             c.generation = bs.generation;
             c.epoch = epoch;
             c.layers = loc.layers.clone();
@@ -128,7 +133,7 @@ impl Union {
         if ro.len() < 2 || !self.caching() {
             return Ok(None);
         }
-        {
+        let serial = {
             let mut c = self.fresh(bs, node);
             if c.index.is_some() || c.no_index {
                 return Ok(c.index.clone());
@@ -137,7 +142,8 @@ impl Union {
             if c.lookups < INDEX_AFTER {
                 return Ok(None);
             }
-        }
+            c.serial
+        };
         // Read the directories without holding the lock.
         let mut dirs = Vec::with_capacity(ro.len());
         for idx in ro {
@@ -153,6 +159,10 @@ impl Union {
             index.is_some()
         );
         let mut c = self.fresh(bs, node);
+        if c.serial != serial {
+            // The cache was emptied while the directories were read: probe.
+            return Ok(None);
+        }
         if c.index.is_none() {
             c.no_index = index.is_none();
             c.index = index;

@@ -113,7 +113,7 @@ mount_fs() {
         unionfs-fuse -o cow,use_ino,allow_other "$spec" "$mnt" 2>>"$log" ;;
     unionfs)
         spec="$up=rw"; for l in "${ls[@]}"; do spec="$spec:$l=ro"; done
-        "$UM" -o "${UNIONFS_OPTS:-entry_timeout=60,attr_timeout=60}" "$spec" "$mnt" ;;
+        "$UM" -o "${UNIONFS_OPTS:-entry_timeout=60,attr_timeout=60,negative_timeout=60}" "$spec" "$mnt" ;;
     esac
 }
 

@@ -35,6 +35,7 @@ pub struct UnionFs {
     pub union: Arc<Union>,
     entry_ttl: Duration,
     attr_ttl: Duration,
+    negative_ttl: Duration,
     passthrough: bool,
     readdirplus: bool,
     io: Mutex<HashMap<u64, IoMode>>,
@@ -151,6 +152,7 @@ impl UnionFs {
         UnionFs {
             union,
             entry_ttl: opts.entry_timeout,
+            negative_ttl: opts.negative_timeout,
             attr_ttl: opts.attr_timeout,
             passthrough: opts.passthrough,
             readdirplus: opts.readdirplus,
@@ -274,12 +276,20 @@ impl Filesystem for UnionFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.union.lookup(parent.0, name) {
-            // A negative entry: the kernel keeps the miss for entry_timeout.
+            // A negative entry: the kernel keeps the miss for negative_timeout.
             Err(Errno::ENOENT)
-                if !self.entry_ttl.is_zero()
-                    && self.union.negatives.admit(parent.0, name, self.entry_ttl) =>
+                if !self.negative_ttl.is_zero()
+                    && self
+                        .union
+                        .negatives
+                        .admit(parent.0, name, self.negative_ttl) =>
             {
-                reply.entry_with_ttls(&Duration::ZERO, &self.entry_ttl, &absent(), Generation(0))
+                reply.entry_with_ttls(
+                    &Duration::ZERO,
+                    &self.negative_ttl,
+                    &absent(),
+                    Generation(0),
+                )
             }
             res => self.entry(reply, res),
         }

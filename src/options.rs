@@ -42,6 +42,8 @@ pub struct MountOptions {
     pub readdirplus: bool,
     pub entry_timeout: Duration,
     pub attr_timeout: Duration,
+    /// How long the kernel keeps a name that does not exist.
+    pub negative_timeout: Duration,
     /// Directory fds kept open for lookups (0: none).
     pub dir_cache: usize,
     /// Readahead of the mount in KiB.
@@ -65,6 +67,7 @@ impl Default for MountOptions {
             readdirplus: false,
             entry_timeout: Duration::from_secs(1),
             attr_timeout: Duration::from_secs(1),
+            negative_timeout: Duration::ZERO,
             dir_cache: 32768,
             readahead_kb: 1024,
             fsname: None,
@@ -157,6 +160,7 @@ impl MountOptions {
                 ("readdirplus", Some(v)) => self.readdirplus = on_off(key, v)?,
                 ("entry_timeout", Some(v)) => self.entry_timeout = seconds(key, v)?,
                 ("attr_timeout", Some(v)) => self.attr_timeout = seconds(key, v)?,
+                ("negative_timeout", Some(v)) => self.negative_timeout = seconds(key, v)?,
                 ("readahead", Some(v)) => {
                     self.readahead_kb = v
                         .parse()
@@ -193,7 +197,7 @@ impl MountOptions {
                 }
                 (
                     "delete" | "threads" | "passthrough" | "readdirplus" | "entry_timeout"
-                    | "attr_timeout" | "dir_cache" | "readahead" | "fsname",
+                    | "attr_timeout" | "negative_timeout" | "dir_cache" | "readahead" | "fsname",
                     None,
                 ) => return Err(format!("option {key} needs a value ({key}=...)")),
                 _ => return Err(format!("unknown mount option '{opt}'")),

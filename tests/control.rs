@@ -52,7 +52,7 @@ fn p(u: &Union, b: &str) -> String {
 }
 
 /// Long kernel caches: only the invalidation can make changes visible at once.
-const CACHED: &str = "entry_timeout=3600,attr_timeout=3600";
+const CACHED: &str = "entry_timeout=3600,attr_timeout=3600,negative_timeout=3600";
 
 #[test]
 fn list_add_remove_mode_take_effect_at_once() {

@@ -249,7 +249,10 @@ fn cached_directories_follow_direct_branch_changes_after_the_timeout() {
 fn negative_entries_are_cached_and_dropped_by_changes() {
     need_fuse!();
     let mut u = Union::new(&["rw", "ro"]);
-    u.mount("rw=rw:ro=ro", &["entry_timeout=3600,attr_timeout=3600"]);
+    u.mount(
+        "rw=rw:ro=ro",
+        &["entry_timeout=3600,attr_timeout=3600,negative_timeout=3600"],
+    );
     assert_errno(fs::metadata(u.m("later")), libc::ENOENT);
     // created through the union: the kernel replaces its negative entry
     write(u.m("later"), "1");
@@ -400,4 +403,18 @@ fn indexed_deep_directories_resolve_like_probed_ones() {
         listed,
         vec!["common", "sub", "x0", "x1", "x2", "x3", "x4", "x5", "x6"]
     );
+}
+
+#[test]
+fn misses_are_not_cached_by_default() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    u.mount("rw=rw:ro=ro", &[]);
+    assert_errno(fs::metadata(u.m("fresh")), libc::ENOENT);
+    assert_errno(fs::metadata(u.m("lower")), libc::ENOENT);
+    // made directly in the branches: no negative entry hides them
+    write(u.b("rw/fresh"), "f");
+    write(u.b("ro/lower"), "l");
+    assert_eq!(read(u.m("fresh")), "f");
+    assert_eq!(read(u.m("lower")), "l");
 }

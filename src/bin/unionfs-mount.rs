@@ -57,10 +57,16 @@ MOUNT OPTIONS (-o OPT[,OPT...]):
                   that a copy-up could still move are read through the daemon,
                   with the kernel's page cache kept across opens.
     entry_timeout=SECS, attr_timeout=SECS
-                  How long the kernel caches names (also names that do not
-                  exist) and attributes, and the daemon its directory fds
-                  (default 1). Changes made directly in a branch show after
-                  this long; changes through the mount and unionctl at once.
+                  How long the kernel caches names and attributes, and the
+                  daemon its directory fds and its index of the names in
+                  read-only branches (default 1). Changes made directly in a
+                  branch show after this long; changes through the mount and
+                  unionctl at once.
+    negative_timeout=SECS
+                  How long the kernel caches a name that does not exist
+                  (default 0, as libfuse). unionctl changes drop such entries
+                  at once; a name created directly in a branch shows after
+                  this long.
     dir_cache=N   Directory fds kept open for lookups, at most (default 32768;
                   0 turns the cache off). The open-file limit is raised to fit.
     readahead=KB  Readahead of the mount (default 1024, FUSE's largest request;

@@ -697,3 +697,17 @@ pub fn reserve_fds(n: u64) -> u64 {
     }
     limit
 }
+
+/// Unmount `path`, retrying for a few seconds while it is busy; when it stays
+/// busy, detach it (MNT_DETACH). Answers whether the plain unmount worked.
+pub fn unmount_retrying(path: &Path) -> bool {
+    use nix::mount::{umount2, MntFlags};
+    for _ in 0..50 {
+        match umount2(path, MntFlags::empty()) {
+            Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => return true,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+    let _ = umount2(path, MntFlags::MNT_DETACH);
+    false
+}

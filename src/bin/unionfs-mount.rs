@@ -231,11 +231,18 @@ fn serve(
         }
     };
     let mut unmounter = session.unmount_callable();
+    let target = mountpoint.to_path_buf();
     std::thread::spawn(move || {
         if let Ok(sig) = signals.wait() {
             log::info!("{sig:?}: unmounting");
             if let Err(e) = unmounter.unmount() {
-                log::error!("unmount failed: {e}");
+                // Busy for a moment (a file being closed, say): try again,
+                // then detach it, and end the daemon either way.
+                log::warn!("unmount failed: {e}; retrying");
+                if !sys::unmount_retrying(&target) {
+                    log::error!("{}: still busy, detached lazily", target.display());
+                }
+                std::process::exit(0);
             }
         }
     });

@@ -49,7 +49,7 @@ fn resolve(c: &mut Criterion) {
             })
         });
         // with the directory fds cached (dircache.rs)
-        let dirs = readdir::open_layers(&bs, &layers, Path::new("d")).unwrap();
+        let dirs = readdir::open_layers_at(&bs, &layers, Path::new("d")).unwrap();
         let dir_of = |idx: usize| Ok(dirs[idx].1.clone());
         g.bench_with_input(BenchmarkId::new("cached-fds", k), &k, |b, _| {
             b.iter(|| {
@@ -84,7 +84,7 @@ fn merged_readdir(c: &mut Criterion) {
             &n,
             |b, _| {
                 b.iter(|| {
-                    readdir::open_layers(&bs, &layers, Path::new("d"))
+                    readdir::open_layers_at(&bs, &layers, Path::new("d"))
                         .and_then(|dirs| readdir::merged(&bs, &dirs, &inodes))
                         .unwrap()
                         .len()

@@ -211,7 +211,7 @@ impl Union {
             Err(Errno::ENOENT) => {}
             Err(e) => return Err(e),
         }
-        let (sdir, _) = self.parent_in(bs, node, idx)?;
+        let sdir = self.layer_dir(bs, &parent, idx)?;
         let st = sys::stat_at(sdir.as_fd(), &name)?;
         let tmp = self.build_copy(bs, target, sdir.as_fd(), &name, &st, data)?;
         tmp.commit(pdir.as_fd(), &name, RENAME_NOREPLACE)?;
@@ -337,10 +337,10 @@ impl Union {
                 Err(Errno::ENOENT) => {}
                 Err(e) => return Err(e),
             }
-            let (sdir, sname) = self.top_entry(bs, node)?;
-            let st = Obj::at(sdir.as_fd(), &sname).stat()?;
             let hide_below = whiteout::has_whiteout(fd.as_fd(), &name)?;
-            let tmp = self.build_copy(bs, target, sdir.as_fd(), &sname, &st, false)?;
+            let tmp = self.on_top(bs, node, |src| {
+                self.build_copy(bs, target, src.dir, src.name, &src.stat()?, false)
+            })?;
             if hide_below {
                 let t = sys::open_dir(tmp.dir(), Path::new(&tmp.name))?;
                 whiteout::make_opaque(t.as_fd())?;

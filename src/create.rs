@@ -46,13 +46,7 @@ impl Union {
         let up = bs.first_writable().ok_or(Errno::EROFS)?;
         let pdir = self.dir_in(&bs, up, &pnode)?;
         let pdir = pdir.as_fd();
-        // The whiteout, if any, was seen by the scan when `up` is a layer above it.
-        let replaces_whiteout = match scan.whiteout {
-            Some(w) if w == up => true,
-            Some(w) if w < up => whiteout::has_whiteout(pdir, name)?,
-            _ if layers.contains(&up) => false,
-            _ => whiteout::has_whiteout(pdir, name)?,
-        };
+        let replaces_whiteout = whiteout::has_whiteout(pdir, name)?;
         // Something below may be hidden by a whiteout: a new directory must not reveal it.
         let opaque = replaces_whiteout || scan.whiteout.is_some();
         // The union attributes of the parent are its top instance's.

@@ -23,7 +23,8 @@ use nix::fcntl::OFlag;
 
 use crate::branch::BranchSet;
 use crate::inode::{Node, ROOT};
-use crate::nameindex::{self, NameIndex, INDEX_AFTER};
+use crate::nameindex::{NameIndex, INDEX_AFTER};
+use crate::readdir;
 use crate::sys::{self, Errno, Result};
 use crate::union::Union;
 
@@ -145,12 +146,7 @@ impl Union {
             c.serial
         };
         // Read the directories without holding the lock.
-        let mut dirs = Vec::with_capacity(ro.len());
-        for idx in ro {
-            if let Some(fd) = nameindex::skip_missing(self.layer_dir(bs, node, idx))? {
-                dirs.push((idx, fd));
-            }
-        }
+        let dirs = readdir::open_layers(&ro, |idx| self.layer_dir(bs, node, idx))?;
         let index = NameIndex::build(&dirs)?.map(Arc::new);
         log::debug!(
             "directory {}: names of {} branches indexed: {}",
@@ -236,15 +232,9 @@ impl Union {
         bs: &BranchSet,
         node: &Node,
     ) -> Result<Vec<(usize, Arc<OwnedFd>)>> {
-        let mut out = Vec::new();
-        for idx in self.dir_layers(bs, node)? {
-            match self.layer_dir(bs, node, idx) {
-                Ok(fd) => out.push((idx, fd)),
-                Err(Errno::ENOENT | Errno::ENOTDIR) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
+        readdir::open_layers(&self.dir_layers(bs, node)?, |idx| {
+            self.layer_dir(bs, node, idx)
+        })
     }
 
     /// The parent directory of `node` in branch `idx`, and the node's name there.
@@ -262,18 +252,20 @@ impl Union {
         Ok((self.layer_dir(bs, &p, idx)?, name))
     }
 
-    /// The topmost instance of `node` as (directory fd, name), for calls that
-    /// take a directory and a name; the root is its own fd with no name.
-    pub(crate) fn top_entry(
+    /// Run `f` on the topmost instance of `node`, as (directory fd, name) for
+    /// calls that take a directory and a name; the root is its own fd.
+    pub(crate) fn on_top<T>(
         &self,
         bs: &BranchSet,
         node: &Node,
-    ) -> Result<(Arc<OwnedFd>, std::ffi::OsString)> {
+        f: impl FnOnce(sys::Obj) -> Result<T>,
+    ) -> Result<T> {
         let idx = self.top_idx(bs, node)?;
         if node.ino == ROOT {
-            return Ok((bs.get(idx).root_fd(), std::ffi::OsString::new()));
+            return f(sys::Obj::fd(bs.get(idx).root()));
         }
-        self.parent_in(bs, node, idx)
+        let (dir, name) = self.parent_in(bs, node, idx)?;
+        f(sys::Obj::at(dir.as_fd(), &name))
     }
 
     /// Open the instance of `node` in branch `idx` (never following a symlink).

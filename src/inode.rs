@@ -111,23 +111,21 @@ impl InodeTable {
         self.nodes.read().get(&ino).cloned().ok_or(Errno::ESTALE)
     }
 
+    /// The union inode number for `key` in the key map, allocated on first sight.
+    fn ino_in(&self, map: &mut HashMap<Key, u64>, key: Key) -> u64 {
+        *map.entry(key)
+            .or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
     /// The union inode number for an instance key, allocated on first sight.
     pub fn ino_for(&self, key: Key) -> u64 {
-        *self
-            .keys
-            .lock()
-            .entry(key)
-            .or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed))
+        self.ino_in(&mut self.keys.lock(), key)
     }
 
     /// Union inode numbers for many instance keys at once (one lock).
     pub fn inos_for(&self, keys: impl Iterator<Item = Key>) -> Vec<u64> {
         let mut map = self.keys.lock();
-        keys.map(|key| {
-            *map.entry(key)
-                .or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed))
-        })
-        .collect()
+        keys.map(|key| self.ino_in(&mut map, key)).collect()
     }
 
     /// The node an instance key names, if the kernel knows it.

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use foldhash::{HashSet, HashSetExt};
 
-use crate::sys::{self, Errno, Result};
+use crate::sys::{self, Result};
 use crate::whiteout;
 
 /// Lookups in a directory before it is indexed.
@@ -102,15 +102,5 @@ impl NameIndex {
         } else {
             Hint::Absent
         })
-    }
-}
-
-/// Directory instances whose open failed are left out of an index: a lookup
-/// there finds nothing either.
-pub fn skip_missing(r: Result<Arc<OwnedFd>>) -> Result<Option<Arc<OwnedFd>>> {
-    match r {
-        Ok(fd) => Ok(Some(fd)),
-        Err(Errno::ENOENT | Errno::ENOTDIR) => Ok(None),
-        Err(e) => Err(e),
     }
 }

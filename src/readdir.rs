@@ -92,20 +92,30 @@ pub fn is_empty(layers: &Layers) -> Result<bool> {
     Ok(empty)
 }
 
-/// The instances of the union directory `path` in branches `layers`, opened
-/// from the branch roots (for callers that work by path).
+/// The instances of a union directory in branches `layers` (indices, top
+/// first), each opened by `open`; a branch whose directory is missing is left
+/// out (a lookup there finds nothing either).
 pub fn open_layers(
-    bs: &BranchSet,
     layers: &[usize],
-    path: &Path,
+    open: impl Fn(usize) -> Result<Arc<OwnedFd>>,
 ) -> Result<Vec<(usize, Arc<OwnedFd>)>> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(layers.len());
     for &idx in layers {
-        match bs.get(idx).dir(path) {
-            Ok(fd) => out.push((idx, Arc::new(fd))),
+        match open(idx) {
+            Ok(fd) => out.push((idx, fd)),
             Err(Errno::ENOENT | Errno::ENOTDIR) => continue,
             Err(e) => return Err(e),
         }
     }
     Ok(out)
+}
+
+/// [`open_layers`] for the union directory `path`, opened from the branch
+/// roots (for callers that work by path).
+pub fn open_layers_at(
+    bs: &BranchSet,
+    layers: &[usize],
+    path: &Path,
+) -> Result<Vec<(usize, Arc<OwnedFd>)>> {
+    open_layers(layers, |idx| bs.get(idx).dir(path).map(Arc::new))
 }

@@ -178,7 +178,7 @@ impl Union {
     /// (instances in `layers`) that `up` does not hold yet, recursively.
     fn merge_into(&self, bs: &BranchSet, up: usize, layers: &[usize], path: &Path) -> Result<()> {
         let updir = bs.get(up).dir(path)?;
-        let dirs = readdir::open_layers(bs, layers, path)?;
+        let dirs = readdir::open_layers_at(bs, layers, path)?;
         for e in readdir::merged(bs, &dirs, &self.inodes)? {
             let scan = lookup::scan_path(bs, layers, path, &e.name, false)?;
             let Some(top) = scan.top() else { continue };

@@ -228,9 +228,7 @@ impl<'a> Obj<'a> {
         let fd = open_at(self.dir, self.name, OFlag::O_PATH, 0)?;
         f(&proc_path(fd.as_fd()))
     }
-}
 
-impl Obj<'_> {
     pub fn stat(&self) -> Result<FileStat> {
         if self.name.is_empty() {
             fstat(self.dir)
@@ -347,11 +345,6 @@ pub fn get_xattr_obj(obj: Obj, name: &OsStr, buf: &mut [u8]) -> Result<usize> {
     })
 }
 
-/// getxattr on the inode behind `fd`; an empty `buf` asks for the size.
-pub fn get_xattr(fd: BorrowedFd, name: &OsStr, buf: &mut [u8]) -> Result<usize> {
-    get_xattr_obj(Obj::fd(fd), name, buf)
-}
-
 /// listxattr of an object; an empty `buf` asks for the size.
 pub fn list_xattr_obj(obj: Obj, buf: &mut [u8]) -> Result<usize> {
     let path = c_name(obj.name)?;
@@ -374,11 +367,6 @@ pub fn list_xattr_obj(obj: Obj, buf: &mut [u8]) -> Result<usize> {
         let n = unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         Errno::result(n).map(|n| n as usize)
     })
-}
-
-/// listxattr on the inode behind `fd`; an empty `buf` asks for the size.
-pub fn list_xattr(fd: BorrowedFd, buf: &mut [u8]) -> Result<usize> {
-    list_xattr_obj(Obj::fd(fd), buf)
 }
 
 pub fn set_xattr_obj(obj: Obj, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
@@ -445,10 +433,6 @@ pub fn remove_xattr_obj(obj: Obj, name: &OsStr) -> Result<()> {
         let n = unsafe { libc::removexattr(p.as_ptr(), key.as_ptr()) };
         Errno::result(n).map(drop)
     })
-}
-
-pub fn remove_xattr(fd: BorrowedFd, name: &OsStr) -> Result<()> {
-    remove_xattr_obj(Obj::fd(fd), name)
 }
 
 /// All xattrs of the inode behind `fd`, as (name, value) pairs.

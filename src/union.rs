@@ -19,7 +19,7 @@ use crate::file::{DirHandle, FileHandle};
 use crate::inode::{InodeTable, Loc, Negatives, Node, ROOT};
 use crate::lookup::{self, Scan};
 use crate::options::DeleteMode;
-use crate::sys::{self, Errno, FileStat, Obj, Result, Time};
+use crate::sys::{self, Errno, FileStat, Result, Time};
 use crate::whiteout;
 
 /// Who asks: the uid and gid of the calling process.
@@ -274,12 +274,6 @@ impl Union {
         Ok(self.located(bs, node)?.0)
     }
 
-    /// An `O_PATH` fd on the topmost instance of a node, with its branch index.
-    pub(crate) fn top_fd(&self, bs: &BranchSet, node: &Node) -> Result<(usize, OwnedFd)> {
-        let idx = self.top_idx(bs, node)?;
-        Ok((idx, self.open_in(bs, node, idx, OFlag::O_PATH)?))
-    }
-
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr> {
         let node = self.inodes.get(ino)?;
         if node.loc.read().unlinked {
@@ -290,8 +284,7 @@ impl Union {
             return Ok(Attr { ino, st });
         }
         let bs = self.branches();
-        let top = self.top_entry(&bs, &node);
-        match top.and_then(|(dir, entry)| Obj::at(dir.as_fd(), &entry).stat()) {
+        match self.on_top(&bs, &node, |top| top.stat()) {
             Ok(st) => Ok(Attr { ino, st }),
             // Gone from the union (its branch was removed, say) but open:
             // fstat an open handle (fstat(2) does not always say which).
@@ -315,34 +308,33 @@ impl Union {
         }
         let data = set.size != Some(0);
         let bs = self.copy_up(&node, data)?;
-        let (dir, entry) = self.top_entry(&bs, &node)?;
-        let obj = Obj::at(dir.as_fd(), &entry);
-        if let Some(size) = set.size {
-            if node.is_dir() {
-                return Err(Errno::EISDIR);
+        self.on_top(&bs, &node, |obj| {
+            if let Some(size) = set.size {
+                if node.is_dir() {
+                    return Err(Errno::EISDIR);
+                }
+                let w = sys::open_at(obj.dir, obj.name, OFlag::O_WRONLY, 0)?;
+                sys::truncate_fd(w.as_fd(), size)?;
             }
-            let idx = self.top_idx(&bs, &node)?;
-            let w = self.open_in(&bs, &node, idx, OFlag::O_WRONLY)?;
-            sys::truncate_fd(w.as_fd(), size)?;
-        }
-        if set.uid.is_some() || set.gid.is_some() {
-            obj.chown(set.uid, set.gid)?;
-        }
-        if let Some(mode) = set.mode {
-            if node.kind == libc::S_IFLNK {
-                return Err(Errno::EOPNOTSUPP);
+            if set.uid.is_some() || set.gid.is_some() {
+                obj.chown(set.uid, set.gid)?;
             }
-            sys::chmod_obj(obj, mode & 0o7777)?;
-        }
-        if set.atime.is_some() || set.mtime.is_some() {
-            obj.utimes(
-                set.atime.unwrap_or(Time::Omit),
-                set.mtime.unwrap_or(Time::Omit),
-            )?;
-        }
-        Ok(Attr {
-            ino: node.ino,
-            st: obj.stat()?,
+            if let Some(mode) = set.mode {
+                if node.kind == libc::S_IFLNK {
+                    return Err(Errno::EOPNOTSUPP);
+                }
+                sys::chmod_obj(obj, mode & 0o7777)?;
+            }
+            if set.atime.is_some() || set.mtime.is_some() {
+                obj.utimes(
+                    set.atime.unwrap_or(Time::Omit),
+                    set.mtime.unwrap_or(Time::Omit),
+                )?;
+            }
+            Ok(Attr {
+                ino: node.ino,
+                st: obj.stat()?,
+            })
         })
     }
 
@@ -378,8 +370,7 @@ impl Union {
             return Err(Errno::EINVAL);
         }
         let bs = self.branches();
-        let (_, fd) = self.top_fd(&bs, &node)?;
-        sys::readlink_obj(fd.as_fd())
+        self.on_top(&bs, &node, |obj| sys::readlink_at(obj.dir, obj.name))
     }
 
     pub fn statfs(&self) -> Result<nix::sys::statvfs::Statvfs> {
@@ -391,22 +382,21 @@ impl Union {
     pub fn getxattr(&self, ino: u64, name: &OsStr, buf: &mut [u8]) -> Result<usize> {
         let node = self.inodes.get(ino)?;
         let bs = self.branches();
-        let (dir, entry) = self.top_entry(&bs, &node)?;
-        sys::get_xattr_obj(Obj::at(dir.as_fd(), &entry), name, buf)
+        self.on_top(&bs, &node, |obj| sys::get_xattr_obj(obj, name, buf))
     }
 
     pub fn listxattr(&self, ino: u64, buf: &mut [u8]) -> Result<usize> {
         let node = self.inodes.get(ino)?;
         let bs = self.branches();
-        let (dir, entry) = self.top_entry(&bs, &node)?;
-        sys::list_xattr_obj(Obj::at(dir.as_fd(), &entry), buf)
+        self.on_top(&bs, &node, |obj| sys::list_xattr_obj(obj, buf))
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         let node = self.inodes.get(ino)?;
         let bs = self.copy_up(&node, true)?;
-        let (dir, entry) = self.top_entry(&bs, &node)?;
-        sys::set_xattr_obj(Obj::at(dir.as_fd(), &entry), name, value, flags)
+        self.on_top(&bs, &node, |obj| {
+            sys::set_xattr_obj(obj, name, value, flags)
+        })
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
@@ -414,12 +404,10 @@ impl Union {
         {
             // Removing an xattr that is not there changes nothing: no copy-up.
             let bs = self.branches();
-            let (dir, entry) = self.top_entry(&bs, &node)?;
-            sys::get_xattr_obj(Obj::at(dir.as_fd(), &entry), name, &mut [])?;
+            self.on_top(&bs, &node, |obj| sys::get_xattr_obj(obj, name, &mut []))?;
         }
         let bs = self.copy_up(&node, true)?;
-        let (dir, entry) = self.top_entry(&bs, &node)?;
-        sys::remove_xattr_obj(Obj::at(dir.as_fd(), &entry), name)
+        self.on_top(&bs, &node, |obj| sys::remove_xattr_obj(obj, name))
     }
 
     /// The directory `rel` in branch `idx`, created there (with its parents,

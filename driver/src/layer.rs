@@ -399,7 +399,7 @@ fn names_in(view: &BranchSet, path: &Path) -> Vec<std::ffi::OsString> {
         cur.push(c);
     }
     let inodes = unionfs::inode::InodeTable::new((0, 0), Vec::new());
-    unionfs::readdir::open_layers(view, &layers, path)
+    unionfs::readdir::open_layers_at(view, &layers, path)
         .and_then(|dirs| unionfs::readdir::merged(view, &dirs, &inodes))
         .map(|v| v.into_iter().map(|e| e.name).collect())
         .unwrap_or_default()

@@ -240,5 +240,41 @@ mod tests {
         assert!(o.apply("threads=0").is_err());
         assert!(o.apply("delete").is_err());
         assert!(o.apply("attr_timeout=-1").is_err());
+        assert_eq!(
+            o.apply("dir_cache=abc").unwrap_err(),
+            "option dir_cache: 'abc' is not a number from 0 to 1048576"
+        );
+        assert_eq!(
+            o.apply("readahead=1").unwrap_err(),
+            "option readahead: '1' is not a number of KiB from 4 to 1048576"
+        );
+        assert_eq!(
+            o.apply("readdirplus=maybe").unwrap_err(),
+            "option readdirplus: 'maybe' is not on or off"
+        );
+        assert_eq!(
+            o.apply("negative_timeout=-1").unwrap_err(),
+            "option negative_timeout: '-1' is out of range"
+        );
+        assert_eq!(
+            o.apply("dir_cache").unwrap_err(),
+            "option dir_cache needs a value (dir_cache=...)"
+        );
+        // a rejected list changes nothing
+        let d = MountOptions::default();
+        assert_eq!((o.dir_cache, o.readahead_kb), (d.dir_cache, d.readahead_kb));
+        assert!(!o.readdirplus);
+        assert_eq!(o.negative_timeout, d.negative_timeout);
+    }
+
+    #[test]
+    fn parses_cache_options() {
+        let mut o = MountOptions::default();
+        o.apply("dir_cache=0,readahead=128,readdirplus=on,negative_timeout=2.5")
+            .unwrap();
+        assert_eq!(o.dir_cache, 0);
+        assert_eq!(o.readahead_kb, 128);
+        assert!(o.readdirplus);
+        assert_eq!(o.negative_timeout, Duration::from_millis(2500));
     }
 }

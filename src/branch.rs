@@ -193,6 +193,13 @@ static NEXT_BRANCH_ID: AtomicU32 = AtomicU32::new(1);
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 static NEXT_TEMP: AtomicU64 = AtomicU64::new(1);
 
+/// Why the work directory cannot be used.
+#[derive(Debug)]
+struct WorkError {
+    errno: Errno,
+    why: String,
+}
+
 /// An open branch: its root directory fd is the anchor of every path in it.
 #[derive(Debug)]
 pub struct Branch {
@@ -207,17 +214,26 @@ pub struct Branch {
 }
 
 impl Branch {
+    /// Open the branch (a writable one's work directory too, see
+    /// [`Branch::prepare_work`]); errors name the branch.
     pub fn open(spec: &BranchSpec) -> std::io::Result<Branch> {
+        let named = |e: Errno| {
+            std::io::Error::new(
+                std::io::Error::from(e).kind(),
+                format!("branch {}: {}", spec.path.display(), e.desc()),
+            )
+        };
         let root: OwnedFd = nix::fcntl::open(
             &spec.path,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
-        )?;
-        let st = sys::fstat(root.as_fd())?;
+        )
+        .map_err(named)?;
+        let st = sys::fstat(root.as_fd()).map_err(named)?;
         let name_max = sys::statvfs(root.as_fd())
             .map(|s| s.name_max())
             .unwrap_or(255);
-        Ok(Branch {
+        let b = Branch {
             id: NEXT_BRANCH_ID.fetch_add(1, Ordering::Relaxed),
             path: spec.path.clone(),
             mode: spec.mode,
@@ -225,20 +241,27 @@ impl Branch {
             name_max,
             root: Arc::new(root),
             work: Mutex::new(None),
-        })
+        };
+        b.prepare_work()?;
+        Ok(b)
     }
 
-    /// The same branch (same identity, same root) in another mode.
-    pub fn with_mode(&self, mode: Mode) -> sys::Result<Branch> {
-        Ok(Branch {
+    /// The same branch (same identity, same root, same work directory) in
+    /// another mode.
+    pub fn with_mode(&self, mode: Mode) -> std::io::Result<Branch> {
+        let b = Branch {
             id: self.id,
             path: self.path.clone(),
             mode,
             dev: self.dev,
             name_max: self.name_max,
-            root: Arc::new(sys::dup(&*self.root)?),
-            work: Mutex::new(None),
-        })
+            root: self.root.clone(),
+            work: Mutex::new(self.work.lock().clone()),
+        };
+        if self.mode != Mode::Rw {
+            b.prepare_work()?;
+        }
+        Ok(b)
     }
 
     pub fn writable(&self) -> bool {
@@ -259,42 +282,94 @@ impl Branch {
         sys::open_dir(self.root(), rel)
     }
 
-    /// The branch's work directory, where copy-ups and new directories are
-    /// built before they are renamed into place. Created on first use.
+    /// The branch's work directory, where copy-ups and new entries are built
+    /// before they are renamed into place; made on first use. Only a
+    /// directory this daemon can trust is used: a real directory on the
+    /// branch's filesystem, owned by the daemon's user and closed to everyone
+    /// else (see [`Branch::prepare_work`]). Its fd is kept: renaming it away
+    /// or planting another one later changes nothing.
     pub fn work(&self) -> sys::Result<Arc<OwnedFd>> {
+        self.open_work().map_err(|e| {
+            log::error!("{}: {}", self.path.display(), e.why);
+            e.errno
+        })
+    }
+
+    fn open_work(&self) -> Result<Arc<OwnedFd>, WorkError> {
         let mut work = self.work.lock();
         if let Some(fd) = &*work {
             return Ok(fd.clone());
         }
-        match sys::mkdir_at(self.root(), OsStr::new(WORK_DIR), 0o700) {
+        let name = OsStr::new(WORK_DIR);
+        let bad = |errno: Errno, why: String| WorkError { errno, why };
+        match sys::mkdir_at(self.root(), name, 0o700) {
             Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(bad(e, format!("cannot make {WORK_DIR}: {e}"))),
         }
-        let fd = Arc::new(self.dir(Path::new(WORK_DIR))?);
+        let fd = sys::open_dir_here(self.root(), name).map_err(|e| match e {
+            Errno::EXDEV => bad(e, format!("{WORK_DIR} is a mount point")),
+            Errno::ELOOP | Errno::ENOTDIR => {
+                bad(e, format!("{WORK_DIR} is a symlink or not a directory"))
+            }
+            e => bad(e, format!("{WORK_DIR}: {e}")),
+        })?;
+        let st = sys::fstat(fd.as_fd()).map_err(|e| bad(e, format!("{WORK_DIR}: {e}")))?;
+        if st.st_uid != sys::geteuid() || st.st_mode & 0o077 != 0 || st.st_dev != self.dev {
+            return Err(bad(
+                Errno::EPERM,
+                format!(
+                    "{WORK_DIR} is not this daemon's work directory (owner uid {}, mode {:o}{}): \
+                     remove it while nothing is mounted",
+                    st.st_uid,
+                    st.st_mode & 0o7777,
+                    if st.st_dev != self.dev {
+                        ", another filesystem"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        let fd = Arc::new(fd);
         *work = Some(fd.clone());
         Ok(fd)
     }
 
-    /// Remove what an interrupted run left in the work directory. Nothing in
-    /// it is ever visible through the union, so it is always safe to clear.
-    pub fn clean_work(&self) -> sys::Result<()> {
+    /// For a writable branch: make or check its work directory now, and
+    /// clear what an interrupted run left there (nothing in it is ever
+    /// visible through the union). A branch whose root the daemon cannot
+    /// write keeps it for later (copy-ups to it fail anyway); a directory of
+    /// that name that is not the daemon's own is an error naming it.
+    pub fn prepare_work(&self) -> std::io::Result<()> {
         if !self.writable() {
             return Ok(());
         }
-        match sys::stat_at(self.root(), OsStr::new(WORK_DIR)) {
-            Err(Errno::ENOENT) => return Ok(()),
-            Err(e) => return Err(e),
-            // Not ours (a symlink planted there, say): remove it, never follow it.
+        let name = OsStr::new(WORK_DIR);
+        let shown = |why: &dyn std::fmt::Display| {
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("branch {}: {why}", self.path.display()),
+            )
+        };
+        match sys::stat_at(self.root(), name) {
+            // Not a directory (a symlink planted there, say): the name is
+            // reserved; remove it, never follow it.
             Ok(st) if st.st_mode & libc::S_IFMT != libc::S_IFDIR => {
-                return sys::unlink_at(self.root(), OsStr::new(WORK_DIR), false);
+                sys::unlink_at(self.root(), name, false).map_err(|e| shown(&e))?
             }
-            Ok(_) => {}
+            Ok(_) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(shown(&e)),
         }
-        let work = self.work()?;
-        for entry in sys::read_dir(work.as_fd())? {
-            remove_tree(work.as_fd(), &entry.name)?;
-        }
-        Ok(())
+        let work = match self.open_work() {
+            Ok(w) => w,
+            Err(WorkError {
+                errno: Errno::EROFS | Errno::EACCES,
+                ..
+            }) => return Ok(()),
+            Err(e) => return Err(shown(&e.why)),
+        };
+        crate::tree::empty_dir(work.as_fd())
+            .map_err(|e| shown(&format!("clearing {WORK_DIR}: {e}")))
     }
 }
 
@@ -307,25 +382,6 @@ pub fn temp_name() -> OsString {
         PID.get_or_init(std::process::id),
         NEXT_TEMP.fetch_add(1, Ordering::Relaxed)
     ))
-}
-
-/// Remove `name` in `dir` and, if it is a directory, everything below it.
-/// Fd-relative all the way down: symlinks are removed, never followed.
-pub fn remove_tree(dir: BorrowedFd, name: &OsStr) -> sys::Result<()> {
-    let st = match sys::stat_at(dir, name) {
-        Ok(st) => st,
-        Err(Errno::ENOENT) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-        let sub = sys::open_dir(dir, Path::new(name))?;
-        for entry in sys::read_dir(sub.as_fd())? {
-            remove_tree(sub.as_fd(), &entry.name)?;
-        }
-        sys::unlink_at(dir, name, true)
-    } else {
-        sys::unlink_at(dir, name, false)
-    }
 }
 
 /// The branches of a mount, highest precedence first. Requests take an `Arc`

@@ -1,24 +1,33 @@
-//! The unionctl channel, server side: a Unix socket per mount, one JSON
-//! request and one JSON answer per connection. The caller is identified with
-//! SO_PEERCRED: anyone may list and query, only root or the user who mounted
-//! may change the branch set.
+//! The unionctl channel: a Unix socket per mount, one JSON request and one
+//! JSON answer per connection. The socket lives in a directory only its
+//! daemon's user may write (`/run/unionfs` for root, the user's runtime
+//! directory otherwise) and has its mode from birth. The server identifies
+//! the caller with SO_PEERCRED: anyone may list, and query what they could
+//! see through the mount anyway; only root or the user who mounted may
+//! change the branch set. Each connection has its own thread, a size limit
+//! and a deadline, so a stalled client delays nobody. The client believes
+//! only a server that is root or the mount's owner as the kernel records it.
 //!
 //! A change builds a whole new branch set, checks it with the rules of
 //! DESIGN.md section 2, swaps it in atomically (requests in flight finish on
 //! the set they started with), then invalidates the kernel's cached entries
 //! and attributes so that the next lookup sees the change.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsFd;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use nix::fcntl::OFlag;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::branch::{self, Branch, BranchSet, BranchSpec, Mode};
+use crate::mountinfo::Mount;
 use crate::sys::{self, Errno};
 use crate::union::Union;
 use crate::whiteout;
@@ -87,6 +96,14 @@ pub enum Response {
     Error { message: String, errno: i32 },
 }
 
+/// A branch error (its message names the branch) as an answer.
+fn io_error(e: std::io::Error) -> Response {
+    error(
+        Errno::from_raw(e.raw_os_error().unwrap_or(libc::EPERM)),
+        e.to_string(),
+    )
+}
+
 fn error(errno: Errno, message: impl Into<String>) -> Response {
     Response::Error {
         message: message.into(),
@@ -106,81 +123,157 @@ fn socket_name(mountpoint: &Path) -> String {
     format!("{h:016x}.sock")
 }
 
-/// Where a daemon run by `uid` puts its socket: /run/unionfs for root,
-/// $XDG_RUNTIME_DIR/unionfs (or /tmp/unionfs-UID) for anyone else.
+/// Where the sockets of mounts owned by root live.
+const ROOT_DIR: &str = "/run/unionfs";
+
+/// The runtime directory of `uid`: its own `$XDG_RUNTIME_DIR` when that is
+/// whom this process runs as, else the standard `/run/user/UID`.
+fn runtime_dir(uid: u32) -> PathBuf {
+    if uid == sys::geteuid() {
+        if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+            return PathBuf::from(d);
+        }
+    }
+    PathBuf::from(format!("/run/user/{uid}"))
+}
+
+/// The directory holding the sockets of mounts owned by `uid`.
 fn socket_dir(uid: u32) -> PathBuf {
     if uid == 0 {
-        return PathBuf::from("/run/unionfs");
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) => PathBuf::from(d).join("unionfs"),
-        None => PathBuf::from(format!("/tmp/unionfs-{uid}")),
+        PathBuf::from(ROOT_DIR)
+    } else {
+        runtime_dir(uid).join("unionfs")
     }
 }
 
-/// The socket this process would serve `mountpoint` on.
+/// The socket a daemon running as this process's user serves `mountpoint` on.
 pub fn socket_path(mountpoint: &Path) -> PathBuf {
-    socket_dir(sys::getuid()).join(socket_name(mountpoint))
+    socket_dir(sys::geteuid()).join(socket_name(mountpoint))
 }
 
-/// The socket of the daemon serving `mountpoint`, whoever mounted it.
-fn find_socket(mountpoint: &Path) -> PathBuf {
-    let name = socket_name(mountpoint);
-    let owner = std::fs::metadata(mountpoint)
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-        .unwrap_or(0);
-    [socket_dir(0), socket_dir(sys::getuid()), socket_dir(owner)]
-        .into_iter()
-        .map(|d| d.join(&name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| socket_dir(0).join(&name))
+/// Check that `fd` (an `O_PATH` fd on the directory `path`) is owned by this
+/// process's user and that nobody else may write it; group or other write
+/// bits on our own directory (as older versions left it) are taken away.
+fn check_dir(fd: BorrowedFd, path: &Path) -> Result<(), String> {
+    let st = sys::fstat(fd).map_err(|e| format!("{}: {e}", path.display()))?;
+    let me = sys::geteuid();
+    if st.st_uid != me {
+        return Err(format!(
+            "{} belongs to uid {}, not to uid {me}",
+            path.display(),
+            st.st_uid
+        ));
+    }
+    if st.st_mode & 0o022 != 0 {
+        let mode = st.st_mode & 0o7777 & !0o022;
+        sys::chmod_fd(fd, mode).map_err(|e| format!("{}: {e}", path.display()))?;
+        log::warn!(
+            "{}: mode {:o} let others in; now {mode:o}",
+            path.display(),
+            st.st_mode & 0o7777
+        );
+    }
+    Ok(())
+}
+
+/// Open (making it when missing) the socket directory of this daemon and
+/// check every directory on the way that it must trust: the directory
+/// itself, and for a user its runtime directory.
+fn open_socket_dir() -> Result<(PathBuf, OwnedFd), String> {
+    let me = sys::geteuid();
+    let dir = socket_dir(me);
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    let pfd = sys::open_dir_nofollow(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    if me != 0 {
+        // $XDG_RUNTIME_DIR must be the user's own, mode 0700 (the XDG rule).
+        let st = sys::fstat(pfd.as_fd()).map_err(|e| format!("{}: {e}", parent.display()))?;
+        if st.st_uid != me || st.st_mode & 0o077 != 0 {
+            return Err(format!(
+                "{} is not a private runtime directory of uid {me} (owner {}, mode {:o})",
+                parent.display(),
+                st.st_uid,
+                st.st_mode & 0o7777
+            ));
+        }
+    }
+    let name = dir.file_name().unwrap_or_default();
+    match sys::mkdir_at(pfd.as_fd(), name, 0o755) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    }
+    let fd = sys::open_at(pfd.as_fd(), name, OFlag::O_PATH | OFlag::O_DIRECTORY, 0).map_err(
+        |e| match e {
+            Errno::ELOOP | Errno::ENOTDIR => {
+                format!("{} is a symlink or not a directory", dir.display())
+            }
+            e => format!("{}: {e}", dir.display()),
+        },
+    )?;
+    check_dir(fd.as_fd(), &dir)?;
+    Ok((dir, fd))
 }
 
 /// Removes the socket when the mount ends.
 pub struct ControlSocket {
-    path: PathBuf,
+    dir: OwnedFd,
+    name: String,
 }
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let _ = sys::unlink_at(self.dir.as_fd(), OsStr::new(&self.name), false);
     }
 }
 
 /// How the kernel's caches are dropped after a change.
-pub type Invalidate = Box<dyn Fn(&Union) + Send>;
+pub type Invalidate = Box<dyn Fn(&Union) + Send + Sync>;
 
-/// Serve unionctl requests for `union` mounted at `mountpoint` on a thread.
+/// A request, newline included, is at most this long.
+const MAX_REQUEST: usize = 64 * 1024;
+/// A connection gets this long, all told, to send its request and read the answer.
+const DEADLINE: Duration = Duration::from_secs(5);
+/// Connections served at once for one uid, and in all: a client that stalls
+/// holds one slot of its own uid's, never another user's.
+const MAX_PER_UID: usize = 8;
+const MAX_TOTAL: usize = 128;
+
+/// Serve unionctl requests for `union` mounted at `mountpoint`, each
+/// connection on a thread of its own. Without a trustworthy socket directory
+/// the mount runs without the channel (the error says why).
 pub fn serve(
     union: Arc<Union>,
     mountpoint: PathBuf,
     invalidate: Invalidate,
-) -> std::io::Result<ControlSocket> {
-    let path = socket_path(&mountpoint);
-    let dir = path.parent().expect("socket path has a directory");
-    std::fs::create_dir_all(dir)?;
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
+) -> Result<ControlSocket, String> {
+    let (dir, dirfd) = open_socket_dir()?;
+    let name = socket_name(&mountpoint);
+    // A socket left by a daemon that died; the directory is ours alone.
+    match sys::unlink_at(dirfd.as_fd(), OsStr::new(&name), false) {
+        Ok(()) | Err(Errno::ENOENT) => {}
+        Err(e) => return Err(format!("{}/{name}: {e}", dir.display())),
+    }
     // Anyone may connect; each request is checked against the caller's uid.
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
-    let owner = sys::getuid();
+    let listener = sys::bind_unix(dirfd.as_fd(), OsStr::new(&name), 0o666)
+        .map_err(|e| format!("{}/{name}: {e}", dir.display()))?;
+    let server = Arc::new(Server {
+        union,
+        mountpoint,
+        owner: sys::geteuid(),
+        invalidate,
+        busy: Mutex::new(HashMap::new()),
+    });
     std::thread::Builder::new()
         .name("unionctl".into())
         .spawn(move || {
-            let server = Server {
-                union,
-                mountpoint,
-                owner,
-                invalidate,
-            };
             for conn in listener.incoming() {
                 match conn {
-                    Ok(stream) => server.connection(stream),
+                    Ok(stream) => Server::accept(&server, stream),
                     Err(e) => log::warn!("control socket: {e}"),
                 }
             }
-        })?;
-    Ok(ControlSocket { path })
+        })
+        .map_err(|e| format!("control thread: {e}"))?;
+    Ok(ControlSocket { dir: dirfd, name })
 }
 
 struct Server {
@@ -188,49 +281,108 @@ struct Server {
     mountpoint: PathBuf,
     owner: u32,
     invalidate: Invalidate,
+    /// Connections being served, per uid.
+    busy: Mutex<HashMap<u32, usize>>,
+}
+
+/// One connection's slot; given back when dropped.
+struct Slot<'a> {
+    server: &'a Server,
+    uid: u32,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.server.busy.lock();
+        if let Some(n) = busy.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                busy.remove(&self.uid);
+            }
+        }
+    }
 }
 
 impl Server {
-    fn connection(&self, stream: UnixStream) {
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-        let uid = nix::sys::socket::getsockopt(
-            &stream.as_fd(),
-            nix::sys::socket::sockopt::PeerCredentials,
-        )
-        .map(|c| c.uid())
-        .unwrap_or(u32::MAX);
-        let mut line = String::new();
-        let response = match BufReader::new(&stream).read_line(&mut line) {
-            Err(e) => error(Errno::EIO, format!("cannot read the request: {e}")),
-            Ok(_) => match serde_json::from_str::<Request>(&line) {
+    fn take_slot(&self, uid: u32) -> Option<Slot<'_>> {
+        let mut busy = self.busy.lock();
+        let total: usize = busy.values().sum();
+        let mine = busy.entry(uid).or_insert(0);
+        if *mine >= MAX_PER_UID || total >= MAX_TOTAL {
+            return None;
+        }
+        *mine += 1;
+        Some(Slot { server: self, uid })
+    }
+
+    fn accept(server: &Arc<Server>, stream: UnixStream) {
+        let peer = match sys::peer(stream.as_fd()) {
+            Ok(p) => p,
+            Err(e) => return log::warn!("control socket: no peer credentials: {e}"),
+        };
+        let s = server.clone();
+        let spawned = std::thread::Builder::new()
+            .name("unionctl-conn".into())
+            .spawn(move || {
+                let Some(_slot) = s.take_slot(peer.uid) else {
+                    let busy = error(Errno::EBUSY, "too many connections from this user at once");
+                    return reply(&stream, &busy, Instant::now() + Duration::from_millis(100));
+                };
+                s.connection(&stream, &peer);
+            });
+        if let Err(e) = spawned {
+            log::warn!("control socket: no thread for a connection: {e}");
+        }
+    }
+
+    fn connection(&self, stream: &UnixStream, peer: &sys::Peer) {
+        let deadline = Instant::now() + DEADLINE;
+        let response = match read_request(stream, deadline) {
+            Err(r) => r,
+            Ok(line) => match serde_json::from_slice::<Request>(&line) {
                 Err(e) => error(Errno::EINVAL, format!("bad request: {e}")),
-                Ok(req) if req.changes() && uid != 0 && uid != self.owner => error(
+                Ok(req) if req.changes() && peer.uid != 0 && peer.uid != self.owner => error(
                     Errno::EPERM,
                     match self.owner {
                         0 => "permission denied: only root may change the branches of this mount".to_string(),
                         o => format!("permission denied: only root or uid {o} (who mounted) may change the branches"),
                     },
                 ),
-                Ok(req) => self.handle(req),
+                Ok(req) => self.handle(req, peer),
             },
         };
-        let mut text = serde_json::to_string(&response).unwrap_or_default();
-        text.push('\n');
-        let mut stream = stream;
-        let _ = stream.write_all(text.as_bytes());
+        reply(stream, &response, deadline);
     }
 
-    fn handle(&self, req: Request) -> Response {
+    fn handle(&self, req: Request, peer: &sys::Peer) -> Response {
         match req {
             Request::List => Response::Branches(list(&self.union.branches())),
-            Request::Query { path } => query(&self.union.branches(), &path),
+            Request::Query { path } => {
+                let bs = self.union.branches();
+                // The daemon's own user sees all it can anyway.
+                let trusted = peer.uid == 0 || peer.uid == self.owner;
+                let seen = if trusted {
+                    Ok(())
+                } else {
+                    may_see(&bs, &path, peer)
+                };
+                match seen {
+                    Ok(()) => query(&bs, &path),
+                    Err(e) => error(
+                        e,
+                        format!(
+                            "{}: {e}: you cannot see this name through the mount",
+                            path.display()
+                        ),
+                    ),
+                }
+            }
             change => match self.change(change) {
                 Ok(bs) => Response::Branches(list(&bs)),
                 Err(r) => r,
             },
         }
     }
-
     fn change(&self, req: Request) -> Result<Arc<BranchSet>, Response> {
         let _serial = self.union.change_lock.lock();
         let old = self.union.branches();
@@ -326,21 +478,8 @@ impl Server {
         for ((existing, spec), canon) in next.into_iter().zip(checked) {
             let b = match existing {
                 Some(b) if b.mode == spec.mode => b,
-                Some(b) => Arc::new(
-                    b.with_mode(spec.mode)
-                        .map_err(|e| error(e, format!("{}: {e}", spec.path.display())))?,
-                ),
-                None => {
-                    let b = Branch::open(&canon).map_err(|e| {
-                        error(
-                            Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-                            format!("{}: {e}", canon.path.display()),
-                        )
-                    })?;
-                    b.clean_work()
-                        .map_err(|e| error(e, format!("{}: {e}", canon.path.display())))?;
-                    Arc::new(b)
-                }
+                Some(b) => Arc::new(b.with_mode(spec.mode).map_err(io_error)?),
+                None => Arc::new(Branch::open(&canon).map_err(io_error)?),
             };
             branches.push(b);
         }
@@ -415,13 +554,120 @@ fn describe(dir: std::os::fd::BorrowedFd, name: &std::ffi::OsStr) -> Option<Stri
     (!what.is_empty()).then_some(what)
 }
 
-/// Send one request to the daemon serving `mountpoint` (canonical) and read its answer.
-pub fn request(mountpoint: &Path, req: &Request) -> std::io::Result<Response> {
-    let mut stream = UnixStream::connect(find_socket(mountpoint))?;
-    let mut text = serde_json::to_string(req)?;
-    text.push('\n');
-    stream.write_all(text.as_bytes())?;
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
-    Ok(serde_json::from_str(&line)?)
+/// Read one request line, at most [`MAX_REQUEST`] bytes, before `deadline`.
+fn read_request(mut stream: &UnixStream, deadline: Instant) -> Result<Vec<u8>, Response> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(error(
+                Errno::ETIMEDOUT,
+                format!("the request did not arrive within {} s", DEADLINE.as_secs()),
+            ));
+        }
+        let _ = stream.set_read_timeout(Some(left));
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok(buf),
+            Ok(n) => {
+                let chunk = &chunk[..n];
+                if let Some(end) = chunk.iter().position(|&b| b == b'\n') {
+                    buf.extend_from_slice(&chunk[..end]);
+                    return Ok(buf);
+                }
+                buf.extend_from_slice(chunk);
+                if buf.len() >= MAX_REQUEST {
+                    return Err(error(
+                        Errno::E2BIG,
+                        format!("the request is longer than {MAX_REQUEST} bytes"),
+                    ));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(error(Errno::EIO, format!("cannot read the request: {e}"))),
+        }
+    }
+}
+
+/// Write the answer, giving up at `deadline`.
+fn reply(mut stream: &UnixStream, response: &Response, deadline: Instant) {
+    let mut text = serde_json::to_vec(response).unwrap_or_default();
+    text.push(b'\n');
+    let left = deadline.saturating_duration_since(Instant::now());
+    let _ = stream.set_write_timeout(Some(left.max(Duration::from_millis(10))));
+    let _ = stream.write_all(&text);
+}
+
+/// Whether `who` may ask what `st` holds: `want` is `R_OK`/`W_OK`/`X_OK` bits.
+fn allowed(st: &sys::FileStat, who: &sys::Peer, want: u32) -> bool {
+    let shift = if who.uid == st.st_uid {
+        6
+    } else if who.gid == st.st_gid || who.groups.contains(&st.st_gid) {
+        3
+    } else {
+        0
+    };
+    (st.st_mode >> shift) & want == want
+}
+
+/// Whether `who` could see the name `path` through the union: every
+/// directory on the way searchable by them, and the one holding the name
+/// readable too (what `ls -l DIR` needs). `--query` tells no more than that.
+fn may_see(bs: &BranchSet, path: &Path, who: &sys::Peer) -> Result<(), Errno> {
+    let mut layers: Vec<usize> = (0..bs.len()).collect();
+    let mut dir = sys::fstat(bs.get(0).root())?;
+    let mut cur = PathBuf::new();
+    let mut comps = path.iter().peekable();
+    while let Some(c) = comps.next() {
+        let last = comps.peek().is_none();
+        let want = if last { 0o5 } else { 0o1 };
+        if !allowed(&dir, who, want) {
+            return Err(Errno::EACCES);
+        }
+        if last {
+            break;
+        }
+        let scan = crate::lookup::scan_path(bs, &layers, &cur, c, false)?;
+        match scan.top() {
+            Some(t) if t.is_dir() => dir = t.stat,
+            Some(_) => return Err(Errno::ENOTDIR),
+            None => return Err(Errno::ENOENT),
+        }
+        layers = scan.layers();
+        cur.push(c);
+    }
+    Ok(())
+}
+
+/// Send one request to the daemon serving `mount`, after checking that it is
+/// root or the mount's owner as the kernel records it: a socket someone else
+/// bound is never believed.
+pub fn request(mount: &Mount, req: &Request) -> Result<Response, String> {
+    let owner = mount.fuse_owner().unwrap_or(0);
+    let path = socket_dir(owner).join(socket_name(&mount.mount_point));
+    let shown = path.display();
+    let mut stream = UnixStream::connect(&path)
+        .map_err(|e| format!("cannot reach its daemon at {shown}: {e}"))?;
+    let server = sys::peer(stream.as_fd()).map_err(|e| format!("{shown}: {e}"))?;
+    if server.uid != 0 && server.uid != owner {
+        return Err(format!(
+            "{shown} is served by uid {}, neither root nor the mount's owner (uid {owner}): not trusted",
+            server.uid
+        ));
+    }
+    let mut text = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+    text.push(b'\n');
+    let io = |e: std::io::Error| format!("{shown}: {e}");
+    stream.set_read_timeout(Some(DEADLINE * 2)).map_err(io)?;
+    stream.write_all(&text).map_err(io)?;
+    let mut line = Vec::new();
+    BufReader::new(stream.take(16 << 20))
+        .read_until(b'\n', &mut line)
+        .map_err(io)?;
+    serde_json::from_slice(&line).map_err(|e| format!("{shown}: bad answer: {e}"))
 }

@@ -11,9 +11,10 @@ use std::sync::Arc;
 
 use nix::fcntl::OFlag;
 
-use crate::branch::{remove_tree, temp_name, BranchSet};
+use crate::branch::{temp_name, BranchSet};
 use crate::inode::{Node, ROOT};
 use crate::sys::{self, Errno, FileStat, Obj, Result, Time};
+use crate::tree::remove_tree;
 use crate::union::Union;
 use crate::whiteout;
 
@@ -67,34 +68,61 @@ fn is_kind(st: &FileStat, kind: u32) -> bool {
     st.st_mode & libc::S_IFMT == kind
 }
 
-/// Copy xattrs, owner, mode and times from `src` (an fd on the source) to the
-/// entry `name` of `dir`: calls on (directory, name) that never follow a
-/// symlink, so no fd on the copy is needed.
-pub fn copy_meta(src: Obj, st: &FileStat, dir: BorrowedFd, name: &OsStr) -> Result<()> {
+/// Copy owner, mode, xattrs and times from `src` (an fd on the source) to
+/// `dst`, an fd on the copy that this process made itself (`O_PATH` for what
+/// cannot be opened otherwise): calls on the fd, never on a name that
+/// someone could replace meanwhile. The owner first, since a chown clears
+/// setuid bits and file capabilities; the times last.
+pub fn copy_meta(src: Obj, st: &FileStat, dst: BorrowedFd) -> Result<()> {
     let link = is_kind(st, libc::S_IFLNK);
-    let dst = Obj::at(dir, name);
+    let to = Obj::fd(dst);
+    // A new entry belongs to this daemon already.
+    if (st.st_uid, st.st_gid) != (sys::geteuid(), sys::getegid()) {
+        to.chown(Some(st.st_uid), Some(st.st_gid))?;
+    }
     if !link {
+        sys::chmod_obj(to, st.st_mode & 0o7777)?;
         for (k, v) in sys::all_xattrs_obj(src)? {
-            match sys::set_xattr_obj(dst, &k, &v, 0) {
+            match sys::set_xattr_obj(to, &k, &v, 0) {
                 // The branch may not take every namespace (security.*, trusted.*).
                 Ok(()) | Err(Errno::EOPNOTSUPP | Errno::EPERM) => {}
                 Err(e) => return Err(e),
             }
         }
     }
-    // A new entry belongs to this daemon already.
-    if (st.st_uid, st.st_gid) != (sys::geteuid(), sys::getegid()) {
-        sys::chown_at(dir, name, Some(st.st_uid), Some(st.st_gid))?;
-    }
-    if !link {
-        sys::chmod_obj(dst, st.st_mode & 0o7777)?;
-    }
-    sys::utimes_at(
-        dir,
-        name,
+    to.utimes(
         Time::Set(st.st_atime, st.st_atime_nsec),
         Time::Set(st.st_mtime, st.st_mtime_nsec),
     )
+}
+
+/// Make an entry of the kind `mode & S_IFMT` (not a regular file: those are made
+/// with `O_CREAT | O_EXCL`) as `name` in `dir`, closed to others until its
+/// metadata is set, and answer an `O_PATH` fd on it. The fd is checked to be
+/// the entry just made (this process's, with no other name), so a swap of
+/// the name in between is an error, never a chmod or chown of someone else's
+/// file.
+pub fn make_node(
+    dir: BorrowedFd,
+    name: &OsStr,
+    mode: u32,
+    rdev: u64,
+    target: Option<&OsStr>,
+) -> Result<OwnedFd> {
+    let kind = mode & libc::S_IFMT;
+    match kind {
+        libc::S_IFDIR => sys::mkdir_at(dir, name, 0o700)?,
+        libc::S_IFLNK => sys::symlink_at(target.ok_or(Errno::EINVAL)?, dir, name)?,
+        _ => sys::mknod_at(dir, name, kind | 0o600, rdev)?,
+    }
+    let fd = sys::open_at(dir, name, OFlag::O_PATH, 0)?;
+    let made = sys::fstat(fd.as_fd())?;
+    let links = if kind == libc::S_IFDIR { 2 } else { 1 };
+    if !is_kind(&made, kind) || made.st_uid != sys::geteuid() || made.st_nlink != links {
+        log::error!("{name:?} was replaced right after it was made: left alone");
+        return Err(Errno::ESTALE);
+    }
+    Ok(fd)
 }
 
 /// Below this size a reflink is not worth its extra call (and most
@@ -233,37 +261,31 @@ impl Union {
         data: bool,
     ) -> Result<Temp> {
         let mut tmp = Temp::new(bs.get(target).work()?);
-        let kind = st.st_mode & libc::S_IFMT;
-        match kind {
-            libc::S_IFREG => {
-                let dst = sys::open_at(
-                    tmp.dir(),
-                    &tmp.name.clone(),
-                    OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY,
-                    0o600,
-                )?;
-                tmp.arm();
-                if data && st.st_size > 0 {
-                    let s = sys::open_at(src_dir, name, OFlag::O_RDONLY, 0)?;
-                    copy_data(s.as_fd(), dst.as_fd(), st.st_size as u64)?;
-                    sys::fsync(dst.as_fd(), true)?;
-                }
+        let tname = tmp.name.clone();
+        let dst = if is_kind(st, libc::S_IFREG) {
+            let dst = sys::open_at(
+                tmp.dir(),
+                &tname,
+                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY,
+                0o600,
+            )?;
+            tmp.arm();
+            if data && st.st_size > 0 {
+                let s = sys::open_at(src_dir, name, OFlag::O_RDONLY, 0)?;
+                copy_data(s.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                sys::fsync(dst.as_fd(), true)?;
             }
-            libc::S_IFDIR => {
-                sys::mkdir_at(tmp.dir(), &tmp.name.clone(), 0o700)?;
-                tmp.arm();
-            }
-            libc::S_IFLNK => {
-                let target = sys::readlink_at(src_dir, name)?;
-                sys::symlink_at(&target, tmp.dir(), &tmp.name.clone())?;
-                tmp.arm();
-            }
-            _ => {
-                sys::mknod_at(tmp.dir(), &tmp.name.clone(), st.st_mode, st.st_rdev)?;
-                tmp.arm();
-            }
-        }
-        copy_meta(Obj::at(src_dir, name), st, tmp.dir(), &tmp.name.clone())?;
+            dst
+        } else {
+            let target = match is_kind(st, libc::S_IFLNK) {
+                true => Some(sys::readlink_at(src_dir, name)?),
+                false => None,
+            };
+            let made = make_node(tmp.dir(), &tname, st.st_mode, st.st_rdev, target.as_deref());
+            tmp.arm();
+            made?
+        };
+        copy_meta(Obj::at(src_dir, name), st, dst.as_fd())?;
         Ok(tmp)
     }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use nix::fcntl::OFlag;
 
-use crate::copyup::Temp;
+use crate::copyup::{make_node, Temp};
 use crate::file::Opened;
 use crate::inode::{Loc, Node};
 use crate::sys::{self, Errno, Result};
@@ -66,20 +66,20 @@ impl Union {
                 let acc = OFlag::from_bits_truncate(
                     flags & (libc::O_ACCMODE | libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC),
                 );
-                let fd = sys::open_at(
-                    pdir,
-                    name,
-                    acc | OFlag::O_CREAT | OFlag::O_EXCL,
-                    mode & 0o7777,
-                )?;
-                if chown {
-                    undo_on_err(
-                        pdir,
-                        name,
-                        false,
-                        sys::chown_fd(fd.as_fd(), Some(uid), Some(gid)),
-                    )?;
-                }
+                let mode = mode & 0o7777;
+                let fd = sys::open_at(pdir, name, acc | OFlag::O_CREAT | OFlag::O_EXCL, mode)?;
+                let owned = if chown {
+                    sys::chown_fd(fd.as_fd(), Some(uid), Some(gid))
+                } else {
+                    Ok(())
+                };
+                // The umask took bits, or the chown took setuid ones: exactly the mode asked for.
+                let moded = if mode & sys::UMASK != 0 || (chown && mode & 0o6000 != 0) {
+                    sys::chmod_fd(fd.as_fd(), mode)
+                } else {
+                    Ok(())
+                };
+                undo_on_err(pdir, name, false, owned.and(moded))?;
                 file = Some((fd, acc));
             }
             New::Dir { mode } => {
@@ -96,12 +96,28 @@ impl Union {
                 sys::chmod_fd(t.as_fd(), mode)?;
                 tmp.commit(pdir, name, libc::RENAME_NOREPLACE)?;
             }
+            New::Special { mode, rdev } if chown || mode & sys::UMASK != 0 => {
+                // Owner and mode are set on the new node through its fd in
+                // the work directory, then it is renamed into place.
+                let mut tmp = Temp::new(bs.get(up).work()?);
+                let tname = tmp.name.clone();
+                let made = make_node(tmp.dir(), &tname, mode, rdev, None);
+                tmp.arm();
+                let fd = made?;
+                sys::chown_obj(fd.as_fd(), Some(uid), Some(gid))?;
+                sys::chmod_fd(fd.as_fd(), mode & 0o7777)?;
+                tmp.commit(pdir, name, libc::RENAME_NOREPLACE)?;
+            }
             New::Special { mode, rdev } => sys::mknod_at(pdir, name, mode, rdev)?,
+            New::Symlink { target } if chown => {
+                let mut tmp = Temp::new(bs.get(up).work()?);
+                let tname = tmp.name.clone();
+                let made = make_node(tmp.dir(), &tname, libc::S_IFLNK, 0, Some(target));
+                tmp.arm();
+                sys::chown_obj(made?.as_fd(), Some(uid), Some(gid))?;
+                tmp.commit(pdir, name, libc::RENAME_NOREPLACE)?;
+            }
             New::Symlink { target } => sys::symlink_at(target, pdir, name)?,
-        }
-        if chown && matches!(new, New::Special { .. } | New::Symlink { .. }) {
-            let owned = sys::chown_at(pdir, name, Some(uid), Some(gid));
-            undo_on_err(pdir, name, false, owned)?;
         }
         if replaces_whiteout {
             whiteout::remove_whiteout(pdir, name)?;

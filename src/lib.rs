@@ -21,12 +21,14 @@ pub mod file;
 pub mod fs;
 pub mod inode;
 pub mod lookup;
+pub mod mountinfo;
 pub mod nameindex;
 pub mod options;
 pub mod readdir;
 pub mod rename;
 pub mod snapmerge;
 pub mod sys;
+pub mod tree;
 pub mod union;
 pub mod whiteout;
 
@@ -88,17 +90,10 @@ const FD_HEADROOM: u64 = 8192;
 /// The mount's readahead is a setting of its backing device, in sysfs: set
 /// it when this process may (root), else leave the kernel's.
 fn set_readahead(mountpoint: &Path, kb: u32) {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    let Some(m) = mountinfo::mount_at(mountpoint) else {
         return;
     };
-    // Fields: id parent major:minor root mountpoint ...; the last match is ours.
-    let Some(dev) = info.lines().rev().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        (f.len() > 4 && Path::new(f[4]) == mountpoint).then(|| f[2].to_string())
-    }) else {
-        return;
-    };
-    let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    let knob = format!("/sys/class/bdi/{}/read_ahead_kb", m.dev);
     if let Err(e) = std::fs::write(&knob, kb.to_string()) {
         log::debug!("readahead stays the kernel's: {knob}: {e}");
     }
@@ -108,7 +103,9 @@ fn set_readahead(mountpoint: &Path, kb: u32) {
 /// unionctl socket (removed when this is dropped).
 pub struct Mounted {
     pub session: fuser::Session<fs::UnionFs>,
-    pub control: control::ControlSocket,
+    /// None when no trustworthy directory for the socket exists (the mount
+    /// works, unionctl cannot reach it; a warning said why).
+    pub control: Option<control::ControlSocket>,
 }
 
 /// Mount the union of `branches` on `mountpoint` (absolute). The mount is
@@ -118,8 +115,9 @@ pub fn mount(
     mountpoint: &Path,
     opts: &MountOptions,
 ) -> std::io::Result<Mounted> {
-    // Modes come from the requests (already masked by the caller's umask).
-    sys::set_umask(0);
+    // Modes come from the requests, already masked by the caller's umask;
+    // each new entry gets exactly its mode (see sys::UMASK).
+    sys::set_umask(sys::UMASK);
     // Room for the directory cache, the branch roots and open files, made
     // before any thread starts.
     let limit = sys::reserve_fds(opts.dir_cache as u64 + FD_HEADROOM);
@@ -143,6 +141,12 @@ pub fn mount(
         }
         let _ = notifier.inval_inode(fuser::INodeNo(inode::ROOT), 0, 0);
     });
-    let control = control::serve(union, mountpoint.to_path_buf(), invalidate)?;
+    let control = match control::serve(union, mountpoint.to_path_buf(), invalidate) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log::warn!("no unionctl channel for {}: {e}", mountpoint.display());
+            None
+        }
+    };
     Ok(Mounted { session, control })
 }

@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::fcntl::OFlag;
 
-use crate::branch::remove_tree;
-use crate::copyup::{copy_data, copy_meta};
+use crate::copyup::{copy_data, copy_meta, make_node};
 use crate::sys::{self, Errno, FileStat};
+use crate::tree::remove_tree;
 use crate::whiteout::{self, OPAQUE, WORK_DIR};
 
 /// Temporary names in base directories: `.wh..wh.` names are never shown by
@@ -234,7 +234,7 @@ impl<'a> Merge<'a> {
             let ssub = sys::open_dir(sdir, Path::new(name)).map_err(at)?;
             self.dir(bsub.as_fd(), ssub.as_fd(), path)?;
             // Metadata last: filling the directory changed its times.
-            copy_meta(sys::Obj::fd(sfd.as_fd()), &st, bdir, name).map_err(at)?;
+            copy_meta(sys::Obj::fd(sfd.as_fd()), &st, bsub.as_fd()).map_err(at)?;
             if let Some(c) = change {
                 self.note(c, path);
             }
@@ -291,7 +291,7 @@ impl<'a> Merge<'a> {
             _ => false,
         };
         if !linked {
-            match kind(st) {
+            let dst = match kind(st) {
                 libc::S_IFREG => {
                     let dst = sys::open_at(
                         bdir,
@@ -302,11 +302,18 @@ impl<'a> Merge<'a> {
                     let src = sys::open_at(sdir, name, OFlag::O_RDONLY, 0)?;
                     copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
                     sys::fsync(dst.as_fd(), true)?;
+                    dst
                 }
-                libc::S_IFLNK => sys::symlink_at(&sys::readlink_obj(sfd.as_fd())?, bdir, &tmp)?,
-                _ => sys::mknod_at(bdir, &tmp, st.st_mode, st.st_rdev)?,
-            }
-            copy_meta(sys::Obj::fd(sfd.as_fd()), st, bdir, &tmp)?;
+                libc::S_IFLNK => make_node(
+                    bdir,
+                    &tmp,
+                    st.st_mode,
+                    0,
+                    Some(&sys::readlink_obj(sfd.as_fd())?),
+                )?,
+                _ => make_node(bdir, &tmp, st.st_mode, st.st_rdev, None)?,
+            };
+            copy_meta(sys::Obj::fd(sfd.as_fd()), st, dst.as_fd())?;
         }
         if let Ok(o) = sys::stat_at(bdir, name) {
             if kind(&o) == libc::S_IFDIR {

@@ -29,6 +29,29 @@ const RESOLVE: ResolveFlag = ResolveFlag::RESOLVE_BENEATH
 
 /// Open `rel` (a relative path, "" for the directory itself) beneath `root`.
 pub fn open_beneath(root: BorrowedFd, rel: &Path, flags: OFlag, mode: u32) -> Result<OwnedFd> {
+    openat2(root, rel, flags, mode, RESOLVE)
+}
+
+/// An `O_PATH` handle on the directory `name` of `dir` on the same
+/// filesystem: a mount point there is EXDEV, a symlink ELOOP. For what must
+/// never leave one filesystem (tree removal, the work directory).
+pub fn open_dir_here(dir: BorrowedFd, name: &OsStr) -> Result<OwnedFd> {
+    openat2(
+        dir,
+        Path::new(name),
+        OFlag::O_PATH | OFlag::O_DIRECTORY,
+        0,
+        RESOLVE.union(ResolveFlag::RESOLVE_NO_XDEV),
+    )
+}
+
+fn openat2(
+    root: BorrowedFd,
+    rel: &Path,
+    flags: OFlag,
+    mode: u32,
+    resolve: ResolveFlag,
+) -> Result<OwnedFd> {
     let rel = if rel.as_os_str().is_empty() {
         Path::new(".")
     } else {
@@ -37,7 +60,7 @@ pub fn open_beneath(root: BorrowedFd, rel: &Path, flags: OFlag, mode: u32) -> Re
     let how = OpenHow::new()
         .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
         .mode(Mode::from_bits_truncate(mode))
-        .resolve(RESOLVE);
+        .resolve(resolve);
     // openat2 answers EAGAIN when a concurrent rename raced the lookup.
     for _ in 0..16 {
         match fcntl::openat2(root, rel, how) {
@@ -569,6 +592,10 @@ pub fn into_file(fd: OwnedFd) -> File {
     File::from(fd)
 }
 
+/// The umask the daemon runs with. Nothing relies on it: whatever it takes
+/// from a mode that was asked for is put back through the new entry's fd.
+pub const UMASK: u32 = 0o022;
+
 pub fn set_umask(mask: u32) {
     stat::umask(Mode::from_bits_truncate(mask));
 }
@@ -694,4 +721,82 @@ pub fn unmount_retrying(path: &Path) -> bool {
     }
     let _ = umount2(path, MntFlags::MNT_DETACH);
     false
+}
+
+/// Who is at the other end of a Unix socket: for a client, the process that
+/// connected; for a server, the one that called listen().
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (SO_PEERGROUPS), empty when the kernel cannot say.
+    pub groups: Vec<u32>,
+}
+
+pub fn peer(sock: BorrowedFd) -> Result<Peer> {
+    let c = nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::PeerCredentials)?;
+    let mut groups = vec![0u32; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<u32>()) as libc::socklen_t;
+        // SAFETY: SO_PEERGROUPS writes at most `len` bytes of gid_t into the
+        // buffer, which is valid for that many bytes, and updates `len`.
+        let r = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        match Errno::result(r) {
+            Ok(_) => {
+                groups.truncate(len as usize / std::mem::size_of::<u32>());
+                break;
+            }
+            // The buffer was small: `len` says how much is needed.
+            Err(Errno::ERANGE) if (len as usize) > groups.len() * 4 => {
+                groups = vec![0u32; len as usize / 4 + 1];
+            }
+            Err(_) => {
+                groups.clear();
+                break;
+            }
+        }
+    }
+    Ok(Peer {
+        pid: c.pid(),
+        uid: c.uid(),
+        gid: c.gid(),
+        groups,
+    })
+}
+
+/// Bind a listening Unix socket at `name` in the directory `dir` (reached
+/// through the fd, so it lands in exactly the directory that was checked),
+/// with `mode` from its birth: bind(2) takes the mode from the umask, which
+/// is set for the call and put back. Nothing in this process creates files
+/// that rely on the umask, so a thread that creates one meanwhile is unaffected.
+pub fn bind_unix(
+    dir: BorrowedFd,
+    name: &OsStr,
+    mode: u32,
+) -> std::io::Result<std::os::unix::net::UnixListener> {
+    let mut path = OsString::from(format!("/proc/self/fd/{}/", dir.as_raw_fd()));
+    path.push(name);
+    let old = stat::umask(Mode::from_bits_truncate(!mode & 0o777));
+    let bound = std::os::unix::net::UnixListener::bind(Path::new(&path));
+    stat::umask(old);
+    bound
+}
+
+/// An `O_PATH` handle on the directory at the absolute `path`, refusing a
+/// symlink in its last component.
+pub fn open_dir_nofollow(path: &Path) -> Result<OwnedFd> {
+    fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
 }

@@ -92,9 +92,6 @@ impl Union {
         if bs.is_empty() {
             return Err(Errno::EINVAL);
         }
-        for b in &bs.branches {
-            b.clean_work()?;
-        }
         let top = bs.get(0);
         let st = sys::fstat(top.root())?;
         let layers = bs.branches.iter().map(|b| b.id).collect();

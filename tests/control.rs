@@ -324,3 +324,196 @@ fn concurrent_load_during_changes_loses_nothing() {
     }
     assert_eq!(list(&u), vec!["/rw (rw)", "/ro (ro)"]);
 }
+
+// The channel as a local attacker sees it.
+
+/// A Perl one-off: a Unix-socket server at ARGV[0] that listens as uid
+/// ARGV[1] (bound as root first, so it can sit where root's sockets do) and
+/// answers every request with ARGV[2]; prints "ready" once listening.
+const FAKE_SERVER: &str = r#"
+use Socket;
+my ($path, $uid, $answer) = @ARGV;
+socket(S, PF_UNIX, SOCK_STREAM, 0) or die "socket: $!";
+unlink $path;
+bind(S, pack_sockaddr_un($path)) or die "bind: $!";
+chmod 0666, $path;
+$> = $uid;
+listen(S, 5) or die "listen: $!";
+$| = 1;
+print "ready\n";
+while (accept(C, S)) { my $l = <C>; print C "$answer\n"; close C; }
+"#;
+
+/// A Perl one-off client: connects to ARGV[0], sends ARGV[1] and a newline,
+/// prints the answer.
+const RAW_CLIENT: &str = r#"
+use Socket;
+socket(S, PF_UNIX, SOCK_STREAM, 0) or die "socket: $!";
+connect(S, pack_sockaddr_un($ARGV[0])) or die "connect: $!";
+syswrite(S, "$ARGV[1]\n");
+my $b; while (sysread(S, $b, 65536)) { print $b }
+"#;
+
+fn socket_of(u: &Union) -> std::path::PathBuf {
+    unionfs::control::socket_path(&fs::canonicalize(&u.mnt).unwrap())
+}
+
+#[test]
+fn the_socket_directory_is_roots_alone_and_the_daemon_umask_is_not_zero() {
+    need_fuse!();
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    // As an older version left it: world-writable.
+    let _ = fs::create_dir_all("/run/unionfs");
+    fs::set_permissions("/run/unionfs", fs::Permissions::from_mode(0o777)).unwrap();
+    let mut u = Union::new(&["rw"]);
+    u.mount("rw", &[]);
+    let dir = fs::symlink_metadata("/run/unionfs").unwrap();
+    assert!(dir.is_dir());
+    assert_eq!(dir.uid(), 0);
+    assert_eq!(dir.mode() & 0o022, 0, "mode {:o}", dir.mode() & 0o7777);
+    let sock = fs::symlink_metadata(socket_of(&u)).unwrap();
+    assert!(sock.file_type().is_socket());
+    assert_eq!((sock.uid(), sock.mode() & 0o7777), (0, 0o666));
+    // A local user can neither squat a name nor plant a symlink there.
+    let out = as_attacker("ln -s /etc/shadow /run/unionfs/x.sock || touch /run/unionfs/y");
+    assert!(!out.status.success());
+    assert!(!exists("/run/unionfs/x.sock") && !exists("/run/unionfs/y"));
+    assert_ne!(daemon_umask(&u.mnt), 0, "the daemon runs with umask 0");
+}
+
+#[test]
+fn a_socket_bound_by_someone_else_is_not_believed() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "base", "snap"]);
+    open_up(&u);
+    u.mount("base=rw", &[]);
+    let sock = socket_of(&u);
+    let (uid, _) = attacker();
+    // The attacker's server in place of the daemon's: it lies about the branches.
+    let lie = r#"{"branches":[{"path":"/lie","mode":"ro"}]}"#;
+    let mut fake = Command::new("perl")
+        .args(["-e", FAKE_SERVER])
+        .arg(&sock)
+        .arg(uid.to_string())
+        .arg(lie)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 6];
+    fake.stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    assert_eq!(&ready, b"ready\n");
+    let out = ctl(&[u.mnt.as_os_str(), "--list".as_ref()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    fake.kill().unwrap();
+    let _ = fake.wait();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("/lie"));
+    assert!(
+        err.contains(&format!("served by uid {uid}")) && err.contains("not trusted"),
+        "{err}"
+    );
+    // snapmerge, told the same lie, refuses to merge into the live rw branch.
+    let mut fake = Command::new("perl")
+        .args(["-e", FAKE_SERVER])
+        .arg(&sock)
+        .arg(uid.to_string())
+        .arg(lie)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    fake.stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    write(u.b("snap/new"), "x");
+    let out = Command::new(env!("CARGO_BIN_EXE_snapmerge"))
+        .arg(u.b("base"))
+        .arg(u.b("snap"))
+        .output()
+        .unwrap();
+    fake.kill().unwrap();
+    let _ = fake.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not trusted"), "{err}");
+    assert!(
+        !exists(u.b("base/new")),
+        "snapmerge merged into a live rw branch"
+    );
+}
+
+#[test]
+fn a_stalled_client_delays_no_one_and_is_cut_off() {
+    need_fuse!();
+    let mut u = Union::new(&["rw"]);
+    u.mount("rw", &[]);
+    let sock = socket_of(&u);
+    // One connection that sends half a request and then nothing.
+    let mut stalled = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    stalled.write_all(b"{\"op\":").unwrap();
+    let start = std::time::Instant::now();
+    let out = Command::new("timeout")
+        .arg("3")
+        .arg(UNIONCTL)
+        .arg(&u.mnt)
+        .arg("--list")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "--list waited for a stalled client");
+    assert!(start.elapsed() < std::time::Duration::from_secs(3));
+    // The stalled one is answered with an error at the deadline and closed.
+    let mut answer = String::new();
+    stalled.read_to_string(&mut answer).unwrap();
+    assert!(answer.contains("did not arrive within"), "{answer}");
+    // A request with no end is refused once it is too long, and costs no memory.
+    let mut big = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    let mut sent = 0;
+    while sent < 64 << 20 && big.write_all(&chunk).is_ok() {
+        sent += chunk.len();
+    }
+    assert!(sent < 64 << 20, "the daemon read 64 MiB of one request");
+    let status = read(format!("/proc/{}/status", daemon_pid(&u.mnt)));
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(rss_kb < 64 << 10, "daemon RSS {rss_kb} kB");
+}
+
+#[test]
+fn query_tells_a_user_only_what_they_could_see() {
+    need_fuse!();
+    use std::os::unix::fs::PermissionsExt;
+    let mut u = Union::new(&["rw", "ro"]);
+    open_up(&u);
+    write(u.b("ro/secret/plans"), "x");
+    write(u.b("ro/public/readme"), "x");
+    fs::set_permissions(u.b("ro/secret"), fs::Permissions::from_mode(0o700)).unwrap();
+    u.mount("rw=rw:ro=ro", &["allow_other"]);
+    let sock = socket_of(&u).display().to_string();
+    let ask = |path: &str| {
+        let req = format!(r#"{{"op":"query","path":"{path}"}}"#);
+        let out = as_attacker(&format!(
+            "perl -e '{}' '{sock}' '{req}'",
+            RAW_CLIENT.replace('\'', "")
+        ));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let hidden = ask("secret/plans");
+    assert!(
+        hidden.contains("cannot see") && !hidden.contains("holders"),
+        "{hidden}"
+    );
+    let seen = ask("public/readme");
+    assert!(seen.contains("holders") && seen.contains("file"), "{seen}");
+    // Root sees everything.
+    let out = ctl(&[u.m("secret/plans").as_os_str(), "--query".as_ref()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("file"));
+}

@@ -284,3 +284,30 @@ fn killed_daemon_leaves_no_partial_copy_visible() {
         "leftovers not cleaned at mount"
     );
 }
+
+#[test]
+fn copy_up_keeps_setuid_bits_and_file_capabilities() {
+    need_fuse!();
+    use std::os::unix::fs::PermissionsExt;
+    let mut u = Union::new(&["rw", "ro"]);
+    write(u.b("ro/ping"), "binary");
+    sh(&format!("chown 1000:1000 '{}'", u.b("ro/ping").display()));
+    fs::set_permissions(u.b("ro/ping"), fs::Permissions::from_mode(0o6755)).unwrap();
+    // cap_net_raw+ep, as setcap writes it (VFS_CAP_REVISION_2).
+    let cap = "0sAAAAAgAgAAAAAAAAAAAAAAAAAAA=";
+    sh(&format!(
+        "setfattr -n security.capability -v {cap} '{}'",
+        u.b("ro/ping").display()
+    ));
+    u.mount("rw=rw:ro=ro", &[]);
+    sh(&format!("touch -c '{}'", u.m("ping").display()));
+    assert_eq!(mode(u.b("rw/ping")), 0o6755);
+    let got = sh(&format!(
+        "getfattr -e base64 -n security.capability '{}'",
+        u.b("rw/ping").display()
+    ));
+    assert!(
+        got.contains(&format!("security.capability={cap}")),
+        "the capability was lost: {got}"
+    );
+}

@@ -338,6 +338,6 @@ pub fn remove_path(p: &Path) -> Result<(), Error> {
         nix::sys::stat::Mode::empty(),
     )
     .map_err(|e| Error::Io(p.display().to_string(), e.into()))?;
-    unionfs::branch::remove_tree(std::os::fd::AsFd::as_fd(&dir), name)
+    unionfs::tree::remove_tree(std::os::fd::AsFd::as_fd(&dir), name)
         .map_err(|e| Error::Io(p.display().to_string(), e.into()))
 }

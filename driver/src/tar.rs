@@ -18,8 +18,8 @@ use std::path::{Component, Path, PathBuf};
 
 use nix::fcntl::OFlag;
 use sha2::{Digest, Sha256};
-use unionfs::branch::remove_tree;
 use unionfs::sys::{self, Errno, Time};
+use unionfs::tree::remove_tree;
 use unionfs::whiteout;
 
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use unionfs::control::{self, Request, Response};
+use unionfs::mountinfo;
 use unionfs::snapmerge::{count_entries, Change, Merge};
 use unionfs::Mode;
 
@@ -54,23 +55,29 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Mount points of the live unions, from /proc/self/mountinfo.
-fn live_unions() -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let sep = f.iter().position(|x| *x == "-")?;
-            (f.get(sep + 1) == Some(&"fuse.unionfs")).then(|| PathBuf::from(f[4]))
-        })
-        .collect()
-}
-
-fn rw_user(base: &Path) -> Option<PathBuf> {
-    live_unions().into_iter().find(|mp| {
-        matches!(control::request(mp, &Request::List),
-            Ok(Response::Branches(list)) if list.iter().any(|b| b.path == base && b.mode == Mode::Rw))
-    })
+/// The live union (if any) that uses `base` as a read-write branch. A union
+/// whose daemon cannot be asked, or answers without being root or the
+/// mount's owner, might: that is an error too (`--force` skips the check).
+fn rw_user(base: &Path) -> Result<Option<PathBuf>, String> {
+    let mounts = mountinfo::read().map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    for m in mounts.iter().filter(|m| m.fstype == "fuse.unionfs") {
+        let shown = m.mount_point.display();
+        match control::request(m, &Request::List) {
+            Ok(Response::Branches(list)) => {
+                if list.iter().any(|b| b.path == base && b.mode == Mode::Rw) {
+                    return Ok(Some(m.mount_point.clone()));
+                }
+            }
+            Ok(other) => return Err(format!("the union at {shown} answered {other:?}")),
+            Err(e) => {
+                return Err(format!(
+                    "cannot tell whether the union at {shown} uses {}: {e}",
+                    base.display()
+                ))
+            }
+        }
+    }
+    Ok(None)
 }
 
 fn main() -> ExitCode {
@@ -102,8 +109,10 @@ fn main() -> ExitCode {
         }
     }
     if !cli.force && !cli.dry_run {
-        if let Some(mp) = rw_user(&base) {
-            return fail(1, format!("{} is a read-write branch of the live union at {} (unmount it, make it ro with unionctl, or --force)", base.display(), mp.display()));
+        match rw_user(&base) {
+            Ok(None) => {}
+            Ok(Some(mp)) => return fail(1, format!("{} is a read-write branch of the live union at {} (unmount it, make it ro with unionctl, or --force)", base.display(), mp.display())),
+            Err(e) => return fail(1, format!("{e} (--force merges anyway)")),
         }
     }
     let bar = if cli.progress || std::io::stderr().is_terminal() {

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use unionfs::control::{self, Position, Request, Response};
+use unionfs::mountinfo::{self, Mount};
 use unionfs::Mode;
 
 const HELP: &str = "\
@@ -67,9 +68,9 @@ fn branch_path(p: &str) -> PathBuf {
         .unwrap_or_else(|_| std::path::absolute(p).unwrap_or_else(|_| PathBuf::from(p)))
 }
 
-/// The unionfs mount holding `path`: (mount point, path relative to it).
-/// The last component need not exist (a whited-out name can be queried).
-fn find_mount(path: &Path) -> Result<(PathBuf, PathBuf), String> {
+/// The unionfs mount holding `path`, and `path` relative to it. The last
+/// component need not exist (a whited-out name can be queried).
+fn find_mount(path: &Path) -> Result<(Mount, PathBuf), String> {
     let canon = match std::fs::canonicalize(path) {
         Ok(c) => c,
         Err(e) => {
@@ -89,52 +90,22 @@ fn find_mount(path: &Path) -> Result<(PathBuf, PathBuf), String> {
                 .join(name)
         }
     };
-    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
-    let mut best: Option<(PathBuf, bool)> = None;
-    for line in info.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else {
-            continue;
-        };
-        let mp = PathBuf::from(unescape(fields[4]));
-        let fstype = fields.get(sep + 1).copied().unwrap_or("");
-        if canon.starts_with(&mp)
-            && best
-                .as_ref()
-                .is_none_or(|(b, _)| mp.as_os_str().len() >= b.as_os_str().len())
-        {
-            best = Some((mp, fstype == "fuse.unionfs"));
-        }
-    }
+    let mounts = mountinfo::read().map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    // The mount holding the path is the last one (the topmost) of the longest prefix.
+    let best = mounts
+        .into_iter()
+        .filter(|m| canon.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.as_os_str().len());
     match best {
-        Some((mp, true)) => {
+        Some(m) if m.fstype == "fuse.unionfs" => {
             let rel = canon
-                .strip_prefix(&mp)
+                .strip_prefix(&m.mount_point)
                 .unwrap_or(Path::new(""))
                 .to_path_buf();
-            Ok((mp, rel))
+            Ok((m, rel))
         }
         _ => Err(format!("{} is not on a unionfs mount", path.display())),
     }
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    let mut out = String::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v as char);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i] as char);
-        i += 1;
-    }
-    out
 }
 
 fn parse(args: &[String]) -> Result<(String, Request), String> {
@@ -247,7 +218,7 @@ fn main() -> ExitCode {
         Ok(x) => x,
         Err(e) => return usage(e),
     };
-    let (mountpoint, rel) = match find_mount(Path::new(&target)) {
+    let (mount, rel) = match find_mount(Path::new(&target)) {
         Ok(x) => x,
         Err(e) => return usage(e),
     };
@@ -256,16 +227,13 @@ fn main() -> ExitCode {
     } else if !rel.as_os_str().is_empty() {
         return usage(format!(
             "{target} is inside the mount at {}, not its mount point",
-            mountpoint.display()
+            mount.mount_point.display()
         ));
     }
-    let resp = match control::request(&mountpoint, &req) {
+    let resp = match control::request(&mount, &req) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!(
-                "unionctl: cannot reach the daemon of {}: {e}",
-                mountpoint.display()
-            );
+            eprintln!("unionctl: {}: {e}", mount.mount_point.display());
             return ExitCode::from(1);
         }
     };

@@ -163,7 +163,7 @@ fn main() -> ExitCode {
     };
     let branches = match BranchSet::open(&specs) {
         Ok(b) => b,
-        Err(e) => return usage_error(format!("cannot open branch: {e}")),
+        Err(e) => return usage_error(e),
     };
     if let Some(w) = branches.order_warning() {
         eprintln!("unionfs-mount: {w}");

@@ -239,3 +239,66 @@ pub fn daemon_pid(mnt: &Path) -> i32 {
 pub fn ls_branch(p: impl AsRef<Path>) -> Vec<String> {
     ls(p).into_iter().filter(|n| n != ".wh..wh.work").collect()
 }
+
+/// An unprivileged local account, for the attacks a local user could make:
+/// made with useradd the first time it is needed. Answers (uid, gid).
+pub fn attacker() -> (u32, u32) {
+    static ID: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        const NAME: &str = "unionfs-attacker";
+        if nix::unistd::User::from_name(NAME).ok().flatten().is_none() {
+            let st = Command::new("useradd")
+                .args([
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    NAME,
+                ])
+                .status()
+                .expect("useradd (package passwd) is needed for the attack tests");
+            // 9: made meanwhile by another test process.
+            assert!(st.success() || st.code() == Some(9), "useradd {NAME}: {st}");
+        }
+        let u = nix::unistd::User::from_name(NAME)
+            .unwrap()
+            .expect("the attacker account exists");
+        (u.uid.as_raw(), u.gid.as_raw())
+    })
+}
+
+/// `sh -c SCRIPT` as the attacker; its output.
+pub fn as_attacker(script: &str) -> Output {
+    use std::os::unix::process::CommandExt;
+    let (uid, gid) = attacker();
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .uid(uid)
+        .gid(gid)
+        .current_dir("/")
+        .output()
+        .unwrap()
+}
+
+/// Let everyone through the test's temp directory (tempfile makes it 0700).
+pub fn open_up(u: &Union) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(u.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// chown -R to the attacker.
+pub fn give_to_attacker(p: &Path) {
+    let (uid, gid) = attacker();
+    sh(&format!("chown -R {uid}:{gid} '{}'", p.display()));
+}
+
+/// The daemon's own umask, from /proc.
+pub fn daemon_umask(mnt: &Path) -> u32 {
+    let status = read(format!("/proc/{}/status", daemon_pid(mnt)));
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .expect("Umask in /proc/PID/status");
+    u32::from_str_radix(line.trim(), 8).unwrap()
+}

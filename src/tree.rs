@@ -1,0 +1,127 @@
+//! Removing whole trees, as root, in directories others may write.
+//!
+//! Everything is fd-relative: a symlink is removed, never followed; a mount
+//! point is never entered (its removal fails with EXDEV); and however deep a
+//! tree is, at most three fds are open: instead of holding one fd per level,
+//! the subdirectories of each directory being emptied are moved up into the
+//! directory being removed, and the tree is emptied one level per pass.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd};
+
+use crate::sys::{self, Errno, Result};
+
+fn is_dir(dir: BorrowedFd, e: &sys::DirEntry) -> Result<bool> {
+    if e.kind != 0 {
+        return Ok(e.kind == libc::S_IFDIR);
+    }
+    match sys::stat_at(dir, &e.name) {
+        Ok(st) => Ok(st.st_mode & libc::S_IFMT == libc::S_IFDIR),
+        Err(Errno::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `unlink`, where a name already gone counts as removed.
+fn unlink(dir: BorrowedFd, name: &OsStr, is_dir: bool) -> Result<()> {
+    match sys::unlink_at(dir, name, is_dir) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Remove `name` in `dir` and, if it is a directory, everything below it.
+pub fn remove_tree(dir: BorrowedFd, name: &OsStr) -> Result<()> {
+    let st = match sys::stat_at(dir, name) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        return unlink(dir, name, false);
+    }
+    match sys::unlink_at(dir, name, true) {
+        Ok(()) | Err(Errno::ENOENT) => return Ok(()),
+        Err(Errno::ENOTEMPTY | Errno::EEXIST) => {}
+        Err(e) => return Err(e),
+    }
+    let top = sys::open_dir_here(dir, name)?;
+    empty_dir(top.as_fd())?;
+    unlink(dir, name, true)
+}
+
+/// Remove everything inside the directory `top` (it stays).
+pub fn empty_dir(top: BorrowedFd) -> Result<()> {
+    let mut moved: u64 = 0;
+    loop {
+        let entries = sys::read_dir(top)?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        for e in &entries {
+            if !is_dir(top, e)? {
+                unlink(top, &e.name, false)?;
+                continue;
+            }
+            match sys::unlink_at(top, &e.name, true) {
+                Ok(()) | Err(Errno::ENOENT) => continue,
+                Err(Errno::ENOTEMPTY | Errno::EEXIST) => {}
+                Err(e) => return Err(e),
+            }
+            let sub = sys::open_dir_here(top, &e.name)?;
+            for s in sys::read_dir(sub.as_fd())? {
+                if is_dir(sub.as_fd(), &s)? {
+                    hoist(sub.as_fd(), &s.name, top, &mut moved)?;
+                } else {
+                    unlink(sub.as_fd(), &s.name, false)?;
+                }
+            }
+            // Emptied, unless something was added meanwhile: the next pass sees it.
+            match sys::unlink_at(top, &e.name, true) {
+                Ok(()) | Err(Errno::ENOENT | Errno::ENOTEMPTY | Errno::EEXIST) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Move the directory `name` of `from` up into `top`, under a fresh name.
+fn hoist(from: BorrowedFd, name: &OsStr, top: BorrowedFd, n: &mut u64) -> Result<()> {
+    loop {
+        *n += 1;
+        let fresh = OsString::from(format!(".#rm{n}"));
+        match sys::rename_at(from, name, top, &fresh, libc::RENAME_NOREPLACE) {
+            Err(Errno::EEXIST) => continue,
+            Err(Errno::ENOENT) => return Ok(()),
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn deep_trees_go_with_few_fds() {
+        let t = tempfile::tempdir().unwrap();
+        let root = sys::open_dir_nofollow(t.path()).unwrap();
+        std::fs::create_dir(t.path().join("d")).unwrap();
+        // 3000 levels: more than a 1024-fd limit could hold one fd each.
+        let mut cur = sys::open_dir(root.as_fd(), Path::new("d")).unwrap();
+        for i in 0..3000 {
+            sys::mkdir_at(cur.as_fd(), OsStr::new("a"), 0o755).unwrap();
+            if i % 100 == 0 {
+                sys::symlink_at(OsStr::new("/"), cur.as_fd(), OsStr::new("ln")).unwrap();
+            }
+            cur = sys::open_dir(cur.as_fd(), Path::new("a")).unwrap();
+        }
+        drop(cur);
+        std::fs::write(t.path().join("d/a/f"), "x").unwrap();
+        remove_tree(root.as_fd(), OsStr::new("d")).unwrap();
+        assert!(!t.path().join("d").exists());
+        // The symlinks to / were removed, not followed.
+        assert!(Path::new("/proc").exists());
+    }
+}

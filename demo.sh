@@ -4,9 +4,14 @@
 # copy-up and whiteouts on a live mount, and unmounts.
 set -euo pipefail
 cd "$(dirname "$0")"
-if ! command -v mount.fuse3 >/dev/null || ! command -v getfattr >/dev/null || [ ! -x /bin/busybox ]; then
+# fuse3, attr and busybox-static for the demo; libseccomp-dev and pkg-config
+# to build the launcher's seccomp filter; the seccomp profile Podman ships
+# (golang-github-containers-common), which the tests load.
+if ! command -v mount.fuse3 >/dev/null || ! command -v getfattr >/dev/null || [ ! -x /bin/busybox ] \
+    || ! pkg-config --exists libseccomp 2>/dev/null || [ ! -e /usr/share/containers/seccomp.json ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 attr busybox-static >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 attr busybox-static \
+        libseccomp-dev pkg-config golang-github-containers-common >/dev/null
 fi
 cargo build --release --quiet --workspace
 install -m 0755 target/release/unionfs-mount target/release/unionctl target/release/snapmerge target/release/unionfs-driver target/release/unionfs-run /usr/local/bin/

@@ -119,6 +119,26 @@ pub fn parse(list: &str) -> Result<Vec<BranchSpec>, BranchError> {
     Ok(specs)
 }
 
+/// The branch list for `specs`, as [`parse`] reads it: each `PATH=MODE`,
+/// a ':' inside a path written `\:`.
+pub fn format(specs: &[BranchSpec]) -> OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut out = Vec::new();
+    for (i, s) in specs.iter().enumerate() {
+        if i > 0 {
+            out.push(b':');
+        }
+        for &b in s.path.as_os_str().as_bytes() {
+            if b == b':' {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out.extend_from_slice(format!("={}", s.mode).as_bytes());
+    }
+    OsString::from_vec(out)
+}
+
 fn shown(p: &Path) -> String {
     p.display().to_string()
 }
@@ -494,6 +514,14 @@ mod tests {
             ]
         );
         assert_eq!(parse("/x=y=ro").unwrap(), vec![spec("/x=y", Mode::Ro)]);
+    }
+
+    #[test]
+    fn format_is_what_parse_reads() {
+        let specs = vec![spec("/a:b=c", Mode::Rw), spec("/d", Mode::Ro)];
+        let text = format(&specs);
+        assert_eq!(text, "/a\\:b=c=rw:/d=ro");
+        assert_eq!(parse(text.to_str().unwrap()).unwrap(), specs);
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct UnionFs {
     io: Mutex<HashMap<u64, IoMode>>,
     /// fh -> (ino, opened with passthrough)
     open_modes: Mutex<HashMap<u64, (u64, bool)>>,
+    /// Told when the session has ended (the kernel let go of the mount).
+    ended: Option<std::sync::mpsc::Sender<()>>,
 }
 
 fn err(e: Errno) -> FErrno {
@@ -148,8 +150,13 @@ fn caller(req: &Request) -> Caller {
 }
 
 impl UnionFs {
-    pub fn new(union: Arc<Union>, opts: &MountOptions) -> UnionFs {
+    pub fn new(
+        union: Arc<Union>,
+        opts: &MountOptions,
+        ended: Option<std::sync::mpsc::Sender<()>>,
+    ) -> UnionFs {
         UnionFs {
+            ended,
             union,
             entry_ttl: opts.entry_timeout,
             negative_ttl: opts.negative_timeout,
@@ -239,6 +246,12 @@ impl UnionFs {
 }
 
 impl Filesystem for UnionFs {
+    fn destroy(&mut self) {
+        if let Some(tx) = self.ended.take() {
+            let _ = tx.send(());
+        }
+    }
+
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         if self.passthrough {
             if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {

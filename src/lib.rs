@@ -99,10 +99,12 @@ fn set_readahead(mountpoint: &Path, kb: u32) {
     }
 }
 
-/// A live mount: the FUSE session (serving once `run` is called) and the
-/// unionctl socket (removed when this is dropped).
+/// A live mount: the FUSE session (serving once `run` or `spawn` is called),
+/// a channel that hears when the session has ended, and the unionctl socket
+/// (removed when this is dropped).
 pub struct Mounted {
     pub session: fuser::Session<fs::UnionFs>,
+    pub ended: std::sync::mpsc::Receiver<()>,
     /// None when no trustworthy directory for the socket exists (the mount
     /// works, unionctl cannot reach it; a warning said why).
     pub control: Option<control::ControlSocket>,
@@ -126,7 +128,8 @@ pub fn mount(
     let cache_max = opts.dir_cache.min(room as usize);
     let union = union::Union::new(branches, opts.delete, opts.entry_timeout, cache_max);
     let union = Arc::new(union.map_err(std::io::Error::from)?);
-    let fs = fs::UnionFs::new(union.clone(), opts);
+    let (ended_tx, ended) = std::sync::mpsc::channel();
+    let fs = fs::UnionFs::new(union.clone(), opts, Some(ended_tx));
     let session = fuser::Session::new(fs, mountpoint, &fuse_config(opts))?;
     set_readahead(mountpoint, opts.readahead_kb);
     let notifier = session.notifier();
@@ -148,5 +151,9 @@ pub fn mount(
             None
         }
     };
-    Ok(Mounted { session, control })
+    Ok(Mounted {
+        session,
+        ended,
+        control,
+    })
 }

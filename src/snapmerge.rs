@@ -55,8 +55,12 @@ impl Change {
 pub enum MergeError {
     #[error("{0}: {1}")]
     Open(PathBuf, Errno),
-    #[error("{path}: {errno}")]
+    #[error("/{}: a mount point: snapmerge never crosses into another filesystem", .path.display())]
+    MountPoint { path: PathBuf },
+    #[error("/{}: {errno}", .path.display())]
     Apply { path: PathBuf, errno: Errno },
+    #[error("{0}: a whiteout of '.' or '..' is not allowed; nothing was merged")]
+    DotWhiteout(PathBuf),
 }
 
 fn open_root(p: &Path) -> Result<OwnedFd, MergeError> {
@@ -108,7 +112,10 @@ impl<'a> Merge<'a> {
             self.links.clear();
             self.base = Some(sys::dup(&b).map_err(|e| MergeError::Open(base.to_path_buf(), e))?);
             self.dir(b.as_fd(), s.as_fd(), Path::new(""))
-                .map_err(|(path, errno)| MergeError::Apply { path, errno })?;
+                .map_err(|(path, errno)| match errno {
+                    Errno::EXDEV | Errno::EBUSY => MergeError::MountPoint { path },
+                    errno => MergeError::Apply { path, errno },
+                })?;
         }
         Ok(self.summary)
     }
@@ -218,8 +225,8 @@ impl<'a> Merge<'a> {
                     self.note(c, path);
                 }
                 if old.is_some_and(|o| kind(&o) == libc::S_IFDIR) {
-                    let bsub = sys::open_dir(bdir, Path::new(name)).map_err(at)?;
-                    let ssub = sys::open_dir(sdir, Path::new(name)).map_err(at)?;
+                    let bsub = sys::open_dir_here(bdir, name).map_err(at)?;
+                    let ssub = sys::open_dir_here(sdir, name).map_err(at)?;
                     return self.dir(bsub.as_fd(), ssub.as_fd(), path);
                 }
                 return Ok(());
@@ -230,8 +237,8 @@ impl<'a> Merge<'a> {
                     Err(e) => return Err(at(e)),
                 }
             }
-            let bsub = sys::open_dir(bdir, Path::new(name)).map_err(at)?;
-            let ssub = sys::open_dir(sdir, Path::new(name)).map_err(at)?;
+            let bsub = sys::open_dir_here(bdir, name).map_err(at)?;
+            let ssub = sys::open_dir_here(sdir, name).map_err(at)?;
             self.dir(bsub.as_fd(), ssub.as_fd(), path)?;
             // Metadata last: filling the directory changed its times.
             copy_meta(sys::Obj::fd(sfd.as_fd()), &st, bsub.as_fd()).map_err(at)?;
@@ -336,25 +343,29 @@ fn same_meta(a: &FileStat, b: &FileStat) -> bool {
         && a.st_mtime_nsec == b.st_mtime_nsec
 }
 
-/// Count the entries of the snapshots, for a progress bar.
-pub fn count_entries(snaps: &[PathBuf]) -> u64 {
-    fn walk(dir: BorrowedFd) -> u64 {
-        let Ok(entries) = sys::read_dir(dir) else {
-            return 0;
-        };
+/// Walk the snapshots before anything is merged: count their entries (for a
+/// progress bar) and refuse what no snapshot may hold (whiteouts of "." and
+/// "..", which would mean "delete the directory itself").
+pub fn survey(snaps: &[PathBuf]) -> Result<u64, MergeError> {
+    fn walk(dir: BorrowedFd, at: &Path) -> Result<u64, MergeError> {
+        let entries = sys::read_dir(dir).map_err(|e| MergeError::Open(at.to_path_buf(), e))?;
         let mut n = entries.len() as u64;
         for e in entries {
+            let path = at.join(&e.name);
+            if whiteout::is_dot_whiteout(&e.name) {
+                return Err(MergeError::DotWhiteout(path));
+            }
             if e.kind == libc::S_IFDIR {
-                if let Ok(sub) = sys::open_dir(dir, Path::new(&e.name)) {
-                    n += walk(sub.as_fd());
-                }
+                let sub = sys::open_dir_here(dir, &e.name)
+                    .map_err(|e| MergeError::Open(path.clone(), e))?;
+                n += walk(sub.as_fd(), &path)?;
             }
         }
-        n
+        Ok(n)
     }
-    snaps
-        .iter()
-        .filter_map(|s| open_root(s).ok())
-        .map(|fd| walk(fd.as_fd()))
-        .sum()
+    let mut n = 0;
+    for s in snaps {
+        n += walk(open_root(s)?.as_fd(), s)?;
+    }
+    Ok(n)
 }

@@ -710,19 +710,32 @@ pub fn reserve_fds(n: u64) -> u64 {
 }
 
 /// Unmount `path`, retrying for a few seconds while it is busy; when it stays
-/// busy, detach it (MNT_DETACH). Answers whether the plain unmount worked.
+/// busy, detach it (MNT_DETACH). Without the privilege to unmount, through
+/// the setuid `fusermount3 -u` (`-z` to detach). Answers whether the plain
+/// unmount worked.
 pub fn unmount_retrying(path: &Path) -> bool {
     use nix::mount::{umount2, MntFlags};
+    let fusermount = |lazy: bool| {
+        let mut c = std::process::Command::new("fusermount3");
+        c.arg("-u").arg("-q");
+        if lazy {
+            c.arg("-z");
+        }
+        c.arg("--").arg(path);
+        c.status().map(|s| s.success()).unwrap_or(false)
+    };
     for _ in 0..50 {
         match umount2(path, MntFlags::empty()) {
             Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => return true,
+            Err(Errno::EPERM) if fusermount(false) => return true,
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
         }
     }
-    let _ = umount2(path, MntFlags::MNT_DETACH);
+    if umount2(path, MntFlags::MNT_DETACH).is_err() {
+        fusermount(true);
+    }
     false
 }
-
 /// Who is at the other end of a Unix socket: for a client, the process that
 /// connected; for a server, the one that called listen().
 #[derive(Clone, Debug, PartialEq, Eq)]

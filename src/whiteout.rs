@@ -28,14 +28,20 @@ pub fn whiteout_name(name: &OsStr) -> OsString {
 }
 
 /// For a whiteout entry `.wh.NAME`, the hidden NAME (None for the opaque
-/// marker, the work dir and non-whiteouts).
+/// marker, the work dir, non-whiteouts, and `.wh..`/`.wh...`: "." and ".."
+/// are not names that can be hidden).
 pub fn hidden_name(entry: &OsStr) -> Option<&OsStr> {
     let b = entry.as_bytes();
     let rest = b.strip_prefix(PREFIX.as_bytes())?;
-    if rest.starts_with(PREFIX.as_bytes()) || rest.is_empty() {
+    if rest.starts_with(PREFIX.as_bytes()) || matches!(rest, b"" | b"." | b"..") {
         return None;
     }
     Some(OsStr::from_bytes(rest))
+}
+
+/// `.wh..` or `.wh...`: whiteouts of "." and "..", which no layer may hold.
+pub fn is_dot_whiteout(entry: &OsStr) -> bool {
+    matches!(entry.as_bytes(), b".wh.." | b".wh...")
 }
 
 pub fn has_whiteout(dir: BorrowedFd, name: &OsStr) -> Result<bool> {
@@ -93,6 +99,9 @@ mod tests {
         assert_eq!(hidden_name(OsStr::new(OPAQUE)), None);
         assert_eq!(hidden_name(OsStr::new(WORK_DIR)), None);
         assert_eq!(hidden_name(OsStr::new("abc")), None);
+        assert_eq!(hidden_name(OsStr::new(".wh..")), None);
+        assert_eq!(hidden_name(OsStr::new(".wh...")), None);
+        assert!(is_dot_whiteout(OsStr::new(".wh...")));
         assert_eq!(whiteout_name(OsStr::new("a")), OsString::from(".wh.a"));
     }
 }

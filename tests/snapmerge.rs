@@ -250,3 +250,79 @@ fn refuses_a_live_read_write_branch_and_bad_arguments() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(fs::metadata(u.b("base/f")).unwrap().nlink(), 1);
 }
+
+#[test]
+fn whiteouts_of_dot_and_dotdot_are_refused_and_change_nothing() {
+    need_fuse!();
+    let u = Union::new(&["base", "snap", "snap2"]);
+    write(u.b("base/keep"), "keep");
+    write(u.b("base/d/keep"), "keep");
+    write(u.b("snap/new"), "new");
+    write(u.b("snap/.wh.."), "");
+    write(u.b("snap2/d/.wh..."), "");
+    let before = snapshot_of(&u.b("base"));
+    for snap in ["snap", "snap2"] {
+        let out = merge(&[&u.b("base"), &u.b(snap)]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains("a whiteout of '.' or '..'"), "{err}");
+        assert_eq!(snapshot_of(&u.b("base")), before, "{snap} changed the base");
+    }
+}
+
+#[test]
+fn never_crosses_a_mount_point_in_the_base() {
+    need_fuse!();
+    let u = Union::new(&["base", "snap", "snap2"]);
+    fs::create_dir_all(u.b("base/m")).unwrap();
+    sh(&format!(
+        "mount -t tmpfs tmpfs '{}'",
+        u.b("base/m").display()
+    ));
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _m = Unmount(u.b("base/m"));
+    write(u.b("base/m/victim"), "on another filesystem");
+    write(u.b("snap/.wh.m"), "");
+    write(u.b("snap2/m/new"), "x");
+    for snap in ["snap", "snap2"] {
+        let out = merge(&[&u.b("base"), &u.b(snap)]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{snap}: {err}");
+        assert!(err.contains("/m: a mount point"), "{err}");
+        assert_eq!(read(u.b("base/m/victim")), "on another filesystem");
+        assert!(!exists(u.b("base/m/new")));
+    }
+}
+
+#[test]
+fn a_live_rw_branch_is_recognised_at_any_mount_point_name() {
+    need_fuse!();
+    let mut u = Union::new(&["base", "snap"]);
+    write(u.b("snap/f"), "x");
+    // mountinfo writes a space as \040 and passes other bytes as they are.
+    u.mnt = u.tmp.path().join("mnt with space ü");
+    fs::create_dir(&u.mnt).unwrap();
+    u.mount("base", &[]);
+    let out = merge(&[&u.b("base"), &u.b("snap")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("read-write branch of the live union"), "{err}");
+    assert!(!exists(u.b("base/f")));
+    let out = Command::new(UNIONCTL)
+        .arg(&u.mnt)
+        .arg("--list")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/base (rw)"));
+}

@@ -55,9 +55,7 @@ fn open_dir(p: &Path) -> Result<OwnedFd, Error> {
 
 /// Is `p` a mount point now (per /proc/self/mountinfo)?
 pub fn is_mounted(p: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let p = p.to_string_lossy();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
+    unionfs::mountinfo::is_mount_point(p)
 }
 
 /// The unionfs-mount to run: $UNIONFS_MOUNT, else beside this binary, else $PATH.
@@ -190,17 +188,17 @@ impl GraphDriver for Store {
             return Ok(mnt);
         }
         std::fs::create_dir_all(&mnt).map_err(|e| self.io("mounts", e))?;
-        let spec: Vec<String> = chain
+        let spec: Vec<BranchSpec> = chain
             .iter()
             .enumerate()
-            .map(|(i, m)| {
-                let mode = if i == 0 && m.rw { "rw" } else { "ro" };
-                format!("{}={mode}", self.layer_dir(&m.id).display())
+            .map(|(i, m)| BranchSpec {
+                path: self.layer_dir(&m.id),
+                mode: if i == 0 && m.rw { Mode::Rw } else { Mode::Ro },
             })
             .collect();
         let out = Command::new(mount_program())
             .args(["-o", "allow_other,dev,suid,fsname=unionfs-driver"])
-            .arg(spec.join(":"))
+            .arg(unionfs::branch::format(&spec))
             .arg(&mnt)
             .output()
             .map_err(|e| Error::Io("unionfs-mount".into(), e))?;

@@ -155,15 +155,22 @@ impl Store {
         Ok(())
     }
 
-    /// Leftovers of an interrupted run: temporary builds, layers without metadata.
+    /// Leftovers of an interrupted run: temporary builds, layers without
+    /// metadata. None of them is visible, so one that cannot be removed now
+    /// is left for the next run with a warning: a hostile leftover must not
+    /// make every command fail.
     fn recover(&self) -> Result<(), Error> {
-        self.clear_tmp()?;
+        if let Err(e) = self.clear_tmp() {
+            log::warn!("leftovers in tmp/ stay for now: {e}");
+        }
         for e in fs::read_dir(self.root.join("layers")).map_err(|e| self.io("layers", e))? {
             let e = e.map_err(|e| self.io("layers", e))?;
             let id = from_file_name(&e.file_name().to_string_lossy());
             if !self.meta_path(&id).exists() {
                 log::info!("removing leftover layer directory {id}");
-                remove_path(&e.path())?;
+                if let Err(e) = remove_path(&e.path()) {
+                    log::warn!("leftover layer directory {id} stays for now: {e}");
+                }
             }
         }
         Ok(())

@@ -58,3 +58,112 @@ pub fn sigtimedwait(
     let sig = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
     nix::sys::signal::Signal::try_from(sig).ok()
 }
+
+/// `union bpf_attr` as BPF_PROG_LOAD reads it (the fields up to
+/// `expected_attach_type`; the kernel takes a shorter attr as zero-filled).
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoad {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// `union bpf_attr` as BPF_PROG_ATTACH reads it.
+#[repr(C)]
+#[derive(Default)]
+struct ProgAttach {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+const BPF_CGROUP_DEVICE: u32 = 6;
+
+/// Load a cgroup device program (eBPF instructions, 8 bytes each).
+pub fn bpf_load_device_program(insns: &[[u8; 8]]) -> nix::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let license = b"Apache-2.0\0";
+    let mut name = [0u8; 16];
+    name[..11].copy_from_slice(b"unionfs_dev");
+    let attr = ProgLoad {
+        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        prog_name: name,
+        ..Default::default()
+    };
+    // SAFETY: attr is a live, fully initialised BPF_PROG_LOAD attr whose
+    // pointers (instructions, license) outlive the call; its size is passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const ProgLoad,
+            std::mem::size_of::<ProgLoad>(),
+        )
+    };
+    let fd = Errno::result(fd)?;
+    // SAFETY: a successful BPF_PROG_LOAD returns a new fd that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Attach a device program to the cgroup v2 directory `cgroup`.
+pub fn bpf_attach_device_program(
+    cgroup: std::os::fd::BorrowedFd,
+    prog: std::os::fd::BorrowedFd,
+) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    let attr = ProgAttach {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: 0,
+    };
+    // SAFETY: attr is a live BPF_PROG_ATTACH attr naming two open fds; its size is passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            &attr as *const ProgAttach,
+            std::mem::size_of::<ProgAttach>(),
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// Join a new session keyring named `name` (KEYCTL_JOIN_SESSION_KEYRING).
+pub fn join_session_keyring(name: &str) -> nix::Result<i64> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    let name = std::ffi::CString::new(name).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: keyctl reads the NUL-terminated name, which outlives the call.
+    let id = unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, name.as_ptr()) };
+    Errno::result(id)
+}
+
+/// Whether the other end of the pipe `r` is closed (and nothing is to read).
+pub fn hung_up(r: &std::os::fd::OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(r.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLHUP)),
+        Err(_) => true,
+    }
+}

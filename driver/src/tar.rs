@@ -30,6 +30,10 @@ pub enum TarError {
     DotDot(PathBuf),
     #[error("tar entry {0}: a bare .wh. is not a whiteout")]
     BareWhiteout(PathBuf),
+    #[error("tar entry {0}: a whiteout of '.' or '..' is not allowed")]
+    DotWhiteout(PathBuf),
+    #[error("tar entry {}...: paths longer than {PATH_MAX} bytes are not allowed", .0.display().to_string().chars().take(64).collect::<String>())]
+    TooLong(PathBuf),
     #[error("tar entry {0}: reserved name")]
     Reserved(PathBuf),
     #[error("tar entry {0}: writes through a symlink are not allowed")]
@@ -100,10 +104,19 @@ pub struct Extracted {
 
 type Xattrs = Vec<(OsString, Vec<u8>)>;
 
+/// The longest path a layer may hold: what programs in the container can
+/// name (and so every walk of a layer stays within a few thousand levels).
+pub const PATH_MAX: usize = 4096;
+
 struct Extractor<'a> {
     root: BorrowedFd<'a>,
     /// Directory metadata is set last: filling a directory changes its times.
     dirs: Vec<(PathBuf, tar::Header, Xattrs)>,
+    /// The parent directory of the last entry, and the last directory made:
+    /// tars list a directory's entries together, after the directory, so
+    /// most lookups start at one of them. Dropped whenever an entry replaces
+    /// something, which might lie on their paths.
+    last: [Option<(PathBuf, OwnedFd)>; 2],
     out: Extracted,
 }
 
@@ -120,6 +133,7 @@ pub fn extract(reader: impl Read, root: BorrowedFd) -> Result<Extracted, TarErro
     let mut x = Extractor {
         root,
         dirs: Vec::new(),
+        last: [None, None],
         out: Extracted::default(),
     };
     for entry in archive.entries().map_err(TarError::Archive)? {
@@ -140,11 +154,17 @@ impl Extractor<'_> {
     /// An fd on the parent directory of `path` and its last name; missing
     /// parents are created (as tar allows omitting them).
     fn parent(&self, path: &Path, create: bool) -> Result<(OwnedFd, OsString), TarError> {
-        let mut cur = sys::dup(self.root).map_err(fs_err(path))?;
         let comps: Vec<&OsStr> = path.iter().collect();
         let (name, dirs) = comps
             .split_last()
             .ok_or(TarError::Reserved(path.to_path_buf()))?;
+        let parent = path.parent().unwrap_or(Path::new(""));
+        for (p, fd) in self.last.iter().flatten() {
+            if p == parent {
+                return Ok((sys::dup(fd).map_err(fs_err(path))?, name.to_os_string()));
+            }
+        }
+        let mut cur = sys::dup(self.root).map_err(fs_err(path))?;
         for d in dirs {
             let next = match sys::open_dir(cur.as_fd(), Path::new(d)) {
                 Err(Errno::ENOENT) if create => {
@@ -160,6 +180,9 @@ impl Extractor<'_> {
 
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<R>) -> Result<(), TarError> {
         let raw = entry.path().map_err(TarError::Archive)?.into_owned();
+        if raw.as_os_str().len() > PATH_MAX {
+            return Err(TarError::TooLong(raw));
+        }
         let path = clean(&raw)?;
         if path.as_os_str().is_empty() {
             return Ok(()); // "./" itself
@@ -168,7 +191,11 @@ impl Extractor<'_> {
         if name.as_bytes() == whiteout::PREFIX.as_bytes() {
             return Err(TarError::BareWhiteout(raw));
         }
-        if path == Path::new(whiteout::WORK_DIR) {
+        if whiteout::is_dot_whiteout(name) {
+            return Err(TarError::DotWhiteout(raw));
+        }
+        // The daemon's work directory, and anything below it.
+        if path.iter().next() == Some(OsStr::new(whiteout::WORK_DIR)) {
             return Err(TarError::Reserved(raw));
         }
         let xattrs = pax_xattrs(entry)?;
@@ -180,18 +207,23 @@ impl Extractor<'_> {
         {
             return Ok(());
         }
-        let (dir, name) = self.parent(&path, true)?;
-        let dir = dir.as_fd();
+        let (dirfd, name) = self.parent(&path, true)?;
         let err = fs_err(&path);
+        let parent = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        self.last[0] = Some((parent, sys::dup(&dirfd).map_err(&err)?));
+        let dir = dirfd.as_fd();
         let existing = match sys::stat_at(dir, &name) {
             Ok(st) => Some(st.st_mode & libc::S_IFMT),
             Err(Errno::ENOENT) => None,
             Err(e) => return Err(err(e)),
         };
         // A later entry of the same name replaces the earlier one (a directory
-        // stays a directory and gets merged into).
+        // stays a directory and gets merged into). What was pending for the
+        // replaced directory and below it no longer applies.
         if existing.is_some() && !(kind.is_dir() && existing == Some(libc::S_IFDIR)) {
             remove_tree(dir, &name).map_err(&err)?;
+            self.dirs.retain(|(p, _, _)| !p.starts_with(&path));
+            self.last = [None, None];
         }
         self.out.entries += 1;
         match kind {
@@ -199,6 +231,8 @@ impl Extractor<'_> {
                 if existing != Some(libc::S_IFDIR) {
                     sys::mkdir_at(dir, &name, 0o700).map_err(&err)?;
                 }
+                let made = sys::open_dir(dir, Path::new(&name)).map_err(&err)?;
+                self.last[1] = Some((path.clone(), made));
                 self.dirs.push((path.clone(), header, xattrs));
                 return Ok(());
             }

@@ -248,3 +248,20 @@ fn one_process_changes_the_store_at_a_time() {
     assert!(child.wait().unwrap().success());
     assert!(e.ok(&["ls"]).contains("waits"));
 }
+
+#[test]
+fn a_store_root_with_a_colon_or_an_equals_sign_works() {
+    need_root!();
+    let mut e = Env::new();
+    e.root = e.tmp.path().join("odd:name=x/store");
+    e.ok(&["create", "--rw", "base"]);
+    let m = e.mount("base");
+    fs::write(m.join("f"), "in base").unwrap();
+    e.ok(&["umount", "base"]);
+    e.ok(&["create", "--rw", "--parent", "base", "top"]);
+    let m = e.mount("top");
+    assert_eq!(fs::read_to_string(m.join("f")).unwrap(), "in base");
+    fs::write(m.join("g"), "in top").unwrap();
+    e.ok(&["umount", "top"]);
+    assert_eq!(e.ok(&["changes", "top"]), "A /g\n");
+}

@@ -4,6 +4,7 @@
 mod common;
 use common::*;
 use std::fs;
+use std::process::Command;
 
 /// Apply `tar` to a fresh empty layer: it must fail naming `needle`.
 fn refused(e: &Env, id: &str, tar: &[u8], needle: &str) {
@@ -151,4 +152,125 @@ fn symlinks_and_whiteouts_are_stored_as_they_are() {
         e.ok(&["changes", "ok"]),
         "A /abs\nA /d\nA /d/kept\nA /f\nA /f2\nD /gone\nA /rel\nA /same\n"
     );
+}
+
+#[test]
+fn more_hostile_names_are_refused() {
+    need_root!();
+    let e = Env::new();
+    refused(
+        &e,
+        "under-work",
+        &TarBuilder::new().file(".wh..wh.work/x", b"x").bytes(),
+        "reserved name",
+    );
+    refused(
+        &e,
+        "wh-dot",
+        &TarBuilder::new().dir("d/").file("d/.wh..", b"").bytes(),
+        "whiteout of '.' or '..'",
+    );
+    refused(
+        &e,
+        "wh-dotdot",
+        &TarBuilder::new().file(".wh...", b"").bytes(),
+        "whiteout of '.' or '..'",
+    );
+}
+
+/// A tar of directories `depth` deep (GNU long names).
+fn deep_tar(depth: usize) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut p = String::new();
+    for _ in 0..depth {
+        p.push_str("a/");
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, &p, std::io::empty()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// A chain of `depth` directories named `a` below `dir/name`, made one fd at a time.
+fn plant_deep(dir: &std::path::Path, name: &str, depth: usize) {
+    use std::os::fd::AsFd;
+    use unionfs::sys;
+    let top = dir.join(name);
+    fs::create_dir_all(&top).unwrap();
+    let mut cur = sys::open_dir_nofollow(&top).unwrap();
+    for _ in 0..depth {
+        sys::mkdir_at(cur.as_fd(), std::ffi::OsStr::new("a"), 0o755).unwrap();
+        cur = sys::open_dir(cur.as_fd(), std::path::Path::new("a")).unwrap();
+    }
+}
+
+#[test]
+fn a_hostile_tree_never_disables_the_store() {
+    need_root!();
+    let e = Env::new();
+    // Deeper than any program in a container could name: refused.
+    refused(&e, "deep", &deep_tar(3000), "longer than 4096 bytes");
+    // Leftovers that deep (a killed import, a layer without metadata) are
+    // removed by the next command, under a common open-file limit of 1024.
+    plant_deep(&e.root.join("tmp"), "import-1", 3000);
+    plant_deep(&e.root.join("layers"), "orphan", 3000);
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 1024 && exec \"$0\" \"$@\"")
+        .arg(CLI)
+        .arg("--root")
+        .arg(&e.root)
+        .arg("ls")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(ls(&e.root.join("tmp")).is_empty());
+    assert!(!e.root.join("layers/orphan").exists());
+    // As deep as PATH_MAX allows works, through diff and changes too.
+    e.ok(&["create", "ok"]);
+    let out = e.with_stdin(&["apply-diff", "ok"], &deep_tar(2000));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(e.ok(&["changes", "ok"]).lines().count(), 2000);
+    e.ok(&["rm", "ok"]);
+}
+
+#[test]
+fn an_entry_that_replaces_a_directory_keeps_its_own_metadata() {
+    need_root!();
+    use std::os::unix::fs::MetadataExt;
+    let e = Env::new();
+    e.ok(&["create", "l"]);
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o4755);
+    h.set_uid(0);
+    h.set_size(0);
+    b.append_data(&mut h, "x/", std::io::empty()).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_uid(1000);
+    h.set_gid(1000);
+    h.set_size(4);
+    b.append_data(&mut h, "x", &b"file"[..]).unwrap();
+    let out = e.with_stdin(&["apply-diff", "l"], &b.into_inner().unwrap());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = fs::symlink_metadata(e.root.join("layers/l/x")).unwrap();
+    assert!(st.is_file());
+    assert_eq!((st.mode() & 0o7777, st.uid()), (0o644, 1000));
 }

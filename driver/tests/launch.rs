@@ -497,40 +497,85 @@ fn a_killed_driver_run_leaves_no_mount_or_layer() {
     let e = Env::new();
     import_busybox(&e);
     let layers = e.ok(&["ls"]);
-    let secs = unique_secs();
-    let marker = format!("/bin/sleep\u{0}{secs}\u{0}");
-    let mut child = KillOnDrop(
-        e.cmd(&[
-            "run",
-            "--rm",
-            "--name",
-            "doomed",
-            "bb",
-            "--",
-            "/bin/sleep",
-            &secs,
-        ])
-        .process_group(0)
+    // As root and as another user: a change of identity must not cut the
+    // container loose from its launcher.
+    for (i, user) in [None, Some("1000:1000")].into_iter().enumerate() {
+        let secs = (unique_secs().parse::<u64>().unwrap() + i as u64 * 7).to_string();
+        let marker = format!("/bin/sleep\u{0}{secs}\u{0}");
+        let name = format!("doomed{i}");
+        let mut args = vec!["run", "--rm", "--name", &name];
+        if let Some(u) = user {
+            args.extend(["-u", u]);
+        }
+        args.extend(["bb", "--", "/bin/sleep", &secs]);
+        let mut child = KillOnDrop(e.cmd(&args).process_group(0).spawn().unwrap());
+        let pid = child.0.id();
+        let start = Instant::now();
+        while processes_exact(&marker) == 0 && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            processes_exact(&marker),
+            1,
+            "{user:?}: the container did not start"
+        );
+        child.0.kill().unwrap();
+        child.0.wait().unwrap();
+        let mnt = e.root.join(format!("mounts/{name}"));
+        let start = Instant::now();
+        while (unionfs_driver::layer::is_mounted(&mnt)
+            || e.ok(&["ls"]) != layers
+            || processes_exact(&marker) > 0
+            || !cgroups_of(pid).is_empty())
+            && start.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            processes_exact(&marker),
+            0,
+            "{user:?}: the container outlived its launcher"
+        );
+        assert!(
+            cgroups_of(pid).is_empty(),
+            "{user:?}: cgroup left: {:?}",
+            cgroups_of(pid)
+        );
+        assert!(
+            !unionfs_driver::layer::is_mounted(&mnt),
+            "{user:?}: the container's mount was left"
+        );
+        assert_eq!(
+            e.ok(&["ls"]),
+            layers,
+            "{user:?}: the --rm container layer was left"
+        );
+    }
+}
+
+#[test]
+fn a_limit_the_kernel_refuses_leaves_no_cgroup() {
+    need_root!();
+    let e = Env::new();
+    let r = rootfs(e.tmp.path());
+    // A quota of 0 us: the kernel says EINVAL.
+    let child = Command::new(RUN)
+        .args(["--memory", "64m", "--cpus", "0.000001"])
+        .arg(&r)
+        .args(["--", "/bin/sh", "-c", "echo ran"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
-        .unwrap(),
-    );
-    let start = Instant::now();
-    while processes_exact(&marker) == 0 && start.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
-    let mnt = e.root.join("mounts/doomed");
-    let start = Instant::now();
-    while (unionfs_driver::layer::is_mounted(&mnt) || e.ok(&["ls"]) != layers)
-        && start.elapsed() < Duration::from_secs(10)
-    {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        .unwrap();
+    let pid = child.id();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(125));
+    assert!(out(&o).is_empty());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cgroup") && err.contains("cpu"), "{err}");
     assert!(
-        !unionfs_driver::layer::is_mounted(&mnt),
-        "the container's mount was left"
+        cgroups_of(pid).is_empty(),
+        "cgroup left: {:?}",
+        cgroups_of(pid)
     );
-    assert_eq!(e.ok(&["ls"]), layers, "the --rm container layer was left");
-    assert_eq!(processes_exact(&marker), 0);
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use unionfs::control::{self, Request, Response};
 use unionfs::mountinfo;
-use unionfs::snapmerge::{count_entries, Change, Merge};
+use unionfs::snapmerge::{survey, Change, Merge};
 use unionfs::Mode;
 
 const LONG_ABOUT: &str = "\
@@ -115,8 +115,12 @@ fn main() -> ExitCode {
             Err(e) => return fail(1, format!("{e} (--force merges anyway)")),
         }
     }
+    let entries = match survey(&snaps) {
+        Ok(n) => n,
+        Err(e) => return fail(1, e),
+    };
     let bar = if cli.progress || std::io::stderr().is_terminal() {
-        let b = indicatif::ProgressBar::new(count_entries(&snaps));
+        let b = indicatif::ProgressBar::new(entries);
         b.set_style(
             indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} entries {msg}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),

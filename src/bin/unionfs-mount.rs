@@ -218,7 +218,8 @@ fn serve(
         return ExitCode::from(1);
     }
     let unionfs::Mounted {
-        mut session,
+        session,
+        ended,
         control: _control,
     } = match unionfs::mount(branches, mountpoint, opts) {
         Ok(m) => m,
@@ -230,26 +231,28 @@ fn serve(
             return ExitCode::from(1);
         }
     };
-    let mut unmounter = session.unmount_callable();
     let target = mountpoint.to_path_buf();
     std::thread::spawn(move || {
         if let Ok(sig) = signals.wait() {
             log::info!("{sig:?}: unmounting");
-            if let Err(e) = unmounter.unmount() {
-                // Busy for a moment (a file being closed, say): try again,
-                // then detach it, and end the daemon either way.
-                log::warn!("unmount failed: {e}; retrying");
-                if !sys::unmount_retrying(&target) {
-                    log::error!("{}: still busy, detached lazily", target.display());
-                }
-                std::process::exit(0);
+            // Busy for a moment (a file being closed, say): tried again,
+            // then detached; the daemon ends either way.
+            if !sys::unmount_retrying(&target) {
+                log::error!("{}: still busy, detached lazily", target.display());
             }
+            std::process::exit(0);
         }
     });
     // Serve first, then say the mount is live: the first request of the
     // caller then finds threads waiting for it, not threads being started.
     let before = threads_running();
-    let serving = std::thread::spawn(move || session.run());
+    let background = match session.spawn() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("unionfs-mount: cannot serve {}: {e}", mountpoint.display());
+            return ExitCode::from(1);
+        }
+    };
     let want = before + 1 + opts.threads;
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(100);
     while threads_running() < want && std::time::Instant::now() < deadline {
@@ -259,14 +262,13 @@ fn serve(
         let _ = ready.write_all(b"1");
         let _ = sys::detach_stdio(std::env::var_os("RUST_LOG").is_some());
     }
-    match serving.join() {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(e)) => {
-            log::error!("session ended: {e}");
-            ExitCode::from(1)
-        }
-        Err(_) => ExitCode::from(1),
-    }
+    // Serving ends when the kernel lets go of the mount (fusermount3 -u,
+    // umount, or the signal thread). The background session is never
+    // dropped: fuser would unmount the mount point by path once more, and by
+    // then the path may hold someone else's new mount.
+    let _ = ended.recv();
+    std::mem::forget(background);
+    ExitCode::SUCCESS
 }
 
 /// Threads of this process.

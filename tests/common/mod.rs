@@ -120,11 +120,8 @@ impl Drop for Union {
 }
 
 pub fn is_mounted(p: &Path) -> bool {
-    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let p = fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    mounts
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
+    unionfs::mountinfo::is_mount_point(&p)
 }
 
 pub fn unmount(p: &Path) {

@@ -1,10 +1,15 @@
-//! Resource limits through cgroups, v1 or v2, whichever the host has
-//! (detected at run time). A container gets its own cgroup, removed when it ends.
+//! The container's cgroup, v1 or v2, whichever the host has (detected at
+//! run time): every container gets one, limits or not, for its device
+//! allowlist (see devices.rs) and so that whatever it left running can be
+//! found and killed. Removed when the container ends; a cgroup that could
+//! not be set up completely is removed at once.
 
 use std::fs;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::devices::{self, Rule};
 use super::LaunchError;
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -12,12 +17,6 @@ pub struct Limits {
     pub memory: Option<u64>,
     pub pids: Option<u64>,
     pub cpus: Option<f64>,
-}
-
-impl Limits {
-    pub fn any(&self) -> bool {
-        self.memory.is_some() || self.pids.is_some() || self.cpus.is_some()
-    }
 }
 
 #[derive(Debug, Default)]
@@ -51,53 +50,83 @@ pub fn is_v2() -> bool {
 }
 
 impl Cgroup {
-    /// A cgroup named `name` with `limits`; none is made when there are no limits.
-    pub fn create(name: &str, limits: &Limits) -> Result<Cgroup, LaunchError> {
+    /// A cgroup named `name` with `limits`, allowing the devices `allowed`.
+    pub fn create(name: &str, limits: &Limits, allowed: &[Rule]) -> Result<Cgroup, LaunchError> {
         let mut cg = Cgroup::default();
-        if !limits.any() {
-            return Ok(cg);
-        }
-        if is_v2() {
-            // Under a group of our own at the root, where controllers can be
-            // delegated (a leaf holding processes cannot enable them).
-            let parent = Path::new(ROOT).join("unionfs-run");
-            fs::create_dir_all(&parent)
-                .map_err(|e| LaunchError::Cgroup(format!("{}: {e}", parent.display())))?;
-            for d in [Path::new(ROOT), parent.as_path()] {
-                for c in ["+memory", "+pids", "+cpu"] {
-                    let _ = fs::write(d.join("cgroup.subtree_control"), c);
-                }
-            }
-            let dir = parent.join(name);
-            fs::create_dir(&dir)
-                .map_err(|e| LaunchError::Cgroup(format!("{}: {e}", dir.display())))?;
-            cg.dirs.push(dir.clone());
-            if let Some(m) = limits.memory {
-                write(&dir, "memory.max", &m.to_string())?;
-                let _ = fs::write(dir.join("memory.swap.max"), "0");
-            }
-            if let Some(p) = limits.pids {
-                write(&dir, "pids.max", &p.to_string())?;
-            }
-            if let Some(c) = limits.cpus {
-                write(
-                    &dir,
-                    "cpu.max",
-                    &format!("{} {PERIOD}", (c * PERIOD as f64) as u64),
-                )?;
-            }
-            return Ok(cg);
-        }
-        let mut make = |ctrl: &str| -> Result<PathBuf, LaunchError> {
-            let base = Path::new(ROOT)
-                .join(ctrl)
-                .join(own_path(|c| c.split(',').any(|x| x == ctrl)));
-            let dir = base.join(name);
-            fs::create_dir(&dir)
-                .map_err(|e| LaunchError::Cgroup(format!("{}: {e}", dir.display())))?;
-            cg.dirs.push(dir.clone());
-            Ok(dir)
+        let made = if is_v2() {
+            cg.make_v2(name, limits, allowed)
+        } else {
+            cg.make_v1(name, limits, allowed)
         };
+        if let Err(e) = made {
+            cg.remove();
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    fn make_dir(&mut self, dir: PathBuf) -> Result<PathBuf, LaunchError> {
+        fs::create_dir(&dir).map_err(|e| LaunchError::Cgroup(format!("{}: {e}", dir.display())))?;
+        self.dirs.push(dir.clone());
+        Ok(dir)
+    }
+
+    fn make_v2(
+        &mut self,
+        name: &str,
+        limits: &Limits,
+        allowed: &[Rule],
+    ) -> Result<(), LaunchError> {
+        // Under a group of our own at the root, where controllers can be
+        // delegated (a leaf holding processes cannot enable them).
+        let parent = Path::new(ROOT).join("unionfs-run");
+        fs::create_dir_all(&parent)
+            .map_err(|e| LaunchError::Cgroup(format!("{}: {e}", parent.display())))?;
+        for d in [Path::new(ROOT), parent.as_path()] {
+            for c in ["+memory", "+pids", "+cpu"] {
+                let _ = fs::write(d.join("cgroup.subtree_control"), c);
+            }
+        }
+        let dir = self.make_dir(parent.join(name))?;
+        if let Some(m) = limits.memory {
+            write(&dir, "memory.max", &m.to_string())?;
+            let _ = fs::write(dir.join("memory.swap.max"), "0");
+        }
+        if let Some(p) = limits.pids {
+            write(&dir, "pids.max", &p.to_string())?;
+        }
+        if let Some(c) = limits.cpus {
+            write(
+                &dir,
+                "cpu.max",
+                &format!("{} {PERIOD}", (c * PERIOD as f64) as u64),
+            )?;
+        }
+        attach_device_program(&dir, allowed)
+    }
+
+    fn make_v1(
+        &mut self,
+        name: &str,
+        limits: &Limits,
+        allowed: &[Rule],
+    ) -> Result<(), LaunchError> {
+        let mut make = |ctrl: &str| -> Result<PathBuf, LaunchError> {
+            let hierarchy = Path::new(ROOT).join(ctrl);
+            if !hierarchy.join("cgroup.procs").exists() {
+                return Err(LaunchError::Cgroup(format!(
+                    "the {ctrl} controller is not mounted at {}",
+                    hierarchy.display()
+                )));
+            }
+            let base = hierarchy.join(own_path(|c| c.split(',').any(|x| x == ctrl)));
+            self.make_dir(base.join(name))
+        };
+        let dev = make("devices")?;
+        write(&dev, "devices.deny", "a")?;
+        for r in allowed {
+            write(&dev, "devices.allow", &r.v1_line())?;
+        }
         if let Some(m) = limits.memory {
             let dir = make("memory")?;
             write(&dir, "memory.limit_in_bytes", &m.to_string())?;
@@ -116,7 +145,7 @@ impl Cgroup {
                 &((c * PERIOD as f64) as u64).to_string(),
             )?;
         }
-        Ok(cg)
+        Ok(())
     }
 
     pub fn add(&self, pid: i32) -> Result<(), LaunchError> {
@@ -124,6 +153,27 @@ impl Cgroup {
             write(d, "cgroup.procs", &pid.to_string())?;
         }
         Ok(())
+    }
+
+    /// SIGKILL every process in the cgroup (what a killed launcher left).
+    pub fn kill_all(&self) {
+        let start = Instant::now();
+        for d in &self.dirs {
+            while start.elapsed() < Duration::from_secs(5) {
+                let procs = fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+                let pids: Vec<i32> = procs.lines().filter_map(|l| l.parse().ok()).collect();
+                if pids.is_empty() {
+                    break;
+                }
+                for p in pids {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 
     /// Remove the cgroup once its processes are gone (waits a little for them).
@@ -138,4 +188,18 @@ impl Cgroup {
             }
         }
     }
+}
+
+/// cgroup v2 has no devices files: a BPF program attached to the cgroup
+/// answers each device access.
+pub fn attach_device_program(dir: &Path, allowed: &[Rule]) -> Result<(), LaunchError> {
+    let fd = nix::fcntl::open(
+        dir,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| LaunchError::Cgroup(format!("{}: {e}", dir.display())))?;
+    devices::attach(fd.as_fd(), allowed)
+        .map(drop)
+        .map_err(|e| LaunchError::Cgroup(format!("{}: device program: {e}", dir.display())))
 }

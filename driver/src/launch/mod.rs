@@ -6,7 +6,9 @@
 //! (128+signal when it was killed) and leaves no mount, cgroup or process.
 
 pub mod cgroup;
+pub mod devices;
 mod rootfs;
+pub mod seccomp;
 
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -21,6 +23,7 @@ use nix::unistd::{Gid, Uid};
 
 use crate::sys;
 pub use cgroup::Limits;
+pub use seccomp::Seccomp;
 
 /// The steps of a launch, so a failure says which one broke.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +43,8 @@ pub enum Step {
     Capabilities,
     Identity,
     NoNewPrivs,
+    Keyring,
+    Seccomp,
     Workdir,
     Exec,
 }
@@ -62,6 +67,8 @@ impl std::fmt::Display for Step {
             Step::Capabilities => "dropping capabilities",
             Step::Identity => "setting uid/gid",
             Step::NoNewPrivs => "setting no_new_privs",
+            Step::Keyring => "joining a new session keyring",
+            Step::Seccomp => "installing the seccomp filter",
             Step::Workdir => "entering the working directory",
             Step::Exec => "exec",
         };
@@ -111,6 +118,65 @@ impl std::str::FromStr for Volume {
     }
 }
 
+/// A host device given to the container (`--device`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    /// Where it appears in the container (absolute, under /dev).
+    pub path: PathBuf,
+    /// `S_IFCHR` or `S_IFBLK`, its number and permission bits (the host node's).
+    pub kind: u32,
+    pub rdev: u64,
+    pub mode: u32,
+    /// `devices::READ | WRITE | MKNOD` bits.
+    pub access: u32,
+}
+
+impl Device {
+    pub fn rule(&self) -> devices::Rule {
+        devices::Rule {
+            kind: if self.kind == libc::S_IFBLK { 'b' } else { 'c' },
+            major: Some(libc::major(self.rdev)),
+            minor: Some(libc::minor(self.rdev)),
+            access: self.access,
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    /// `HOST[:CONTAINER[:PERMS]]`, as docker run's --device.
+    fn from_str(s: &str) -> Result<Device, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let (host, path, perms) = match parts.as_slice() {
+            [h] => (*h, *h, "rwm"),
+            [h, p] if devices::parse_access(p).is_some() => (*h, *h, *p),
+            [h, c] => (*h, *c, "rwm"),
+            [h, c, p] => (*h, *c, *p),
+            _ => return Err(format!("device '{s}': use HOST[:CONTAINER[:PERMS]]")),
+        };
+        let access = devices::parse_access(perms)
+            .ok_or_else(|| format!("device '{s}': permissions are letters of rwm"))?;
+        let st = nix::sys::stat::stat(host).map_err(|e| format!("device {host}: {e}"))?;
+        let kind = st.st_mode & libc::S_IFMT;
+        if kind != libc::S_IFCHR && kind != libc::S_IFBLK {
+            return Err(format!("device {host}: not a character or block device"));
+        }
+        // Only the launcher's /dev may hold usable nodes (the rest is nodev).
+        if !path.starts_with("/dev/") || path.split('/').any(|c| c == "..") {
+            return Err(format!(
+                "device '{s}': the container path must lie under /dev"
+            ));
+        }
+        Ok(Device {
+            path: PathBuf::from(path),
+            kind,
+            rdev: st.st_rdev,
+            mode: st.st_mode & 0o777,
+            access,
+        })
+    }
+}
+
 /// `UID[:GID]`.
 pub fn parse_user(s: &str) -> Result<(u32, Option<u32>), String> {
     let (u, g) = match s.split_once(':') {
@@ -155,6 +221,9 @@ pub struct Options {
     pub limits: Limits,
     pub net_host: bool,
     pub read_only: bool,
+    /// Host devices beyond the default set.
+    pub devices: Vec<Device>,
+    pub seccomp: Seccomp,
 }
 
 /// Docker's default capability set.
@@ -201,7 +270,20 @@ pub fn run(
             rootfs.display()
         )));
     }
-    let cg = cgroup::Cgroup::create(&format!("unionfs-run-{}", std::process::id()), &opts.limits)?;
+    let caps: std::collections::HashSet<String> =
+        DEFAULT_CAPS.iter().map(|c| c.to_string()).collect();
+    // Built before anything starts: a bad profile is a launch error.
+    let filter = opts
+        .seccomp
+        .filter(&caps)
+        .map_err(|e| LaunchError::Step(Step::Seccomp, e))?;
+    let mut allowed = devices::DEFAULT.to_vec();
+    allowed.extend(opts.devices.iter().map(Device::rule));
+    let cg = cgroup::Cgroup::create(
+        &format!("unionfs-run-{}", std::process::id()),
+        &opts.limits,
+        &allowed,
+    )?;
     let (watch_r, watch_w) = nix::unistd::pipe().map_err(errno("pipe"))?;
     if sys::fork().map_err(errno("fork"))?.is_none() {
         drop(watch_w);
@@ -209,6 +291,9 @@ pub fn run(
     }
     drop(watch_r);
     let (go_r, go_w) = nix::unistd::pipe().map_err(errno("pipe"))?;
+    // Held open by this process until it ends: the child sees EOF on it once
+    // the launcher is gone (getppid() says nothing inside a PID namespace).
+    let (alive_r, alive_w) = nix::unistd::pipe().map_err(errno("pipe"))?;
     // The next child is PID 1 of a new PID namespace.
     unshare(CloneFlags::CLONE_NEWPID)
         .map_err(|e| LaunchError::Step(Step::Namespaces, e.to_string()))?;
@@ -216,11 +301,13 @@ pub fn run(
         None => {
             drop(go_w);
             drop(watch_w);
-            let code = child_main(go_r, &rootfs, opts, cmd);
+            drop(alive_w);
+            let code = child_main(go_r, alive_r, &rootfs, opts, filter.as_ref(), cmd);
             std::process::exit(code);
         }
         Some(pid) => pid,
     };
+    drop(alive_r);
     drop(go_r);
     if let Err(e) = cg.add(child.as_raw()) {
         let _ = kill(child, Signal::SIGKILL);
@@ -257,10 +344,13 @@ pub fn run(
             Err(e) => return Err(LaunchError::Sys("waitpid", e)),
         }
     };
+    // What the container left running (daemons it started) goes with it.
+    cg.kill_all();
     cg.remove();
     // Tell the watcher we cleaned up ourselves.
     let mut w = std::fs::File::from(watch_w);
     let _ = w.write_all(b"d");
+    drop(alive_w);
     Ok(status)
 }
 
@@ -271,6 +361,7 @@ fn watcher(r: OwnedFd, cg: &cgroup::Cgroup, cleanup: Option<Vec<String>>) -> ! {
     let mut b = [0u8; 1];
     let done = matches!(std::fs::File::from(r).read(&mut b), Ok(1));
     if !done {
+        cg.kill_all();
         cg.remove();
         if let Some(argv) = cleanup {
             let _ = std::process::Command::new(&argv[0])
@@ -284,14 +375,21 @@ fn watcher(r: OwnedFd, cg: &cgroup::Cgroup, cleanup: Option<Vec<String>>) -> ! {
 /// In the child (PID 1 of the new PID namespace): every step, then exec.
 /// Errors are printed here, naming the step; the status is 125 for a setup
 /// failure, 126 for a command that cannot run, 127 for one not found.
-fn child_main(go: OwnedFd, rootfs: &Path, opts: &Options, cmd: &[String]) -> i32 {
+fn child_main(
+    go: OwnedFd,
+    alive: OwnedFd,
+    rootfs: &Path,
+    opts: &Options,
+    filter: Option<&libseccomp::ScmpFilterContext>,
+    cmd: &[String],
+) -> i32 {
     // Dies with the launcher, and so does everything in the namespace.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     let mut b = [0u8; 1];
     if !matches!(std::fs::File::from(go).read(&mut b), Ok(1)) {
         return 125;
     }
-    match setup(rootfs, opts, cmd) {
+    match setup(rootfs, opts, &alive, filter, cmd) {
         Ok(never) => match never {},
         Err((code, e)) => {
             eprintln!("unionfs-run: {e}");
@@ -302,7 +400,13 @@ fn child_main(go: OwnedFd, rootfs: &Path, opts: &Options, cmd: &[String]) -> i32
 
 enum Never {}
 
-fn setup(rootfs: &Path, opts: &Options, cmd: &[String]) -> Result<Never, (i32, LaunchError)> {
+fn setup(
+    rootfs: &Path,
+    opts: &Options,
+    alive: &OwnedFd,
+    filter: Option<&libseccomp::ScmpFilterContext>,
+    cmd: &[String],
+) -> Result<Never, (i32, LaunchError)> {
     let fail = |e: LaunchError| (125, e);
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
     if !opts.net_host {
@@ -312,6 +416,9 @@ fn setup(rootfs: &Path, opts: &Options, cmd: &[String]) -> Result<Never, (i32, L
     if !opts.net_host {
         sys::loopback_up().map_err(|e| fail(LaunchError::Step(Step::Loopback, e.to_string())))?;
     }
+    // A keyring of its own: the launcher's session keyring stays out of reach.
+    sys::join_session_keyring("unionfs-run")
+        .map_err(|e| fail(LaunchError::Step(Step::Keyring, e.to_string())))?;
     rootfs::enter(rootfs, opts).map_err(fail)?;
     let hostname = opts.hostname.clone().unwrap_or_else(|| "container".into());
     nix::unistd::sethostname(&hostname)
@@ -337,6 +444,15 @@ fn setup(rootfs: &Path, opts: &Options, cmd: &[String]) -> Result<Never, (i32, L
     nix::unistd::setgroups(&[Gid::from_raw(gid)]).map_err(idfail)?;
     nix::unistd::setgid(Gid::from_raw(gid)).map_err(idfail)?;
     nix::unistd::setuid(Uid::from_raw(uid)).map_err(idfail)?;
+    // A change of identity clears the parent death signal: set it again, then
+    // make sure the launcher did not die before it was (EOF on `alive`).
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    if sys::hung_up(alive) {
+        return Err(fail(LaunchError::Step(
+            Step::Identity,
+            "the launcher is gone".into(),
+        )));
+    }
     nix::sys::prctl::set_no_new_privs()
         .map_err(|e| fail(LaunchError::Step(Step::NoNewPrivs, e.to_string())))?;
     let workdir = opts
@@ -376,6 +492,11 @@ fn setup(rootfs: &Path, opts: &Options, cmd: &[String]) -> Result<Never, (i32, L
     let envp = env.iter().map(|a| cstr(a)).collect::<Result<Vec<_>, _>>()?;
     // Only 0, 1 and 2 survive the exec.
     sys::cloexec_from(3).map_err(|e| fail(LaunchError::Step(Step::Exec, e.to_string())))?;
+    // Last: from here on the filter applies to this process too.
+    if let Some(f) = filter {
+        f.load()
+            .map_err(|e| fail(LaunchError::Step(Step::Seccomp, e.to_string())))?;
+    }
     let program = &cmd[0];
     let candidates: Vec<String> = if program.contains('/') {
         vec![program.clone()]
@@ -446,6 +567,14 @@ pub struct RunArgs {
     /// Mount the rootfs read-only.
     #[arg(long)]
     pub read_only: bool,
+    /// Give the container a host device (e.g. /dev/fuse), as docker run's
+    /// --device; repeatable.
+    #[arg(long, value_name = "HOST[:CONTAINER[:PERMS]]")]
+    pub device: Vec<Device>,
+    /// seccomp=unconfined (no filter) or seccomp=PROFILE.json (a Docker/OCI
+    /// profile) instead of the default profile.
+    #[arg(long, value_name = "seccomp=unconfined|PROFILE.json", value_parser = seccomp::security_opt)]
+    pub security_opt: Option<Seccomp>,
 }
 
 impl RunArgs {
@@ -476,6 +605,8 @@ impl RunArgs {
             },
             net_host: self.net == "host",
             read_only: self.read_only,
+            devices: self.device.clone(),
+            seccomp: self.security_opt.clone().unwrap_or_default(),
         })
     }
 }

@@ -14,7 +14,7 @@ use nix::fcntl::OFlag;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use unionfs::sys;
 
-use super::{LaunchError, Options, Step};
+use super::{Device, LaunchError, Options, Step};
 
 fn fd_path(fd: BorrowedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
@@ -141,7 +141,7 @@ fn proc_fs(root: BorrowedFd) -> Result<(), LaunchError> {
     Ok(())
 }
 
-fn dev_fs(root: BorrowedFd) -> Result<(), LaunchError> {
+fn dev_fs(root: BorrowedFd, extra: &[Device]) -> Result<(), LaunchError> {
     let s = Step::MountDev;
     let d = dir_in(root, Path::new("dev"), s)?;
     mnt(
@@ -180,6 +180,18 @@ fn dev_fs(root: BorrowedFd) -> Result<(), LaunchError> {
         ("ptmx", "pts/ptmx"),
     ] {
         sys::symlink_at(OsStr::new(target), d.as_fd(), OsStr::new(name)).map_err(step(s))?;
+    }
+    for dev in extra {
+        let rel = dev.path.strip_prefix("/dev").unwrap_or(&dev.path);
+        let (parent, name) = (
+            rel.parent().unwrap_or(Path::new("")),
+            rel.file_name().unwrap_or_default(),
+        );
+        let pd = dir_in(d.as_fd(), parent, s)?;
+        let _ = sys::unlink_at(pd.as_fd(), name, false);
+        sys::mknod_at(pd.as_fd(), name, dev.kind | 0o600, dev.rdev).map_err(step(s))?;
+        let fd = sys::open_at(pd.as_fd(), name, OFlag::O_PATH, 0).map_err(step(s))?;
+        sys::chmod_fd(fd.as_fd(), dev.mode).map_err(step(s))?;
     }
     let pts = dir_in(d.as_fd(), Path::new("pts"), s)?;
     mnt(
@@ -221,6 +233,17 @@ pub fn enter(rootfs: &Path, opts: &Options) -> Result<(), LaunchError> {
         None,
         Step::BindRootfs,
     )?;
+    // Device nodes in the image are never opened (nodev); only the
+    // launcher's own /dev has them. The mount's other flags stay.
+    let kept = kept_flags(rootfs).map_err(step(Step::BindRootfs))? | MsFlags::MS_NODEV;
+    mnt(
+        None,
+        rootfs,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | kept,
+        None,
+        Step::BindRootfs,
+    )?;
     let root = nix::fcntl::open(
         rootfs,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -237,7 +260,7 @@ pub fn enter(rootfs: &Path, opts: &Options) -> Result<(), LaunchError> {
         None,
         Step::MountSys,
     )?;
-    dev_fs(root.as_fd())?;
+    dev_fs(root.as_fd(), &opts.devices)?;
     for v in &opts.volumes {
         let s = Step::Volume;
         let src = std::fs::canonicalize(&v.src)
@@ -283,7 +306,7 @@ pub fn enter(rootfs: &Path, opts: &Options) -> Result<(), LaunchError> {
             None,
             rootfs,
             None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | kept,
             None,
             Step::ReadOnly,
         )?;
@@ -293,6 +316,28 @@ pub fn enter(rootfs: &Path, opts: &Options) -> Result<(), LaunchError> {
     umount2(".", MntFlags::MNT_DETACH).map_err(step(Step::PivotRoot))?;
     nix::unistd::chdir("/").map_err(step(Step::PivotRoot))?;
     Ok(())
+}
+
+/// The per-mount flags of the mount at `path` that a bind remount must
+/// repeat (it sets them all at once): nosuid, noexec, nodev, read-only, atime.
+fn kept_flags(path: &Path) -> nix::Result<MsFlags> {
+    use nix::sys::statvfs::FsFlags;
+    let f = nix::sys::statvfs::statvfs(path)?.flags();
+    let mut m = MsFlags::empty();
+    for (fs, ms) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if f.contains(fs) {
+            m |= ms;
+        }
+    }
+    Ok(m)
 }
 
 /// The mounted object at `rel` (after a bind mount, a fresh handle sees it).

@@ -313,3 +313,60 @@ pub fn ls(p: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+impl TarBuilder {
+    /// A device node entry (`kind`: Char or Block).
+    pub fn device(mut self, name: &str, kind: tar::EntryType, major: u32, minor: u32) -> Self {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(0o666);
+        h.set_mtime(1_000_000_000);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        h.set_cksum();
+        self.b.append(&h, std::io::empty()).unwrap();
+        self
+    }
+}
+
+/// A loop device over a file holding `secret`, detached when dropped: a
+/// host block device a container must not reach.
+pub struct Loop {
+    pub dev: PathBuf,
+    pub minor: u32,
+    _file: tempfile::NamedTempFile,
+}
+
+impl Loop {
+    pub fn new(secret: &str) -> Loop {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(secret.as_bytes()).unwrap();
+        f.write_all(&vec![0u8; 1 << 20]).unwrap();
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(f.path())
+            .output()
+            .expect("losetup (util-linux) is needed for the device tests");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        use std::os::unix::fs::MetadataExt;
+        let minor = libc::minor(fs::metadata(&dev).unwrap().rdev());
+        Loop {
+            dev,
+            minor,
+            _file: f,
+        }
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).output();
+    }
+}

@@ -1,0 +1,268 @@
+//! The container's walls, tried from inside as an attacker would: host
+//! devices (made with mknod, or brought in by an image layer), the keyrings
+//! and the syscalls that seccomp keeps out; and the walls' settings
+//! (`--device`, `--security-opt seccomp=`).
+
+mod common;
+use common::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const RUN: &str = env!("CARGO_BIN_EXE_unionfs-run");
+
+/// A busybox rootfs with the keyring probe (tests/probe/keys.c, static).
+fn rootfs(at: &Path) -> PathBuf {
+    let r = at.join("rootfs");
+    for d in ["bin", "tmp", "dev"] {
+        fs::create_dir_all(r.join(d)).unwrap();
+    }
+    fs::copy("/bin/busybox", r.join("bin/busybox")).expect("/bin/busybox (busybox-static)");
+    for a in ["sh", "cat", "head", "mknod", "echo", "grep", "wc", "mkdir"] {
+        std::os::unix::fs::symlink("busybox", r.join("bin").join(a)).unwrap();
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/keys.c");
+    let cc = Command::new("gcc")
+        .args(["-static", "-O1", "-o"])
+        .arg(r.join("bin/keys"))
+        .arg(&src)
+        .output()
+        .expect("gcc (with libc6-dev) builds the keyring probe");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    r
+}
+
+fn run(args: &[&str], root: &Path, script: &str) -> Output {
+    Command::new(RUN)
+        .args(args)
+        .arg(root)
+        .args(["--", "/bin/sh", "-c", script])
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn host_block_devices_are_out_of_reach() {
+    need_root!();
+    let e = Env::new();
+    let r = rootfs(e.tmp.path());
+    let lo = Loop::new("supersecret");
+    let n = lo.minor;
+    // A node in the launcher's /dev: made, but neither read nor written.
+    let o = run(
+        &[],
+        &r,
+        &format!("mknod /dev/x b 7 {n} && head -c 11 /dev/x; echo pwned > /dev/x; echo done"),
+    );
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert!(!out.contains("supersecret"), "{out}");
+    assert!(out.contains("done"), "{out} {err}");
+    assert_eq!(err.matches("Operation not permitted").count(), 2, "{err}");
+    // On the rootfs (nodev) not even that far.
+    let o = run(
+        &[],
+        &r,
+        &format!("mknod /tmp/y b 7 {n} && head -c 11 /tmp/y"),
+    );
+    assert!(!text(&o.stdout).contains("supersecret"));
+    assert!(
+        text(&o.stderr).contains("Permission denied"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(fs::read(&lo.dev).unwrap().starts_with(b"supersecret"));
+    // The default set works.
+    let o = run(
+        &[],
+        &r,
+        "echo x > /dev/null && head -c 3 /dev/urandom | wc -c",
+    );
+    assert_eq!(text(&o.stdout).trim(), "3", "{}", text(&o.stderr));
+    // And a device given on purpose is usable: the allowlist is what stopped it.
+    let dev = lo.dev.display().to_string();
+    let o = run(&["--device", &dev], &r, &format!("head -c 11 {dev}"));
+    assert_eq!(text(&o.stdout), "supersecret", "{}", text(&o.stderr));
+    let o = Command::new(RUN)
+        .args(["--device", "/etc/passwd"])
+        .arg(&r)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("not a character or block device"));
+}
+
+#[test]
+fn device_nodes_in_an_image_are_unusable() {
+    need_root!();
+    let e = Env::new();
+    let lo = Loop::new("imagesecret");
+    let layer = TarBuilder::new()
+        .device("disk", tar::EntryType::Block, 7, lo.minor)
+        .bytes();
+    oci_layout(
+        &e.path("oci"),
+        &[Layer::gz(busybox_layer()), Layer::gz(layer)],
+        "latest",
+    );
+    e.ok(&["import", "--name", "dev", e.path("oci").to_str().unwrap()]);
+    let o = e.run(&["run", "--rm", "dev", "--", "/bin/cat", "/disk"]);
+    assert!(!text(&o.stdout).contains("imagesecret"));
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("Permission denied"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+/// A cgroup v2 directory for this test (on a v1 host, the unified hierarchy).
+fn cgroup2_dir() -> PathBuf {
+    let mounts = unionfs::mountinfo::read().unwrap();
+    let m = mounts
+        .iter()
+        .find(|m| m.fstype == "cgroup2")
+        .expect("a cgroup2 hierarchy is mounted (the device program needs one)");
+    let d = m
+        .mount_point
+        .join(format!("unionfs-devtest-{}", std::process::id()));
+    fs::create_dir(&d).unwrap();
+    d
+}
+
+#[test]
+fn the_device_program_guards_a_cgroup_v2() {
+    need_root!();
+    use unionfs_driver::launch::{cgroup, devices};
+    let lo = Loop::new("bpfsecret");
+    let dir = cgroup2_dir();
+    cgroup::attach_device_program(&dir, &devices::DEFAULT).unwrap();
+    // A shell moves itself into the cgroup, then reads.
+    let inside = |what: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec head -c 9 {what}",
+                dir.display()
+            ))
+            .output()
+            .unwrap()
+    };
+    let o = inside(&lo.dev.display().to_string());
+    let _ = fs::remove_dir(&dir);
+    assert!(!text(&o.stdout).contains("bpfsecret"));
+    assert!(
+        text(&o.stderr).contains("Operation not permitted"),
+        "{}",
+        text(&o.stderr)
+    );
+    let dir2 = cgroup2_dir();
+    cgroup::attach_device_program(&dir2, &devices::DEFAULT).unwrap();
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec head -c 4 /dev/zero",
+            dir2.display()
+        ))
+        .output()
+        .unwrap();
+    let _ = fs::remove_dir(&dir2);
+    assert_eq!(o.stdout, vec![0u8; 4], "{}", text(&o.stderr));
+}
+
+/// The probe's lines as (call, result).
+fn probe(args: &[&str], r: &Path) -> Vec<(String, String)> {
+    let o = Command::new(RUN)
+        .args(args)
+        .arg(r)
+        .args(["--", "/bin/keys"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    text(&o.stdout)
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once(' ').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn keyrings_are_out_of_reach_and_the_session_keyring_is_fresh() {
+    need_root!();
+    let e = Env::new();
+    let r = rootfs(e.tmp.path());
+    let eperm = format!("-{}", libc::EPERM);
+    for (call, result) in probe(&[], &r) {
+        assert!(result.starts_with(&eperm), "{call}: {result}");
+    }
+    let o = run(&[], &r, "grep Seccomp: /proc/self/status");
+    assert_eq!(text(&o.stdout).split_whitespace().nth(1), Some("2"));
+    // Unconfined the calls work, and the session keyring is the container's own.
+    let got = probe(&["--security-opt", "seccomp=unconfined"], &r);
+    let describe = &got.iter().find(|(k, _)| k == "describe").unwrap().1;
+    assert!(describe.ends_with(";unionfs-run"), "{describe}");
+    let o = run(
+        &["--security-opt", "seccomp=unconfined"],
+        &r,
+        "grep Seccomp: /proc/self/status",
+    );
+    assert_eq!(text(&o.stdout).split_whitespace().nth(1), Some("0"));
+}
+
+#[test]
+fn seccomp_profiles_come_from_files_in_the_docker_format() {
+    need_root!();
+    let e = Env::new();
+    let r = rootfs(e.tmp.path());
+    // The profile containers-common ships (Podman's and Buildah's default).
+    let shipped = "/usr/share/containers/seccomp.json";
+    assert!(
+        Path::new(shipped).exists(),
+        "{shipped} is missing: apt-get install golang-github-containers-common"
+    );
+    let opt = format!("seccomp={shipped}");
+    let o = run(
+        &["--security-opt", &opt],
+        &r,
+        "echo works; mkdir /tmp/d && echo made",
+    );
+    assert_eq!(text(&o.stdout), "works\nmade\n", "{}", text(&o.stderr));
+    // That profile allows the keyring calls (Podman gives each container a
+    // keyring): the session keyring they reach is the container's own.
+    let got = probe(&["--security-opt", &opt], &r);
+    let describe = &got.iter().find(|(k, _)| k == "describe").unwrap().1;
+    assert!(describe.ends_with(";unionfs-run"), "{describe}");
+    // One of our own: everything but mkdir, which fails with EACCES.
+    let mine = e.path("profile.json");
+    fs::write(
+        &mine,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}"#,
+    )
+    .unwrap();
+    let opt = format!("seccomp={}", mine.display());
+    let o = run(&["--security-opt", &opt], &r, "mkdir /tmp/x; echo after");
+    assert_eq!(text(&o.stdout), "after\n");
+    assert!(
+        text(&o.stderr).contains("Permission denied"),
+        "{}",
+        text(&o.stderr)
+    );
+    // A bad profile: one line naming it, nothing runs.
+    fs::write(&mine, r#"{"defaultAction": "SCMP_ACT_SOMETIMES"}"#).unwrap();
+    let o = run(&["--security-opt", &opt], &r, "echo ran");
+    assert_eq!(o.status.code(), Some(125));
+    assert!(text(&o.stdout).is_empty());
+    let err = text(&o.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("SCMP_ACT_SOMETIMES"), "{err}");
+}

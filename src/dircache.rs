@@ -268,6 +268,31 @@ impl Union {
         f(sys::Obj::at(dir.as_fd(), &name))
     }
 
+    /// Like [`Union::on_top`], but through an fd on the instance, after
+    /// checking that its name still names this object: for the calls that
+    /// change owner, mode, size or xattrs, which a name swapped under the
+    /// daemon (for a hard link to someone else's file, say) must never
+    /// redirect. A name that now holds another object is ESTALE.
+    pub(crate) fn on_top_pinned<T>(
+        &self,
+        bs: &BranchSet,
+        node: &Node,
+        f: impl FnOnce(sys::Obj) -> Result<T>,
+    ) -> Result<T> {
+        let idx = self.top_idx(bs, node)?;
+        if node.ino == ROOT {
+            return f(sys::Obj::fd(bs.get(idx).root()));
+        }
+        let (dir, name) = self.parent_in(bs, node, idx)?;
+        let fd = sys::open_at(dir.as_fd(), &name, OFlag::O_PATH, 0)?;
+        let st = sys::fstat(fd.as_fd())?;
+        if !node.has_key((bs.get(idx).dev, st.st_ino)) {
+            log::warn!("{name:?} was replaced in its branch: not changed");
+            return Err(Errno::ESTALE);
+        }
+        f(sys::Obj::fd(fd.as_fd()))
+    }
+
     /// Open the instance of `node` in branch `idx` (never following a symlink).
     pub(crate) fn open_in(
         &self,

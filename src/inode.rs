@@ -57,6 +57,11 @@ pub struct Node {
 }
 
 impl Node {
+    /// Whether `key` is one of this object's instances.
+    pub fn has_key(&self, key: Key) -> bool {
+        self.keys.lock().contains(&key)
+    }
+
     pub fn is_dir(&self) -> bool {
         self.kind == libc::S_IFDIR
     }

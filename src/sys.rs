@@ -260,6 +260,23 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// Open the object for I/O: by name, or (an `O_PATH` fd on it) through
+    /// its `/proc/self/fd` link, which reaches exactly that inode (never a
+    /// symlink, whose target the link would lead on to).
+    pub fn open(&self, flags: OFlag) -> Result<OwnedFd> {
+        if !self.name.is_empty() {
+            return open_at(self.dir, self.name, flags, 0);
+        }
+        if fstat(self.dir)?.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(Errno::ELOOP);
+        }
+        fcntl::open(
+            proc_path(self.dir).as_c_str(),
+            flags | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+    }
+
     pub fn chown(&self, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
         if self.name.is_empty() {
             chown_obj(self.dir, uid, gid)

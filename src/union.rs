@@ -305,12 +305,12 @@ impl Union {
         }
         let data = set.size != Some(0);
         let bs = self.copy_up(&node, data)?;
-        self.on_top(&bs, &node, |obj| {
+        self.on_top_pinned(&bs, &node, |obj| {
             if let Some(size) = set.size {
                 if node.is_dir() {
                     return Err(Errno::EISDIR);
                 }
-                let w = sys::open_at(obj.dir, obj.name, OFlag::O_WRONLY, 0)?;
+                let w = obj.open(OFlag::O_WRONLY)?;
                 sys::truncate_fd(w.as_fd(), size)?;
             }
             if set.uid.is_some() || set.gid.is_some() {
@@ -391,7 +391,7 @@ impl Union {
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         let node = self.inodes.get(ino)?;
         let bs = self.copy_up(&node, true)?;
-        self.on_top(&bs, &node, |obj| {
+        self.on_top_pinned(&bs, &node, |obj| {
             sys::set_xattr_obj(obj, name, value, flags)
         })
     }
@@ -404,7 +404,7 @@ impl Union {
             self.on_top(&bs, &node, |obj| sys::get_xattr_obj(obj, name, &mut []))?;
         }
         let bs = self.copy_up(&node, true)?;
-        self.on_top(&bs, &node, |obj| sys::remove_xattr_obj(obj, name))
+        self.on_top_pinned(&bs, &node, |obj| sys::remove_xattr_obj(obj, name))
     }
 
     /// The directory `rel` in branch `idx`, created there (with its parents,

@@ -113,3 +113,33 @@ fn new_entries_get_exactly_the_mode_asked_for() {
     let st = fs::symlink_metadata(u.b("rw/ul")).unwrap();
     assert_eq!((st.uid(), st.gid()), (uid, gid));
 }
+
+#[test]
+fn a_name_swapped_in_the_branch_never_redirects_a_chmod() {
+    need_fuse!();
+    let mut u = Union::new(&["rw"]);
+    open_up(&u);
+    // Root's world-writable file on the branch's filesystem: a user may
+    // hard-link it (protected_hardlinks allows what they can read and write).
+    write(u.b("victim"), "root's");
+    fs::set_permissions(u.b("victim"), fs::Permissions::from_mode(0o666)).unwrap();
+    give_to_attacker(&u.b("rw"));
+    u.mount("rw", &["allow_other,entry_timeout=3600,attr_timeout=3600"]);
+    let (m, rw, victim) = (
+        u.mnt.display().to_string(),
+        u.b("rw").display().to_string(),
+        u.b("victim").display().to_string(),
+    );
+    // The kernel knows `mine` as the user's (attributes cached); the user
+    // swaps the name in the branch for a link to root's file and asks the
+    // kernel, which checks against what it knows, for a setuid chmod. The
+    // daemon must not apply it to what the name now holds (it answers
+    // ESTALE; the kernel looks the name up again and refuses).
+    let out = as_attacker(&format!(
+        ": > {m}/mine && stat {m}/mine >/dev/null && rm {rw}/mine && ln {victim} {rw}/mine && \
+         chmod 4777 {m}/mine"
+    ));
+    assert!(!out.status.success(), "the chmod went through");
+    let st = fs::symlink_metadata(u.b("victim")).unwrap();
+    assert_eq!((st.uid(), st.mode() & 0o7777), (0, 0o666));
+}

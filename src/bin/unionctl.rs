@@ -40,11 +40,13 @@ DESCRIPTION:
 
     The rules for branches hold for every change: no missing or duplicate
     branch, no branch nested in another or in the mount point. Only root or the
-    user who mounted may change the branches; anyone may --list and --query.
+    user who mounted may change the branches; anyone may --list, and --query
+    what they could see through the mount anyway.
 
     The daemon listens on a Unix socket (/run/unionfs/HASH.sock for a mount
-    made by root, $XDG_RUNTIME_DIR/unionfs/ otherwise) and checks the caller
-    with SO_PEERCRED.
+    made by root, $XDG_RUNTIME_DIR/unionfs/HASH.sock for a user's) and checks
+    the caller with SO_PEERCRED; unionctl in turn talks only to a daemon that
+    runs as root or as the mount's owner (user_id= in /proc/self/mountinfo).
 
 EXIT STATUS:
     0 done; 1 the daemon refused (the message says why); 2 bad arguments, or

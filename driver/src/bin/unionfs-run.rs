@@ -14,8 +14,10 @@ use unionfs_driver::launch::{self, RunArgs};
     long_about = "unionfs-run runs CMD with ROOTFS as its root directory, in new mount, PID, UTS, \
 IPC and (unless --net host) network namespaces: private mount propagation, the rootfs bound onto \
 itself, /proc with Docker's masked and read-only paths, /sys read-only, a minimal /dev, \
-pivot_root with the old root detached, capabilities cut to Docker's default set, no_new_privs, \
-only fds 0-2 inherited, resource limits through cgroups (v1 or v2). It exits with CMD's status \
+pivot_root with the old root detached, a new session keyring, capabilities cut to Docker's \
+default set, no_new_privs, a seccomp filter (our profile, Docker's default as the reference; \
+--security-opt seccomp=unconfined|PROFILE.json), only fds 0-2 inherited, a cgroup (v1 or v2) \
+with Docker's device allowlist (--device adds one) and the resource limits, the rootfs nodev. It exits with CMD's status \
 (128+signal when CMD was killed; 125 when the launch failed, 126 when CMD cannot run, 127 when \
 it is not found) and leaves no mount, cgroup or process behind.",
     after_help = "EXAMPLE:\n    unionfs-run --hostname box --memory 64m ./rootfs -- /bin/sh -c 'hostname; id'"

@@ -240,8 +240,7 @@ impl Union {
             Err(e) => return Err(e),
         }
         let sdir = self.layer_dir(bs, &parent, idx)?;
-        let st = sys::stat_at(sdir.as_fd(), &name)?;
-        let tmp = self.build_copy(bs, target, sdir.as_fd(), &name, &st, data)?;
+        let tmp = self.build_copy(bs, target, sdir.as_fd(), &name, node.kind, data)?;
         tmp.commit(pdir.as_fd(), &name, RENAME_NOREPLACE)?;
         let new = sys::stat_at(pdir.as_fd(), &name)?;
         self.link_aliases(bs, target, node, pdir.as_fd(), &name);
@@ -249,20 +248,29 @@ impl Union {
         Ok(())
     }
 
-    /// Build a copy of the entry `name` of `src_dir` (its attributes: `st`)
-    /// in the work directory of branch `target`.
+    /// Build a copy of the entry `name` of `src_dir` (of the kind `kind`,
+    /// `S_IFMT` bits) in the work directory of branch `target`. The source is
+    /// opened once and everything is read through that fd: data, owner, mode
+    /// and xattrs all come from one object, even if the name is swapped
+    /// meanwhile (say, for the user's own program beside a root-owned setuid one).
     pub(crate) fn build_copy(
         &self,
         bs: &BranchSet,
         target: usize,
         src_dir: BorrowedFd,
         name: &OsStr,
-        st: &FileStat,
+        kind: u32,
         data: bool,
     ) -> Result<Temp> {
+        let src = sys::open_at(src_dir, name, OFlag::O_PATH, 0)?;
+        let st = sys::fstat(src.as_fd())?;
+        if !is_kind(&st, kind) {
+            return Err(Errno::ESTALE);
+        }
+        let from = Obj::fd(src.as_fd());
         let mut tmp = Temp::new(bs.get(target).work()?);
         let tname = tmp.name.clone();
-        let dst = if is_kind(st, libc::S_IFREG) {
+        let dst = if kind == libc::S_IFREG {
             let dst = sys::open_at(
                 tmp.dir(),
                 &tname,
@@ -271,21 +279,21 @@ impl Union {
             )?;
             tmp.arm();
             if data && st.st_size > 0 {
-                let s = sys::open_at(src_dir, name, OFlag::O_RDONLY, 0)?;
+                let s = from.open(OFlag::O_RDONLY)?;
                 copy_data(s.as_fd(), dst.as_fd(), st.st_size as u64)?;
                 sys::fsync(dst.as_fd(), true)?;
             }
             dst
         } else {
-            let target = match is_kind(st, libc::S_IFLNK) {
-                true => Some(sys::readlink_at(src_dir, name)?),
+            let target = match kind == libc::S_IFLNK {
+                true => Some(sys::readlink_obj(src.as_fd())?),
                 false => None,
             };
             let made = make_node(tmp.dir(), &tname, st.st_mode, st.st_rdev, target.as_deref());
             tmp.arm();
             made?
         };
-        copy_meta(Obj::at(src_dir, name), st, dst.as_fd())?;
+        copy_meta(from, &st, dst.as_fd())?;
         Ok(tmp)
     }
 
@@ -361,7 +369,7 @@ impl Union {
             }
             let hide_below = whiteout::has_whiteout(fd.as_fd(), &name)?;
             let tmp = self.on_top(bs, node, |src| {
-                self.build_copy(bs, target, src.dir, src.name, &src.stat()?, false)
+                self.build_copy(bs, target, src.dir, src.name, libc::S_IFDIR, false)
             })?;
             if hide_below {
                 let t = sys::open_dir(tmp.dir(), Path::new(&tmp.name))?;

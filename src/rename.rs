@@ -185,7 +185,7 @@ impl Union {
             let child = path.join(&e.name);
             if top.idx != up {
                 let src = bs.get(top.idx).dir(path)?;
-                let tmp = self.build_copy(bs, up, src.as_fd(), &e.name, &top.stat, true)?;
+                let tmp = self.build_copy(bs, up, src.as_fd(), &e.name, top.kind(), true)?;
                 tmp.commit(updir.as_fd(), &e.name, NOREPLACE)?;
             }
             if top.is_dir() {

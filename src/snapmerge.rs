@@ -200,13 +200,14 @@ impl<'a> Merge<'a> {
         path: &Path,
     ) -> Result<(), (PathBuf, Errno)> {
         let at = |e: Errno| (path.to_path_buf(), e);
-        let st = sys::stat_at(sdir, name).map_err(at)?;
+        // One object of the snapshot, whatever its name holds meanwhile.
+        let sfd = sys::open_at(sdir, name, OFlag::O_PATH, 0).map_err(at)?;
+        let st = sys::fstat(sfd.as_fd()).map_err(at)?;
         let old = match sys::stat_at(bdir, name) {
             Ok(b) => Some(b),
             Err(Errno::ENOENT) => None,
             Err(e) => return Err(at(e)),
         };
-        let sfd = sys::open_at(sdir, name, OFlag::O_PATH, 0).map_err(at)?;
         if kind(&st) == libc::S_IFDIR {
             let change = match old {
                 Some(o) if kind(&o) == libc::S_IFDIR => {
@@ -264,7 +265,7 @@ impl<'a> Merge<'a> {
             Change::Added
         };
         if !self.dry_run {
-            self.copy(bdir, sdir, name, path, &st, &sfd).map_err(at)?;
+            self.copy(bdir, name, path, &st, &sfd).map_err(at)?;
         }
         self.note(change, path);
         Ok(())
@@ -275,7 +276,6 @@ impl<'a> Merge<'a> {
     fn copy(
         &mut self,
         bdir: BorrowedFd,
-        sdir: BorrowedFd,
         name: &OsStr,
         path: &Path,
         st: &FileStat,
@@ -306,7 +306,7 @@ impl<'a> Merge<'a> {
                         OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY,
                         0o600,
                     )?;
-                    let src = sys::open_at(sdir, name, OFlag::O_RDONLY, 0)?;
+                    let src = sys::Obj::fd(sfd.as_fd()).open(OFlag::O_RDONLY)?;
                     copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
                     sys::fsync(dst.as_fd(), true)?;
                     dst

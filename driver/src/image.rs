@@ -85,7 +85,8 @@ fn sha256_of(r: impl Read) -> std::io::Result<String> {
     Ok(h.digest())
 }
 
-/// A file inside `root`, opened fd-relative (no symlink, no `..`).
+/// A regular file inside `root`, opened fd-relative (no symlink, no `..`;
+/// a FIFO or device planted in an image is an error, never a wait).
 fn open_in(root: &OwnedFd, rel: &Path) -> Result<File, Error> {
     if rel.is_absolute()
         || rel
@@ -97,9 +98,18 @@ fn open_in(root: &OwnedFd, rel: &Path) -> Result<File, Error> {
             rel.display()
         )));
     }
-    sys::open_beneath(root.as_fd(), rel, OFlag::O_RDONLY, 0)
-        .map(File::from)
-        .map_err(|e| invalid(format!("{}: {e}", rel.display())))
+    let bad = |e: sys::Errno| invalid(format!("{}: {e}", rel.display()));
+    let fd = sys::open_beneath(
+        root.as_fd(),
+        rel,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
+        0,
+    )
+    .map_err(bad)?;
+    if sys::fstat(fd.as_fd()).map_err(bad)?.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(invalid(format!("{}: not a regular file", rel.display())));
+    }
+    Ok(File::from(fd))
 }
 
 /// A layer blob: gzip, zstd or plain tar, told apart by its first bytes.

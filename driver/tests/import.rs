@@ -6,6 +6,7 @@
 mod common;
 use common::*;
 use std::fs;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn app_layer() -> Vec<u8> {
@@ -217,4 +218,33 @@ fn a_killed_import_leaves_a_consistent_store_and_can_be_run_again() {
     let m = e.mount("big");
     assert_eq!(fs::metadata(m.join("big")).unwrap().len(), 300 << 20);
     e.ok(&["umount", "big"]);
+}
+
+#[test]
+fn a_fifo_planted_as_a_blob_is_an_error_not_a_hang() {
+    need_root!();
+    let e = Env::new();
+    let dir = e.path("fifo");
+    oci_layout(&dir, &[Layer::gz(busybox_layer())], "t");
+    let blobs = dir.join("blobs/sha256");
+    let victim = fs::read_dir(&blobs)
+        .unwrap()
+        .map(|x| x.unwrap().path())
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    fs::remove_file(&victim).unwrap();
+    nix::unistd::mkfifo(&victim, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    // Nobody ever writes to the FIFO: an import that opened it would wait forever.
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(CLI)
+        .arg("--root")
+        .arg(&e.root)
+        .args(["import", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+    assert_eq!(e.ok(&["ls"]), "");
 }

@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 
 const RUN: &str = env!("CARGO_BIN_EXE_unionfs-run");
 
-/// A busybox rootfs with the keyring probe (tests/probe/keys.c, static).
+/// A busybox rootfs with the probes of tests/probe/ (built static).
 fn rootfs(at: &Path) -> PathBuf {
     let r = at.join("rootfs");
     for d in ["bin", "tmp", "dev"] {
@@ -21,18 +21,20 @@ fn rootfs(at: &Path) -> PathBuf {
     for a in ["sh", "cat", "head", "mknod", "echo", "grep", "wc", "mkdir"] {
         std::os::unix::fs::symlink("busybox", r.join("bin").join(a)).unwrap();
     }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/keys.c");
-    let cc = Command::new("gcc")
-        .args(["-static", "-O1", "-o"])
-        .arg(r.join("bin/keys"))
-        .arg(&src)
-        .output()
-        .expect("gcc (with libc6-dev) builds the keyring probe");
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
+    for probe in ["keys", "tiocsti"] {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/probe/{probe}.c"));
+        let cc = Command::new("gcc")
+            .args(["-static", "-O1", "-o"])
+            .arg(r.join("bin").join(probe))
+            .arg(&src)
+            .output()
+            .expect("gcc (with libc6-dev) builds the probes");
+        assert!(
+            cc.status.success(),
+            "{}",
+            String::from_utf8_lossy(&cc.stderr)
+        );
+    }
     r
 }
 
@@ -265,4 +267,34 @@ fn seccomp_profiles_come_from_files_in_the_docker_format() {
     let err = text(&o.stderr);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("SCMP_ACT_SOMETIMES"), "{err}");
+}
+
+#[test]
+fn the_callers_terminal_takes_no_input_from_the_container() {
+    need_root!();
+    let e = Env::new();
+    let r = rootfs(e.tmp.path());
+    // On a terminal (script makes one), as when a user runs a container from
+    // their shell: the container pushes a line into the terminal's input,
+    // which the shell would run once the container exits.
+    let cmd = format!("{RUN} {} -- /bin/tiocsti", r.display());
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .expect("script (bsdutils) makes the terminal");
+    let out = text(&o.stdout);
+    assert!(out.contains(&format!("tiocsti -{}", libc::EPERM)), "{out}");
+    assert!(!out.contains("#injected"), "{out}");
+    // The terminal is still the container's stdin and stdout.
+    let cmd = format!("{RUN} {} -- /bin/sh -c 'read x; echo got $x'", r.display());
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"typed\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(text(&o.stdout).contains("got typed"), "{}", text(&o.stdout));
 }

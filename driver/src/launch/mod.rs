@@ -28,6 +28,7 @@ pub use seccomp::Seccomp;
 /// The steps of a launch, so a failure says which one broke.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
+    Session,
     Namespaces,
     Loopback,
     MountPropagation,
@@ -52,6 +53,7 @@ pub enum Step {
 impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         let s = match self {
+            Step::Session => "starting a new session",
             Step::Namespaces => "creating namespaces",
             Step::Loopback => "bringing up loopback",
             Step::MountPropagation => "making mount propagation private",
@@ -408,6 +410,10 @@ fn setup(
     cmd: &[String],
 ) -> Result<Never, (i32, LaunchError)> {
     let fail = |e: LaunchError| (125, e);
+    // A session of its own, without a controlling terminal: the caller's
+    // terminal stays usable as stdin/stdout, but the container cannot push
+    // input into it (TIOCSTI) for the caller's shell to run after it exits.
+    nix::unistd::setsid().map_err(|e| fail(LaunchError::Step(Step::Session, e.to_string())))?;
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
     if !opts.net_host {
         flags |= CloneFlags::CLONE_NEWNET;

@@ -213,15 +213,23 @@ fn open_socket_dir() -> Result<(PathBuf, OwnedFd), String> {
     Ok((dir, fd))
 }
 
-/// Removes the socket when the mount ends.
+/// Removes the socket when the mount ends, if it is still this daemon's (a
+/// new mount at the same place may have bound its own by then).
 pub struct ControlSocket {
     dir: OwnedFd,
     name: String,
+    /// (st_dev, st_ino) of the socket this daemon bound.
+    id: (u64, u64),
 }
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        let _ = sys::unlink_at(self.dir.as_fd(), OsStr::new(&self.name), false);
+        let name = OsStr::new(&self.name);
+        if let Ok(st) = sys::stat_at(self.dir.as_fd(), name) {
+            if (st.st_dev, st.st_ino) == self.id {
+                let _ = sys::unlink_at(self.dir.as_fd(), name, false);
+            }
+        }
     }
 }
 
@@ -255,6 +263,8 @@ pub fn serve(
     // Anyone may connect; each request is checked against the caller's uid.
     let listener = sys::bind_unix(dirfd.as_fd(), OsStr::new(&name), 0o666)
         .map_err(|e| format!("{}/{name}: {e}", dir.display()))?;
+    let st = sys::stat_at(dirfd.as_fd(), OsStr::new(&name))
+        .map_err(|e| format!("{}/{name}: {e}", dir.display()))?;
     let server = Arc::new(Server {
         union,
         mountpoint,
@@ -273,7 +283,11 @@ pub fn serve(
             }
         })
         .map_err(|e| format!("control thread: {e}"))?;
-    Ok(ControlSocket { dir: dirfd, name })
+    Ok(ControlSocket {
+        dir: dirfd,
+        name,
+        id: (st.st_dev, st.st_ino),
+    })
 }
 
 struct Server {

@@ -279,18 +279,19 @@ impl Union {
         node: &Node,
         f: impl FnOnce(sys::Obj) -> Result<T>,
     ) -> Result<T> {
-        let idx = self.top_idx(bs, node)?;
-        if node.ino == ROOT {
-            return f(sys::Obj::fd(bs.get(idx).root()));
-        }
-        let (dir, name) = self.parent_in(bs, node, idx)?;
-        let fd = sys::open_at(dir.as_fd(), &name, OFlag::O_PATH, 0)?;
-        let st = sys::fstat(fd.as_fd())?;
-        if !node.has_key((bs.get(idx).dev, st.st_ino)) {
-            log::warn!("{name:?} was replaced in its branch: not changed");
-            return Err(Errno::ESTALE);
-        }
-        f(sys::Obj::fd(fd.as_fd()))
+        self.on_top(bs, node, |obj| {
+            if obj.name.is_empty() {
+                return f(obj);
+            }
+            let fd = sys::open_at(obj.dir, obj.name, OFlag::O_PATH, 0)?;
+            let st = sys::fstat(fd.as_fd())?;
+            let dev = bs.get(self.top_idx(bs, node)?).dev;
+            if !node.has_key((dev, st.st_ino)) {
+                log::warn!("{:?} was replaced in its branch: not changed", obj.name);
+                return Err(Errno::ESTALE);
+            }
+            f(sys::Obj::fd(fd.as_fd()))
+        })
     }
 
     /// Open the instance of `node` in branch `idx` (never following a symlink).

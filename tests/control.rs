@@ -354,6 +354,26 @@ syswrite(S, "$ARGV[1]\n");
 my $b; while (sysread(S, $b, 65536)) { print $b }
 "#;
 
+/// The attacker's server at `sock`, answering `answer`, once it listens.
+fn fake_server(sock: &std::path::Path, uid: u32, answer: &str) -> std::process::Child {
+    let mut fake = Command::new("perl")
+        .args(["-e", FAKE_SERVER])
+        .arg(sock)
+        .arg(uid.to_string())
+        .arg(answer)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 6];
+    fake.stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    assert_eq!(&ready, b"ready\n");
+    fake
+}
+
 fn socket_of(u: &Union) -> std::path::PathBuf {
     unionfs::control::socket_path(&fs::canonicalize(&u.mnt).unwrap())
 }
@@ -391,21 +411,7 @@ fn a_socket_bound_by_someone_else_is_not_believed() {
     let (uid, _) = attacker();
     // The attacker's server in place of the daemon's: it lies about the branches.
     let lie = r#"{"branches":[{"path":"/lie","mode":"ro"}]}"#;
-    let mut fake = Command::new("perl")
-        .args(["-e", FAKE_SERVER])
-        .arg(&sock)
-        .arg(uid.to_string())
-        .arg(lie)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = [0u8; 6];
-    fake.stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut ready)
-        .unwrap();
-    assert_eq!(&ready, b"ready\n");
+    let mut fake = fake_server(&sock, uid, lie);
     let out = ctl(&[u.mnt.as_os_str(), "--list".as_ref()]);
     let err = String::from_utf8_lossy(&out.stderr);
     fake.kill().unwrap();
@@ -417,19 +423,7 @@ fn a_socket_bound_by_someone_else_is_not_believed() {
         "{err}"
     );
     // snapmerge, told the same lie, refuses to merge into the live rw branch.
-    let mut fake = Command::new("perl")
-        .args(["-e", FAKE_SERVER])
-        .arg(&sock)
-        .arg(uid.to_string())
-        .arg(lie)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    fake.stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut ready)
-        .unwrap();
+    let mut fake = fake_server(&sock, uid, lie);
     write(u.b("snap/new"), "x");
     let out = Command::new(env!("CARGO_BIN_EXE_snapmerge"))
         .arg(u.b("base"))

@@ -121,12 +121,7 @@ fn bad_digests_and_escaping_manifests_register_nothing() {
         &[Layer::gz(busybox_layer()), Layer::gz(app_layer())],
         "t",
     );
-    let blobs = dir.join("blobs/sha256");
-    let victim = fs::read_dir(&blobs)
-        .unwrap()
-        .map(|x| x.unwrap().path())
-        .max_by_key(|p| fs::metadata(p).unwrap().len())
-        .unwrap();
+    let victim = largest_blob(&dir);
     let mut b = fs::read(&victim).unwrap();
     let n = b.len();
     b[n / 2] ^= 0xff;
@@ -220,18 +215,22 @@ fn a_killed_import_leaves_a_consistent_store_and_can_be_run_again() {
     e.ok(&["umount", "big"]);
 }
 
+/// The biggest blob of an OCI layout: a layer.
+fn largest_blob(dir: &std::path::Path) -> std::path::PathBuf {
+    fs::read_dir(dir.join("blobs/sha256"))
+        .unwrap()
+        .map(|x| x.unwrap().path())
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap()
+}
+
 #[test]
 fn a_fifo_planted_as_a_blob_is_an_error_not_a_hang() {
     need_root!();
     let e = Env::new();
     let dir = e.path("fifo");
     oci_layout(&dir, &[Layer::gz(busybox_layer())], "t");
-    let blobs = dir.join("blobs/sha256");
-    let victim = fs::read_dir(&blobs)
-        .unwrap()
-        .map(|x| x.unwrap().path())
-        .max_by_key(|p| fs::metadata(p).unwrap().len())
-        .unwrap();
+    let victim = largest_blob(&dir);
     fs::remove_file(&victim).unwrap();
     nix::unistd::mkfifo(&victim, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
     // Nobody ever writes to the FIFO: an import that opened it would wait forever.

@@ -10,30 +10,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const RUN: &str = env!("CARGO_BIN_EXE_unionfs-run");
-
 fn rootfs(at: &Path) -> PathBuf {
-    let r = at.join("rootfs");
-    for d in ["bin", "etc", "tmp", "data"] {
-        fs::create_dir_all(r.join(d)).unwrap();
-    }
-    fs::copy("/bin/busybox", r.join("bin/busybox")).expect("/bin/busybox (busybox-static)");
-    for a in [
-        "sh", "ls", "cat", "echo", "id", "hostname", "sleep", "ps", "grep", "wc",
-    ] {
-        std::os::unix::fs::symlink("busybox", r.join("bin").join(a)).unwrap();
-    }
-    fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    r
+    busybox_rootfs(
+        at,
+        &[
+            "sh", "ls", "cat", "echo", "id", "hostname", "sleep", "ps", "grep", "wc",
+        ],
+    )
 }
 
 fn run(args: &[&str], root: &Path, script: &str) -> Output {
-    Command::new(RUN)
-        .args(args)
-        .arg(root)
-        .args(["--", "/bin/sh", "-c", script])
-        .output()
-        .unwrap()
+    run_script(args, root, script)
 }
 
 fn out(o: &Output) -> String {

@@ -9,18 +9,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const RUN: &str = env!("CARGO_BIN_EXE_unionfs-run");
-
 /// A busybox rootfs with the probes of tests/probe/ (built static).
 fn rootfs(at: &Path) -> PathBuf {
-    let r = at.join("rootfs");
-    for d in ["bin", "tmp", "dev"] {
-        fs::create_dir_all(r.join(d)).unwrap();
-    }
-    fs::copy("/bin/busybox", r.join("bin/busybox")).expect("/bin/busybox (busybox-static)");
-    for a in ["sh", "cat", "head", "mknod", "echo", "grep", "wc", "mkdir"] {
-        std::os::unix::fs::symlink("busybox", r.join("bin").join(a)).unwrap();
-    }
+    let r = busybox_rootfs(
+        at,
+        &["sh", "cat", "head", "mknod", "echo", "grep", "wc", "mkdir"],
+    );
     for probe in ["keys", "tiocsti"] {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/probe/{probe}.c"));
         let cc = Command::new("gcc")
@@ -39,12 +33,7 @@ fn rootfs(at: &Path) -> PathBuf {
 }
 
 fn run(args: &[&str], root: &Path, script: &str) -> Output {
-    Command::new(RUN)
-        .args(args)
-        .arg(root)
-        .args(["--", "/bin/sh", "-c", script])
-        .output()
-        .unwrap()
+    run_script(args, root, script)
 }
 
 fn text(b: &[u8]) -> String {
@@ -297,4 +286,28 @@ fn the_callers_terminal_takes_no_input_from_the_container() {
     child.stdin.take().unwrap().write_all(b"typed\n").unwrap();
     let o = child.wait_with_output().unwrap();
     assert!(text(&o.stdout).contains("got typed"), "{}", text(&o.stdout));
+}
+
+#[test]
+fn the_walls_hold_in_a_driver_run_container() {
+    need_root!();
+    let e = Env::new();
+    let lo = Loop::new("runsecret");
+    oci_layout(&e.path("oci"), &[Layer::gz(busybox_layer())], "latest");
+    e.ok(&["import", "--name", "bb", e.path("oci").to_str().unwrap()]);
+    let script = format!(
+        "cat /proc/self/status; mknod /dev/x b 7 {} && cat /dev/x; echo end",
+        lo.minor
+    );
+    let o = e.run(&["run", "--rm", "bb", "--", "/bin/sh", "-c", &script]);
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    let field = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+    };
+    assert_eq!(field("Seccomp:").as_deref(), Some("2"), "{out}");
+    assert_eq!(field("NoNewPrivs:").as_deref(), Some("1"));
+    assert!(!out.contains("runsecret") && out.contains("end"), "{out}");
+    assert!(err.contains("Operation not permitted"), "{err}");
 }

@@ -7,6 +7,32 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 pub const CLI: &str = env!("CARGO_BIN_EXE_unionfs-driver");
+pub const RUN: &str = env!("CARGO_BIN_EXE_unionfs-run");
+
+/// A rootfs at `at/rootfs` from busybox-static: bin (with `applets` linked
+/// to busybox), etc with a passwd, tmp, data.
+pub fn busybox_rootfs(at: &Path, applets: &[&str]) -> PathBuf {
+    let r = at.join("rootfs");
+    for d in ["bin", "etc", "tmp", "data"] {
+        fs::create_dir_all(r.join(d)).unwrap();
+    }
+    fs::copy("/bin/busybox", r.join("bin/busybox")).expect("/bin/busybox (busybox-static)");
+    for a in applets {
+        std::os::unix::fs::symlink("busybox", r.join("bin").join(a)).unwrap();
+    }
+    fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    r
+}
+
+/// `unionfs-run ARGS ROOT -- /bin/sh -c SCRIPT`.
+pub fn run_script(args: &[&str], root: &Path, script: &str) -> Output {
+    Command::new(RUN)
+        .args(args)
+        .arg(root)
+        .args(["--", "/bin/sh", "-c", script])
+        .output()
+        .unwrap()
+}
 
 /// Mounts need root, /dev/fuse and the unionfs-mount binary beside the CLI.
 pub fn ready() -> bool {

@@ -294,7 +294,12 @@ impl Union {
         })
     }
 
-    /// Open the instance of `node` in branch `idx` (never following a symlink).
+    /// Open the instance of `node` in branch `idx` (never following a
+    /// symlink), checking that what the name holds is still this object: the
+    /// kernel checked the caller's access against it, so a name renamed or
+    /// linked over meanwhile (a root-only file moved into its place, say) is
+    /// ESTALE, and the kernel looks the name up again. `O_TRUNC` is done
+    /// after the check, never to the wrong file.
     pub(crate) fn open_in(
         &self,
         bs: &BranchSet,
@@ -306,6 +311,16 @@ impl Union {
             return sys::open_beneath(bs.get(idx).root(), Path::new(""), flags, 0);
         }
         let (dir, name) = self.parent_in(bs, node, idx)?;
-        sys::open_at(dir.as_fd(), OsStr::new(&name), flags, 0)
+        let fd = sys::open_at(dir.as_fd(), OsStr::new(&name), flags & !OFlag::O_TRUNC, 0)?;
+        let st = sys::fstat(fd.as_fd())?;
+        if !node.has_key((bs.get(idx).dev, st.st_ino)) {
+            log::warn!("{name:?} was replaced in its branch: not opened");
+            return Err(Errno::ESTALE);
+        }
+        if flags.contains(OFlag::O_TRUNC) && st.st_size != 0 {
+            // Through the fd's own link: whatever its access mode, that inode.
+            sys::Obj::fd(fd.as_fd()).open(OFlag::O_WRONLY | OFlag::O_TRUNC)?;
+        }
+        Ok(fd)
     }
 }

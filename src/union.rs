@@ -180,10 +180,17 @@ impl Union {
         let top = scan.top().ok_or(Errno::ENOENT)?;
         let layers = scan.layers();
         if bs.generation == self.branches().generation {
-            let mut l = node.loc.write();
-            l.top = bs.get(top.idx).id;
-            l.layers = Self::ids(bs, &layers);
-            l.generation = bs.generation;
+            {
+                let mut l = node.loc.write();
+                l.top = bs.get(top.idx).id;
+                l.layers = Self::ids(bs, &layers);
+                l.generation = bs.generation;
+            }
+            // The object now lives (at the top) in that instance too.
+            let key = (bs.get(top.idx).dev, top.stat.st_ino);
+            if !node.has_key(key) {
+                self.inodes.add_key(node, key);
+            }
         }
         Ok((top.idx, layers))
     }

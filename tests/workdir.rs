@@ -143,3 +143,32 @@ fn a_name_swapped_in_the_branch_never_redirects_a_chmod() {
     let st = fs::symlink_metadata(u.b("victim")).unwrap();
     assert_eq!((st.uid(), st.mode() & 0o7777), (0, 0o666));
 }
+
+#[test]
+fn a_name_swapped_in_the_branch_never_opens_another_file() {
+    need_fuse!();
+    let mut u = Union::new(&["rw"]);
+    open_up(&u);
+    give_to_attacker(&u.b("rw"));
+    u.mount("rw", &["allow_other,entry_timeout=3600,attr_timeout=3600"]);
+    // Root keeps a private file in the user's directory (as in a shared tmp).
+    write(u.m("secret"), "root only");
+    fs::set_permissions(u.m("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    let (m, rw) = (u.mnt.display().to_string(), u.b("rw").display().to_string());
+    // The user's own file, known to the kernel; then, in the branch, root's
+    // file renamed over it; then a read of "their" file.
+    let out = as_attacker(&format!(
+        "echo mine > {m}/mine && cat {m}/mine >/dev/null && mv -f {rw}/secret {rw}/mine && \
+         cat {m}/mine"
+    ));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !said.contains("root only"),
+        "the user read root's file: {said}"
+    );
+    assert!(!out.status.success());
+    // Nor is it truncated by an O_TRUNC open meant for the old file.
+    let out = as_attacker(&format!(": > {m}/mine"));
+    assert!(!out.status.success());
+    assert_eq!(read(u.b("rw/mine")), "root only");
+}

@@ -566,3 +566,30 @@ fn a_limit_the_kernel_refuses_leaves_no_cgroup() {
         cgroups_of(pid)
     );
 }
+
+#[test]
+fn a_read_only_volume_keeps_the_host_mounts_flags() {
+    need_root!();
+    let e = Env::new();
+    let r = rootfs(e.tmp.path());
+    let src = e.path("locked");
+    fs::create_dir(&src).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "nosuid,nodev,noexec", "tmpfs"])
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let vol = format!("{}:/data:ro", src.display());
+    let o = run(&["-v", &vol], &r, "grep ' /data ' /proc/self/mountinfo");
+    let _ = Command::new("umount").arg(&src).status();
+    let line = out(&o);
+    let opts = line
+        .split_whitespace()
+        .nth(5)
+        .unwrap_or_default()
+        .to_string();
+    for f in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(opts.split(',').any(|o| o == f), "{f} missing: {line}");
+    }
+}

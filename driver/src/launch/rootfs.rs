@@ -291,11 +291,14 @@ pub fn enter(rootfs: &Path, opts: &Options) -> Result<(), LaunchError> {
         )?;
         if v.read_only {
             let target = dir_or_file(root.as_fd(), rel).map_err(step(s))?;
+            let at = fd_path(target.as_fd());
+            // The host mount's nosuid, nodev, noexec stay.
+            let kept = kept_flags(&at).map_err(step(s))?;
             mnt(
                 None,
-                &fd_path(target.as_fd()),
+                &at,
                 None,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | kept,
                 None,
                 s,
             )?;

@@ -300,12 +300,12 @@ struct Server {
 }
 
 /// One connection's slot; given back when dropped.
-struct Slot<'a> {
-    server: &'a Server,
+struct Slot {
+    server: Arc<Server>,
     uid: u32,
 }
 
-impl Drop for Slot<'_> {
+impl Drop for Slot {
     fn drop(&mut self) {
         let mut busy = self.server.busy.lock();
         if let Some(n) = busy.get_mut(&self.uid) {
@@ -318,32 +318,36 @@ impl Drop for Slot<'_> {
 }
 
 impl Server {
-    fn take_slot(&self, uid: u32) -> Option<Slot<'_>> {
-        let mut busy = self.busy.lock();
+    fn take_slot(server: &Arc<Server>, uid: u32) -> Option<Slot> {
+        let mut busy = server.busy.lock();
         let total: usize = busy.values().sum();
         let mine = busy.entry(uid).or_insert(0);
         if *mine >= MAX_PER_UID || total >= MAX_TOTAL {
             return None;
         }
         *mine += 1;
-        Some(Slot { server: self, uid })
+        Some(Slot {
+            server: server.clone(),
+            uid,
+        })
     }
 
+    /// Hand a new connection to a thread of its own, or (over the limits)
+    /// answer at once without waiting for the client.
     fn accept(server: &Arc<Server>, stream: UnixStream) {
         let peer = match sys::peer(stream.as_fd()) {
             Ok(p) => p,
             Err(e) => return log::warn!("control socket: no peer credentials: {e}"),
         };
-        let s = server.clone();
+        let Some(slot) = Server::take_slot(server, peer.uid) else {
+            // A new socket's buffer takes the short answer without blocking.
+            let _ = stream.set_nonblocking(true);
+            let busy = error(Errno::EBUSY, "too many connections from this user at once");
+            return reply(&stream, &busy, Instant::now());
+        };
         let spawned = std::thread::Builder::new()
             .name("unionctl-conn".into())
-            .spawn(move || {
-                let Some(_slot) = s.take_slot(peer.uid) else {
-                    let busy = error(Errno::EBUSY, "too many connections from this user at once");
-                    return reply(&stream, &busy, Instant::now() + Duration::from_millis(100));
-                };
-                s.connection(&stream, &peer);
-            });
+            .spawn(move || slot.server.connection(&stream, &peer));
         if let Err(e) = spawned {
             log::warn!("control socket: no thread for a connection: {e}");
         }

@@ -374,6 +374,25 @@ fn fake_server(sock: &std::path::Path, uid: u32, answer: &str) -> std::process::
     fake
 }
 
+/// A Perl one-off: opens ARGV[1] connections to ARGV[0] that send half a
+/// request each, then one more, whose answer it prints; then holds them all
+/// until its stdin closes.
+const HOARDER: &str = r#"
+use Socket;
+my ($path, $n) = @ARGV;
+my @held;
+for my $i (0 .. $n) {
+    socket(my $s, PF_UNIX, SOCK_STREAM, 0) or die "socket: $!";
+    connect($s, pack_sockaddr_un($path)) or die "connect: $!";
+    syswrite($s, '{"op":');
+    push @held, $s;
+}
+my $b; sysread($held[-1], $b, 65536);
+$| = 1;
+print "$b";
+<STDIN>;
+"#;
+
 fn socket_of(u: &Union) -> std::path::PathBuf {
     unionfs::control::socket_path(&fs::canonicalize(&u.mnt).unwrap())
 }
@@ -510,4 +529,45 @@ fn query_tells_a_user_only_what_they_could_see() {
     // Root sees everything.
     let out = ctl(&[u.m("secret/plans").as_os_str(), "--query".as_ref()]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("file"));
+}
+
+#[test]
+fn a_user_who_hoards_connections_blocks_only_themselves() {
+    need_fuse!();
+    use std::os::unix::process::CommandExt;
+    let mut u = Union::new(&["rw"]);
+    u.mount("rw", &[]);
+    let (uid, gid) = attacker();
+    let mut hoarder = Command::new("perl")
+        .args(["-e", HOARDER])
+        .arg(socket_of(&u))
+        .arg("8")
+        .uid(uid)
+        .gid(gid)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(hoarder.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.contains("too many connections"), "{line}");
+    // Root, meanwhile, is served at once.
+    let out = Command::new("timeout")
+        .arg("3")
+        .arg(UNIONCTL)
+        .arg(&u.mnt)
+        .arg("--list")
+        .output()
+        .unwrap();
+    drop(hoarder.stdin.take());
+    let _ = hoarder.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

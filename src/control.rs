@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -240,8 +240,9 @@ pub type Invalidate = Box<dyn Fn(&Union) + Send + Sync>;
 const MAX_REQUEST: usize = 64 * 1024;
 /// A connection gets this long, all told, to send its request and read the answer.
 const DEADLINE: Duration = Duration::from_secs(5);
-/// Connections served at once for one uid, and in all: a client that stalls
-/// holds one slot of its own uid's, never another user's.
+/// Connections served at once for one uid, and in all (root and the owner
+/// are not counted against the total): a client that stalls holds a slot of
+/// its own uid's, never another user's.
 const MAX_PER_UID: usize = 8;
 const MAX_TOTAL: usize = 128;
 
@@ -321,8 +322,10 @@ impl Server {
     fn take_slot(server: &Arc<Server>, uid: u32) -> Option<Slot> {
         let mut busy = server.busy.lock();
         let total: usize = busy.values().sum();
+        // Root and the owner are never kept out by other users' connections.
+        let privileged = uid == 0 || uid == server.owner;
         let mine = busy.entry(uid).or_insert(0);
-        if *mine >= MAX_PER_UID || total >= MAX_TOTAL {
+        if *mine >= MAX_PER_UID || (total >= MAX_TOTAL && !privileged) {
             return None;
         }
         *mine += 1;
@@ -572,17 +575,22 @@ fn describe(dir: std::os::fd::BorrowedFd, name: &std::ffi::OsStr) -> Option<Stri
     (!what.is_empty()).then_some(what)
 }
 
-/// Read one request line, at most [`MAX_REQUEST`] bytes, before `deadline`.
-fn read_request(mut stream: &UnixStream, deadline: Instant) -> Result<Vec<u8>, Response> {
+/// Why a line could not be read.
+enum LineError {
+    TooLong,
+    Late,
+    Io(std::io::Error),
+}
+
+/// Read one line (without its newline) of at most `max` bytes, all of it
+/// before `deadline`: a peer sending a byte now and then gains nothing.
+fn read_line(mut stream: &UnixStream, deadline: Instant, max: usize) -> Result<Vec<u8>, LineError> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(error(
-                Errno::ETIMEDOUT,
-                format!("the request did not arrive within {} s", DEADLINE.as_secs()),
-            ));
+            return Err(LineError::Late);
         }
         let _ = stream.set_read_timeout(Some(left));
         match stream.read(&mut chunk) {
@@ -594,22 +602,35 @@ fn read_request(mut stream: &UnixStream, deadline: Instant) -> Result<Vec<u8>, R
                     return Ok(buf);
                 }
                 buf.extend_from_slice(chunk);
-                if buf.len() >= MAX_REQUEST {
-                    return Err(error(
-                        Errno::E2BIG,
-                        format!("the request is longer than {MAX_REQUEST} bytes"),
-                    ));
+                if buf.len() >= max {
+                    return Err(LineError::TooLong);
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::Interrupted
+                        | std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
                 ) => {}
-            Err(e) => return Err(error(Errno::EIO, format!("cannot read the request: {e}"))),
+            Err(e) => return Err(LineError::Io(e)),
         }
     }
+}
+
+/// Read one request line, at most [`MAX_REQUEST`] bytes, before `deadline`.
+fn read_request(stream: &UnixStream, deadline: Instant) -> Result<Vec<u8>, Response> {
+    read_line(stream, deadline, MAX_REQUEST).map_err(|e| match e {
+        LineError::Late => error(
+            Errno::ETIMEDOUT,
+            format!("the request did not arrive within {} s", DEADLINE.as_secs()),
+        ),
+        LineError::TooLong => error(
+            Errno::E2BIG,
+            format!("the request is longer than {MAX_REQUEST} bytes"),
+        ),
+        LineError::Io(e) => error(Errno::EIO, format!("cannot read the request: {e}")),
+    })
 }
 
 /// Write the answer, giving up at `deadline`.
@@ -678,14 +699,19 @@ pub fn request(mount: &Mount, req: &Request) -> Result<Response, String> {
             server.uid
         ));
     }
+    // All of it within one deadline: a daemon that answers a byte now and
+    // then (or never) holds up no unionctl or snapmerge for long.
+    let deadline = Instant::now() + DEADLINE * 2;
     let mut text = serde_json::to_vec(req).map_err(|e| e.to_string())?;
     text.push(b'\n');
-    let io = |e: std::io::Error| format!("{shown}: {e}");
-    stream.set_read_timeout(Some(DEADLINE * 2)).map_err(io)?;
-    stream.write_all(&text).map_err(io)?;
-    let mut line = Vec::new();
-    BufReader::new(stream.take(16 << 20))
-        .read_until(b'\n', &mut line)
-        .map_err(io)?;
+    stream
+        .set_write_timeout(Some(DEADLINE))
+        .and_then(|()| stream.write_all(&text))
+        .map_err(|e| format!("{shown}: {e}"))?;
+    let line = read_line(&stream, deadline, 16 << 20).map_err(|e| match e {
+        LineError::Late => format!("{shown}: no answer within {} s", (DEADLINE * 2).as_secs()),
+        LineError::TooLong => format!("{shown}: an answer of over 16 MiB"),
+        LineError::Io(e) => format!("{shown}: {e}"),
+    })?;
     serde_json::from_slice(&line).map_err(|e| format!("{shown}: bad answer: {e}"))
 }

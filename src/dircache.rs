@@ -311,11 +311,17 @@ impl Union {
             return sys::open_beneath(bs.get(idx).root(), Path::new(""), flags, 0);
         }
         let (dir, name) = self.parent_in(bs, node, idx)?;
-        let fd = sys::open_at(dir.as_fd(), OsStr::new(&name), flags & !OFlag::O_TRUNC, 0)?;
+        // Non-blocking until checked: a FIFO renamed over the name must not
+        // keep this thread waiting for a writer.
+        let asked = flags & !OFlag::O_TRUNC;
+        let fd = sys::open_at(dir.as_fd(), OsStr::new(&name), asked | OFlag::O_NONBLOCK, 0)?;
         let st = sys::fstat(fd.as_fd())?;
         if !node.has_key((bs.get(idx).dev, st.st_ino)) {
             log::warn!("{name:?} was replaced in its branch: not opened");
             return Err(Errno::ESTALE);
+        }
+        if !asked.contains(OFlag::O_NONBLOCK) {
+            sys::set_fl(fd.as_fd(), asked)?;
         }
         if flags.contains(OFlag::O_TRUNC) && st.st_size != 0 {
             // Through the fd's own link: whatever its access mode, that inode.

@@ -311,27 +311,88 @@ impl<'a> Merge<'a> {
                     sys::fsync(dst.as_fd(), true)?;
                     dst
                 }
-                libc::S_IFLNK => make_node(
-                    bdir,
-                    &tmp,
-                    st.st_mode,
-                    0,
-                    Some(&sys::readlink_obj(sfd.as_fd())?),
-                )?,
-                _ => make_node(bdir, &tmp, st.st_mode, st.st_rdev, None)?,
+                _ => {
+                    // Symlinks and special files have no O_EXCL open: made in
+                    // a directory of our own, where nobody can swap them
+                    // before their owner and mode are set, then moved out.
+                    let target = match kind(st) {
+                        libc::S_IFLNK => Some(sys::readlink_obj(sfd.as_fd())?),
+                        _ => None,
+                    };
+                    let staging = Staging::new(bdir)?;
+                    let node = OsStr::new("n");
+                    let fd = make_node(
+                        staging.fd.as_fd(),
+                        node,
+                        st.st_mode,
+                        st.st_rdev,
+                        target.as_deref(),
+                    )?;
+                    copy_meta(sys::Obj::fd(sfd.as_fd()), st, fd.as_fd())?;
+                    sys::rename_at(staging.fd.as_fd(), node, bdir, &tmp, 0)?;
+                    drop(staging);
+                    return self.place(bdir, &tmp, name, path, st);
+                }
             };
             copy_meta(sys::Obj::fd(sfd.as_fd()), st, dst.as_fd())?;
         }
+        self.place(bdir, &tmp, name, path, st)
+    }
+
+    /// Rename the finished `tmp` over `name` (a directory there goes first).
+    fn place(
+        &mut self,
+        bdir: BorrowedFd,
+        tmp: &OsStr,
+        name: &OsStr,
+        path: &Path,
+        st: &FileStat,
+    ) -> sys::Result<()> {
         if let Ok(o) = sys::stat_at(bdir, name) {
             if kind(&o) == libc::S_IFDIR {
                 remove_tree(bdir, name)?;
             }
         }
-        sys::rename_at(bdir, &tmp, bdir, name, 0)?;
+        sys::rename_at(bdir, tmp, bdir, name, 0)?;
         if st.st_nlink > 1 {
-            self.links.entry(key).or_insert_with(|| path.to_path_buf());
+            self.links
+                .entry((st.st_dev, st.st_ino))
+                .or_insert_with(|| path.to_path_buf());
         }
         Ok(())
+    }
+}
+
+/// A directory of this process's own inside a base directory (which others
+/// may write), for making what needs its metadata set before anyone can
+/// reach it. Its name is a temporary one, removed by a later run if left.
+struct Staging<'a> {
+    dir: BorrowedFd<'a>,
+    name: OsString,
+    fd: OwnedFd,
+}
+
+impl<'a> Staging<'a> {
+    fn new(dir: BorrowedFd<'a>) -> sys::Result<Staging<'a>> {
+        let name = OsString::from(format!(
+            "{TEMP_PREFIX}{}.{}.d",
+            std::process::id(),
+            NEXT_TEMP.fetch_add(1, Ordering::Relaxed)
+        ));
+        sys::mkdir_at(dir, &name, 0o700)?;
+        let fd = sys::open_dir_here(dir, &name)?;
+        let st = sys::fstat(fd.as_fd())?;
+        // Replaced by someone else's between the mkdir and the open?
+        if st.st_uid != sys::geteuid() || st.st_mode & 0o077 != 0 {
+            return Err(Errno::ESTALE);
+        }
+        Ok(Staging { dir, name, fd })
+    }
+}
+
+impl Drop for Staging<'_> {
+    fn drop(&mut self) {
+        let _ = remove_tree(self.dir, &self.name);
     }
 }
 

@@ -94,6 +94,11 @@ pub fn exists_at(dir: BorrowedFd, name: &OsStr) -> Result<bool> {
     }
 }
 
+/// Set the file status flags of an open fd (F_SETFL: O_APPEND, O_NONBLOCK, ...).
+pub fn set_fl(fd: BorrowedFd, flags: OFlag) -> Result<()> {
+    fcntl::fcntl(fd, fcntl::FcntlArg::F_SETFL(flags)).map(drop)
+}
+
 pub fn fstat(fd: BorrowedFd) -> Result<FileStat> {
     stat::fstat(fd)
 }

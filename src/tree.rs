@@ -70,10 +70,18 @@ pub fn empty_dir(top: BorrowedFd) -> Result<()> {
             }
             let sub = sys::open_dir_here(top, &e.name)?;
             for s in sys::read_dir(sub.as_fd())? {
-                if is_dir(sub.as_fd(), &s)? {
-                    hoist(sub.as_fd(), &s.name, top, &mut moved)?;
-                } else {
+                if !is_dir(sub.as_fd(), &s)? {
                     unlink(sub.as_fd(), &s.name, false)?;
+                    continue;
+                }
+                // Empty: gone at once, no move (which would need write
+                // permission on it as well, for its "..").
+                match sys::unlink_at(sub.as_fd(), &s.name, true) {
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(Errno::ENOTEMPTY | Errno::EEXIST) => {
+                        hoist(sub.as_fd(), &s.name, top, &mut moved)?
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             // Emptied, unless something was added meanwhile: the next pass sees it.
@@ -86,13 +94,26 @@ pub fn empty_dir(top: BorrowedFd) -> Result<()> {
 }
 
 /// Move the directory `name` of `from` up into `top`, under a fresh name.
+/// Moving a directory to another parent needs write permission on it (its
+/// ".." changes): one of our own that is read-only (a module cache, say) is
+/// made writable for its owner first, as `rm -rf` would need anyway to empty it.
 fn hoist(from: BorrowedFd, name: &OsStr, top: BorrowedFd, n: &mut u64) -> Result<()> {
+    let mut tried_chmod = false;
     loop {
         *n += 1;
         let fresh = OsString::from(format!(".#rm{n}"));
         match sys::rename_at(from, name, top, &fresh, libc::RENAME_NOREPLACE) {
             Err(Errno::EEXIST) => continue,
             Err(Errno::ENOENT) => return Ok(()),
+            Err(Errno::EACCES) if !tried_chmod => {
+                tried_chmod = true;
+                let d = sys::open_dir_here(from, name)?;
+                let st = sys::fstat(d.as_fd())?;
+                if st.st_uid != sys::geteuid() {
+                    return Err(Errno::EACCES);
+                }
+                sys::chmod_fd(d.as_fd(), (st.st_mode & 0o7777) | 0o700)?;
+            }
             other => return other,
         }
     }

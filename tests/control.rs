@@ -341,7 +341,11 @@ $> = $uid;
 listen(S, 5) or die "listen: $!";
 $| = 1;
 print "ready\n";
-while (accept(C, S)) { my $l = <C>; print C "$answer\n"; close C; }
+while (accept(C, S)) {
+    my $l = <C>;
+    if ($answer eq "trickle") { select(C); $| = 1; while (1) { print C " "; sleep 1; } }
+    print C "$answer\n"; close C;
+}
 "#;
 
 /// A Perl one-off client: connects to ARGV[0], sends ARGV[1] and a newline,
@@ -570,4 +574,27 @@ fn a_user_who_hoards_connections_blocks_only_themselves() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_daemon_that_answers_a_byte_at_a_time_holds_up_no_client() {
+    need_fuse!();
+    let mut u = Union::new(&["rw"]);
+    u.mount("rw", &[]);
+    // Root's own uid: trusted, and still not waited for forever.
+    let mut fake = fake_server(&socket_of(&u), 0, "trickle");
+    let start = std::time::Instant::now();
+    let out = Command::new("timeout")
+        .arg("30")
+        .arg(UNIONCTL)
+        .arg(&u.mnt)
+        .arg("--list")
+        .output()
+        .unwrap();
+    fake.kill().unwrap();
+    let _ = fake.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no answer within"), "{err}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(20));
 }

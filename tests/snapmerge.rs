@@ -326,3 +326,31 @@ fn a_live_rw_branch_is_recognised_at_any_mount_point_name() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("/base (rw)"));
 }
+
+#[test]
+fn a_user_merges_away_their_own_read_only_directories() {
+    need_fuse!();
+    let u = Union::new(&["base", "snap"]);
+    open_up(&u);
+    fs::create_dir_all(u.b("base/x/y/z")).unwrap();
+    write(u.b("base/x/y/f"), "f");
+    write(u.b("snap/.wh.x"), "");
+    give_to_attacker(u.tmp.path());
+    // A read-only, empty directory deep inside (as module caches have).
+    fs::set_permissions(u.b("base/x/y/z"), fs::Permissions::from_mode(0o555)).unwrap();
+    // The user runs a copy of snapmerge (the checkout may be closed to them).
+    let bin = u.tmp.path().join("snapmerge");
+    fs::copy(SNAPMERGE, &bin).unwrap();
+    let out = as_attacker(&format!(
+        "{} {} {}",
+        bin.display(),
+        u.b("base").display(),
+        u.b("snap").display()
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!exists(u.b("base/x")));
+}

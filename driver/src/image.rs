@@ -99,17 +99,16 @@ fn open_in(root: &OwnedFd, rel: &Path) -> Result<File, Error> {
         )));
     }
     let bad = |e: sys::Errno| invalid(format!("{}: {e}", rel.display()));
-    let fd = sys::open_beneath(
-        root.as_fd(),
-        rel,
-        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
-        0,
-    )
-    .map_err(bad)?;
+    // Looked at before it is opened: opening a device can act (a watchdog
+    // arms itself), a FIFO waits.
+    let fd = sys::open_beneath(root.as_fd(), rel, OFlag::O_PATH, 0).map_err(bad)?;
     if sys::fstat(fd.as_fd()).map_err(bad)?.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(invalid(format!("{}: not a regular file", rel.display())));
     }
-    Ok(File::from(fd))
+    let file = sys::Obj::fd(fd.as_fd())
+        .open(OFlag::O_RDONLY)
+        .map_err(bad)?;
+    Ok(File::from(file))
 }
 
 /// A layer blob: gzip, zstd or plain tar, told apart by its first bytes.

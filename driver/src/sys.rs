@@ -146,12 +146,19 @@ pub fn bpf_attach_device_program(
     Errno::result(r).map(drop)
 }
 
-/// Join a new session keyring named `name` (KEYCTL_JOIN_SESSION_KEYRING).
-pub fn join_session_keyring(name: &str) -> nix::Result<i64> {
+/// Join a new, anonymous session keyring (KEYCTL_JOIN_SESSION_KEYRING with
+/// no name: a name would join an existing keyring of that name, which anyone
+/// could have made and opened up beforehand).
+pub fn join_new_session_keyring() -> nix::Result<i64> {
     const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
-    let name = std::ffi::CString::new(name).map_err(|_| Errno::EINVAL)?;
-    // SAFETY: keyctl reads the NUL-terminated name, which outlives the call.
-    let id = unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, name.as_ptr()) };
+    // SAFETY: with a NULL name keyctl reads no memory of ours.
+    let id = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
     Errno::result(id)
 }
 

@@ -314,19 +314,18 @@ fn set_meta(
     link: bool,
 ) -> sys::Result<()> {
     let fd = sys::open_at(dir, name, OFlag::O_PATH, 0)?;
+    // Owner first: a chown clears setuid bits and file capabilities.
+    let uid = h.uid().ok().map(|u| u as u32);
+    let gid = h.gid().ok().map(|g| g as u32);
+    sys::chown_obj(fd.as_fd(), uid, gid)?;
     if !link {
+        sys::chmod_fd(fd.as_fd(), h.mode().unwrap_or(0o644) & 0o7777)?;
         for (k, v) in xattrs {
             match sys::set_xattr(fd.as_fd(), k, v, 0) {
                 Ok(()) | Err(Errno::EOPNOTSUPP | Errno::EPERM) => {}
                 Err(e) => return Err(e),
             }
         }
-    }
-    let uid = h.uid().ok().map(|u| u as u32);
-    let gid = h.gid().ok().map(|g| g as u32);
-    sys::chown_obj(fd.as_fd(), uid, gid)?;
-    if !link {
-        sys::chmod_fd(fd.as_fd(), h.mode().unwrap_or(0o644) & 0o7777)?;
     }
     let mtime = h.mtime().unwrap_or(0) as i64;
     sys::utimes_obj(fd.as_fd(), Time::Set(mtime, 0), Time::Set(mtime, 0))

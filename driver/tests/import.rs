@@ -247,3 +247,60 @@ fn a_fifo_planted_as_a_blob_is_an_error_not_a_hang() {
     assert!(err.contains("not a regular file"), "{err}");
     assert_eq!(e.ok(&["ls"]), "");
 }
+
+#[test]
+fn a_device_in_a_docker_save_archive_is_never_opened() {
+    need_root!();
+    let e = Env::new();
+    // manifest.json as /dev/null's node: harmless to open, but a watchdog's
+    // would arm the host's watchdog. It must be refused unopened.
+    let archive = e.path("save.tar");
+    fs::write(
+        &archive,
+        TarBuilder::new()
+            .device("manifest.json", tar::EntryType::Char, 1, 3)
+            .bytes(),
+    )
+    .unwrap();
+    e.fails(&["import", archive.to_str().unwrap()], "not a regular file");
+    assert_eq!(e.ok(&["ls"]), "");
+}
+
+#[test]
+fn file_capabilities_and_setuid_bits_survive_a_layer() {
+    need_root!();
+    let e = Env::new();
+    e.ok(&["create", "caps"]);
+    // cap_net_raw+ep as setcap writes it, on a setuid file of uid 1000.
+    let cap: [u8; 20] = [0, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("SCHILY.xattr.security.capability", &cap[..])])
+        .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o4755);
+    h.set_uid(1000);
+    h.set_gid(1000);
+    h.set_size(4);
+    b.append_data(&mut h, "ping", &b"ping"[..]).unwrap();
+    let out = e.with_stdin(&["apply-diff", "caps"], &b.into_inner().unwrap());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f = e.root.join("layers/caps/ping");
+    use std::os::unix::fs::MetadataExt;
+    let st = fs::metadata(&f).unwrap();
+    assert_eq!((st.mode() & 0o7777, st.uid()), (0o4755, 1000));
+    let got = Command::new("getfattr")
+        .args(["-e", "hex", "-n", "security.capability"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let got = String::from_utf8_lossy(&got.stdout);
+    assert!(
+        got.contains("security.capability=0x0000000200200000"),
+        "the capability was lost: {got}"
+    );
+}

@@ -197,10 +197,42 @@ fn keyrings_are_out_of_reach_and_the_session_keyring_is_fresh() {
     }
     let o = run(&[], &r, "grep Seccomp: /proc/self/status");
     assert_eq!(text(&o.stdout).split_whitespace().nth(1), Some("2"));
-    // Unconfined the calls work, and the session keyring is the container's own.
+    // Unconfined the calls work, and the session keyring is a new one of
+    // the container's own, even where a local user has made and opened up a
+    // keyring under a name a launcher might join.
+    let planter = e.path("keys");
+    fs::copy(r.join("bin/keys"), &planter).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for p in [e.tmp.path(), planter.as_path()] {
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut plant = {
+        use std::os::unix::process::CommandExt;
+        Command::new(&planter)
+            .args(["plant", "unionfs-run"])
+            .uid(65534)
+            .gid(65534)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut said = [0u8; 8];
+    use std::io::Read;
+    plant
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut said)
+        .unwrap();
+    assert_eq!(&said, b"planted\n");
     let got = probe(&["--security-opt", "seccomp=unconfined"], &r);
-    let describe = &got.iter().find(|(k, _)| k == "describe").unwrap().1;
-    assert!(describe.ends_with(";unionfs-run"), "{describe}");
+    drop(plant.stdin.take());
+    let _ = plant.wait();
+    let field = |k: &str| got.iter().find(|(c, _)| c == k).unwrap().1.clone();
+    assert!(field("describe").contains(" keyring;0;0;"), "{got:?}");
+    assert!(field("describe").ends_with(";_ses"), "{got:?}");
+    assert_eq!(field("search"), format!("-{}", libc::ENOKEY), "{got:?}");
     let o = run(
         &["--security-opt", "seccomp=unconfined"],
         &r,
@@ -231,7 +263,7 @@ fn seccomp_profiles_come_from_files_in_the_docker_format() {
     // keyring): the session keyring they reach is the container's own.
     let got = probe(&["--security-opt", &opt], &r);
     let describe = &got.iter().find(|(k, _)| k == "describe").unwrap().1;
-    assert!(describe.ends_with(";unionfs-run"), "{describe}");
+    assert!(describe.ends_with(";_ses"), "{describe}");
     // One of our own: everything but mkdir, which fails with EACCES.
     let mine = e.path("profile.json");
     fs::write(

@@ -58,9 +58,18 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
 /// The live union (if any) that uses `base` as a read-write branch. A union
 /// whose daemon cannot be asked, or answers without being root or the
 /// mount's owner, might: that is an error too (`--force` skips the check).
+/// Unions of users who cannot write `base` are not asked: they cannot change
+/// it (so one user's broken or hostile daemon cannot hold up a merge).
 fn rw_user(base: &Path) -> Result<Option<PathBuf>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let st = std::fs::metadata(base).map_err(|e| format!("{}: {e}", base.display()))?;
+    // Group and other write bits: any user might (their groups are not known here).
+    let may_write = |uid: u32| uid == 0 || uid == st.uid() || st.mode() & 0o022 != 0;
     let mounts = mountinfo::read().map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
-    for m in mounts.iter().filter(|m| m.fstype == "fuse.unionfs") {
+    for m in mounts
+        .iter()
+        .filter(|m| m.fstype == "fuse.unionfs" && may_write(m.fuse_owner().unwrap_or(0)))
+    {
         let shown = m.mount_point.display();
         match control::request(m, &Request::List) {
             Ok(Response::Branches(list)) => {

@@ -155,10 +155,12 @@ impl Cgroup {
         Ok(())
     }
 
-    /// SIGKILL every process in the cgroup (what a killed launcher left).
+    /// SIGKILL every process in the cgroup (what a killed launcher left):
+    /// at once with cgroup v2's `cgroup.kill`, else pid by pid.
     pub fn kill_all(&self) {
         let start = Instant::now();
         for d in &self.dirs {
+            let _ = fs::write(d.join("cgroup.kill"), "1");
             while start.elapsed() < Duration::from_secs(5) {
                 let procs = fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
                 let pids: Vec<i32> = procs.lines().filter_map(|l| l.parse().ok()).collect();

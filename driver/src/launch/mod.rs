@@ -423,7 +423,7 @@ fn setup(
         sys::loopback_up().map_err(|e| fail(LaunchError::Step(Step::Loopback, e.to_string())))?;
     }
     // A keyring of its own: the launcher's session keyring stays out of reach.
-    sys::join_session_keyring("unionfs-run")
+    sys::join_new_session_keyring()
         .map_err(|e| fail(LaunchError::Step(Step::Keyring, e.to_string())))?;
     rootfs::enter(rootfs, opts).map_err(fail)?;
     let hostname = opts.hostname.clone().unwrap_or_else(|| "container".into());

@@ -274,8 +274,11 @@ pub fn enter(rootfs: &Path, opts: &Options) -> Result<(), LaunchError> {
                 rel.file_name().unwrap_or_default(),
             );
             let pd = dir_in(root.as_fd(), parent, s)?;
-            match sys::open_at(pd.as_fd(), name, OFlag::O_CREAT | OFlag::O_WRONLY, 0o644) {
-                Ok(_) | Err(Errno::EISDIR) => {}
+            // The mount point: made when missing, never opened when there
+            // (the image may have put a FIFO or a device node at that name).
+            let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY;
+            match sys::open_at(pd.as_fd(), name, flags, 0o644) {
+                Ok(_) | Err(Errno::EEXIST) => {}
                 Err(e) => return Err(LaunchError::Step(s, format!("{}: {e}", v.dst.display()))),
             }
             sys::open_at(pd.as_fd(), name, OFlag::O_PATH, 0).map_err(step(s))?

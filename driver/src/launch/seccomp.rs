@@ -257,7 +257,8 @@ impl Profile {
             if !applies {
                 continue;
             }
-            let act = action(&g.action, g.errno_ret.or(default_errno))?;
+            // As runc: a group without errnoRet answers EPERM, whatever the default says.
+            let act = action(&g.action, g.errno_ret)?;
             if act == default {
                 continue;
             }
@@ -315,6 +316,30 @@ mod tests {
             .filter(&docker_caps())
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn a_group_without_errno_ret_answers_eperm_whatever_the_default() {
+        let p = Profile::parse(
+            r#"{"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 38,
+                "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]}"#,
+        )
+        .unwrap();
+        let ctx = p.build(&docker_caps()).unwrap();
+        let out = tempfile::tempfile().unwrap();
+        ctx.export_pfc(&out).unwrap();
+        let mut text = String::new();
+        use std::io::{Read, Seek};
+        let mut out = out;
+        out.rewind().unwrap();
+        out.read_to_string(&mut text).unwrap();
+        // The mkdir rule is there (not dropped as "the default"), with EPERM.
+        let rule: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.contains("mkdir"))
+            .take(3)
+            .collect();
+        assert!(rule.iter().any(|l| l.contains("ERRNO(1)")), "{text}");
     }
 
     #[test]

@@ -6,14 +6,12 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::os::fd::AsFd;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use unionfs::branch::{BranchSet, BranchSpec, Mode};
-use unionfs::inode::InodeTable;
-use unionfs::nameindex::NameIndex;
-use unionfs::{lookup, readdir, whiteout};
+use unionfs::internals::{merged, open_layers_at, scan, scan_path, Dir, InodeTable, NameIndex};
+use unionfs::whiteout;
 
 /// `k` branches under `dir`; the name `bottom` only in the last one.
 fn branches(dir: &Path, k: usize, entries: usize) -> BranchSet {
@@ -44,26 +42,25 @@ fn resolve(c: &mut Criterion) {
         // as the daemon did before it kept directory fds: a path walk per branch
         g.bench_with_input(BenchmarkId::new("by-path", k), &k, |b, _| {
             b.iter(|| {
-                let s = lookup::scan_path(&bs, &layers, Path::new("d"), name, false).unwrap();
+                let s = scan_path(&bs, &layers, Path::new("d"), name, false).unwrap();
                 assert!(s.top().is_some());
             })
         });
-        // with the directory fds cached (dircache.rs)
-        let dirs = readdir::open_layers_at(&bs, &layers, Path::new("d")).unwrap();
+        // with the directory fds cached (resolve/dirs.rs)
+        let dirs = open_layers_at(&bs, &layers, Path::new("d")).unwrap();
         let dir_of = |idx: usize| Ok(dirs[idx].1.clone());
         g.bench_with_input(BenchmarkId::new("cached-fds", k), &k, |b, _| {
             b.iter(|| {
-                let s = lookup::scan(&layers, name, false, dir_of, |_| None).unwrap();
+                let s = scan(&layers, name, false, dir_of, |_| None).unwrap();
                 assert!(s.top().is_some());
             })
         });
-        // and the read-only branches indexed (nameindex.rs; branch 0 is rw)
+        // and the read-only branches indexed (resolve/nameindex.rs; branch 0 is rw)
         let ro: Vec<_> = dirs.iter().skip(1).cloned().collect();
         let index = NameIndex::build(&ro).unwrap().unwrap();
         g.bench_with_input(BenchmarkId::new("indexed", k), &k, |b, _| {
             b.iter(|| {
-                let s = lookup::scan(&layers, name, false, dir_of, |idx| index.hint(idx, name))
-                    .unwrap();
+                let s = scan(&layers, name, false, dir_of, |idx| index.hint(idx, name)).unwrap();
                 assert!(s.top().is_some());
             })
         });
@@ -84,8 +81,8 @@ fn merged_readdir(c: &mut Criterion) {
             &n,
             |b, _| {
                 b.iter(|| {
-                    readdir::open_layers_at(&bs, &layers, Path::new("d"))
-                        .and_then(|dirs| readdir::merged(&bs, &dirs, &inodes))
+                    open_layers_at(&bs, &layers, Path::new("d"))
+                        .and_then(|dirs| merged(&bs, &dirs, &inodes))
                         .unwrap()
                         .len()
                 })
@@ -98,17 +95,12 @@ fn merged_readdir(c: &mut Criterion) {
 fn whiteouts(c: &mut Criterion) {
     let t = tempfile::tempdir().unwrap();
     fs::write(t.path().join(".wh.gone"), "").unwrap();
-    let dir = nix::fcntl::open(
-        t.path(),
-        nix::fcntl::OFlag::O_PATH,
-        nix::sys::stat::Mode::empty(),
-    )
-    .unwrap();
+    let dir = Dir::open_root(t.path()).unwrap();
     c.bench_function("whiteout-check-hit", |b| {
-        b.iter(|| whiteout::has_whiteout(dir.as_fd(), OsStr::new("gone")).unwrap())
+        b.iter(|| whiteout::has_whiteout(&dir, OsStr::new("gone")).unwrap())
     });
     c.bench_function("whiteout-check-miss", |b| {
-        b.iter(|| whiteout::has_whiteout(dir.as_fd(), OsStr::new("there")).unwrap())
+        b.iter(|| whiteout::has_whiteout(&dir, OsStr::new("there")).unwrap())
     });
     c.bench_function("reserved-name", |b| {
         b.iter(|| whiteout::is_reserved(OsStr::new(".wh.name")))

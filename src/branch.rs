@@ -5,16 +5,15 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use nix::fcntl::OFlag;
 use parking_lot::Mutex;
 
-use crate::sys::{self, Errno};
+use crate::sys::{self, Dir, Errno};
 use crate::whiteout::WORK_DIR;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -229,8 +228,8 @@ pub struct Branch {
     pub mode: Mode,
     pub dev: u64,
     pub name_max: u64,
-    root: Arc<OwnedFd>,
-    work: Mutex<Option<Arc<OwnedFd>>>,
+    root: Arc<Dir>,
+    work: Mutex<Option<Arc<Dir>>>,
 }
 
 impl Branch {
@@ -243,12 +242,7 @@ impl Branch {
                 format!("branch {}: {}", spec.path.display(), e.desc()),
             )
         };
-        let root: OwnedFd = nix::fcntl::open(
-            &spec.path,
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-        .map_err(named)?;
+        let root = Dir::open_root(&spec.path).map_err(named)?;
         let st = sys::fstat(root.as_fd()).map_err(named)?;
         let name_max = sys::statvfs(root.as_fd())
             .map(|s| s.name_max())
@@ -288,17 +282,17 @@ impl Branch {
         self.mode == Mode::Rw
     }
 
-    pub fn root(&self) -> BorrowedFd<'_> {
-        self.root.as_fd()
+    pub fn root(&self) -> &Dir {
+        &self.root
     }
 
     /// The root fd, shared (directory fd caches hand it out like any other).
-    pub fn root_fd(&self) -> Arc<OwnedFd> {
+    pub fn root_fd(&self) -> Arc<Dir> {
         self.root.clone()
     }
 
     /// The directory `rel` (relative to the branch root) as an `O_PATH` fd.
-    pub fn dir(&self, rel: &Path) -> sys::Result<OwnedFd> {
+    pub fn dir(&self, rel: &Path) -> sys::Result<Dir> {
         sys::open_dir(self.root(), rel)
     }
 
@@ -308,14 +302,14 @@ impl Branch {
     /// branch's filesystem, owned by the daemon's user and closed to everyone
     /// else (see [`Branch::prepare_work`]). Its fd is kept: renaming it away
     /// or planting another one later changes nothing.
-    pub fn work(&self) -> sys::Result<Arc<OwnedFd>> {
+    pub fn work(&self) -> sys::Result<Arc<Dir>> {
         self.open_work().map_err(|e| {
             log::error!("{}: {}", self.path.display(), e.why);
             e.errno
         })
     }
 
-    fn open_work(&self) -> Result<Arc<OwnedFd>, WorkError> {
+    fn open_work(&self) -> Result<Arc<Dir>, WorkError> {
         let mut work = self.work.lock();
         if let Some(fd) = &*work {
             return Ok(fd.clone());
@@ -388,8 +382,7 @@ impl Branch {
             }) => return Ok(()),
             Err(e) => return Err(shown(&e.why)),
         };
-        crate::tree::empty_dir(work.as_fd())
-            .map_err(|e| shown(&format!("clearing {WORK_DIR}: {e}")))
+        crate::tree::empty_dir(&work).map_err(|e| shown(&format!("clearing {WORK_DIR}: {e}")))
     }
 }
 

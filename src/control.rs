@@ -16,19 +16,18 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::fcntl::OFlag;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::branch::{self, Branch, BranchSet, BranchSpec, Mode};
 use crate::mountinfo::Mount;
-use crate::sys::{self, Errno};
+use crate::sys::{self, Dir, Errno};
 use crate::union::Union;
 use crate::whiteout;
 
@@ -179,11 +178,11 @@ fn check_dir(fd: BorrowedFd, path: &Path) -> Result<(), String> {
 /// Open (making it when missing) the socket directory of this daemon and
 /// check every directory on the way that it must trust: the directory
 /// itself, and for a user its runtime directory.
-fn open_socket_dir() -> Result<(PathBuf, OwnedFd), String> {
+fn open_socket_dir() -> Result<(PathBuf, Dir), String> {
     let me = sys::geteuid();
     let dir = socket_dir(me);
     let parent = dir.parent().unwrap_or(Path::new("/"));
-    let pfd = sys::open_dir_nofollow(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    let pfd = Dir::open_nofollow(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     if me != 0 {
         // $XDG_RUNTIME_DIR must be the user's own, mode 0700 (the XDG rule).
         let st = sys::fstat(pfd.as_fd()).map_err(|e| format!("{}: {e}", parent.display()))?;
@@ -197,18 +196,16 @@ fn open_socket_dir() -> Result<(PathBuf, OwnedFd), String> {
         }
     }
     let name = dir.file_name().unwrap_or_default();
-    match sys::mkdir_at(pfd.as_fd(), name, 0o755) {
+    match sys::mkdir_at(&pfd, name, 0o755) {
         Ok(()) | Err(Errno::EEXIST) => {}
         Err(e) => return Err(format!("{}: {e}", dir.display())),
     }
-    let fd = sys::open_at(pfd.as_fd(), name, OFlag::O_PATH | OFlag::O_DIRECTORY, 0).map_err(
-        |e| match e {
-            Errno::ELOOP | Errno::ENOTDIR => {
-                format!("{} is a symlink or not a directory", dir.display())
-            }
-            e => format!("{}: {e}", dir.display()),
-        },
-    )?;
+    let fd = sys::open_dir(&pfd, Path::new(name)).map_err(|e| match e {
+        Errno::ELOOP | Errno::ENOTDIR => {
+            format!("{} is a symlink or not a directory", dir.display())
+        }
+        e => format!("{}: {e}", dir.display()),
+    })?;
     check_dir(fd.as_fd(), &dir)?;
     Ok((dir, fd))
 }
@@ -216,7 +213,7 @@ fn open_socket_dir() -> Result<(PathBuf, OwnedFd), String> {
 /// Removes the socket when the mount ends, if it is still this daemon's (a
 /// new mount at the same place may have bound its own by then).
 pub struct ControlSocket {
-    dir: OwnedFd,
+    dir: Dir,
     name: String,
     /// (st_dev, st_ino) of the socket this daemon bound.
     id: (u64, u64),
@@ -225,9 +222,9 @@ pub struct ControlSocket {
 impl Drop for ControlSocket {
     fn drop(&mut self) {
         let name = OsStr::new(&self.name);
-        if let Ok(st) = sys::stat_at(self.dir.as_fd(), name) {
+        if let Ok(st) = sys::stat_at(&self.dir, name) {
             if (st.st_dev, st.st_ino) == self.id {
-                let _ = sys::unlink_at(self.dir.as_fd(), name, false);
+                let _ = sys::unlink_at(&self.dir, name, false);
             }
         }
     }
@@ -257,14 +254,14 @@ pub fn serve(
     let (dir, dirfd) = open_socket_dir()?;
     let name = socket_name(&mountpoint);
     // A socket left by a daemon that died; the directory is ours alone.
-    match sys::unlink_at(dirfd.as_fd(), OsStr::new(&name), false) {
+    match sys::unlink_at(&dirfd, OsStr::new(&name), false) {
         Ok(()) | Err(Errno::ENOENT) => {}
         Err(e) => return Err(format!("{}/{name}: {e}", dir.display())),
     }
     // Anyone may connect; each request is checked against the caller's uid.
-    let listener = sys::bind_unix(dirfd.as_fd(), OsStr::new(&name), 0o666)
+    let listener = sys::bind_unix(&dirfd, OsStr::new(&name), 0o666)
         .map_err(|e| format!("{}/{name}: {e}", dir.display()))?;
-    let st = sys::stat_at(dirfd.as_fd(), OsStr::new(&name))
+    let st = sys::stat_at(&dirfd, OsStr::new(&name))
         .map_err(|e| format!("{}/{name}: {e}", dir.display()))?;
     let server = Arc::new(Server {
         union,
@@ -457,7 +454,7 @@ impl Server {
                 }
                 let id = next[at].0.as_ref().map(|b| b.id).unwrap_or(0);
                 if !force {
-                    let open = self.union.open_files_on(id);
+                    let open = self.union.handles.files_on(id);
                     if open > 0 {
                         return Err(error(
                             Errno::EBUSY,
@@ -505,7 +502,7 @@ impl Server {
             branches.push(b);
         }
         let bs = Arc::new(BranchSet::new(branches));
-        self.union.set_branches(bs.clone());
+        self.union.resolve.set_branches(bs.clone());
         (self.invalidate)(&self.union);
         log::info!("branches now: {:?}", list(&bs));
         Ok(bs)
@@ -531,7 +528,7 @@ fn query(bs: &BranchSet, path: &Path) -> Response {
     {
         return error(Errno::EINVAL, "the query path must lie inside the union");
     }
-    let (parent, name) = crate::union::split(path);
+    let (parent, name) = crate::view::split(path);
     let mut out = Vec::new();
     for b in &bs.branches {
         let what = if path.as_os_str().is_empty() {
@@ -539,7 +536,7 @@ fn query(bs: &BranchSet, path: &Path) -> Response {
         } else {
             match b.dir(parent) {
                 Err(_) => None,
-                Ok(dir) => describe(dir.as_fd(), name),
+                Ok(dir) => describe(&dir, name),
             }
         };
         if let Some(what) = what {
@@ -553,7 +550,7 @@ fn query(bs: &BranchSet, path: &Path) -> Response {
     Response::Holders(out)
 }
 
-fn describe(dir: std::os::fd::BorrowedFd, name: &std::ffi::OsStr) -> Option<String> {
+fn describe(dir: &sys::Dir, name: &std::ffi::OsStr) -> Option<String> {
     let mut what = match sys::stat_at(dir, name) {
         Ok(st) => match st.st_mode & libc::S_IFMT {
             libc::S_IFDIR if whiteout::is_opaque(dir, name).unwrap_or(false) => "opaque directory",
@@ -658,29 +655,14 @@ fn allowed(st: &sys::FileStat, who: &sys::Peer, want: u32) -> bool {
 /// directory on the way searchable by them, and the one holding the name
 /// readable too (what `ls -l DIR` needs). `--query` tells no more than that.
 fn may_see(bs: &BranchSet, path: &Path, who: &sys::Peer) -> Result<(), Errno> {
-    let mut layers: Vec<usize> = (0..bs.len()).collect();
-    let mut dir = sys::fstat(bs.get(0).root())?;
-    let mut cur = PathBuf::new();
-    let mut comps = path.iter().peekable();
-    while let Some(c) = comps.next() {
-        let last = comps.peek().is_none();
-        let want = if last { 0o5 } else { 0o1 };
-        if !allowed(&dir, who, want) {
-            return Err(Errno::EACCES);
+    crate::view::each_dir_on_the_way(bs, path, |dir, holds_name| {
+        let want = if holds_name { 0o5 } else { 0o1 };
+        if allowed(dir, who, want) {
+            Ok(())
+        } else {
+            Err(Errno::EACCES)
         }
-        if last {
-            break;
-        }
-        let scan = crate::lookup::scan_path(bs, &layers, &cur, c, false)?;
-        match scan.top() {
-            Some(t) if t.is_dir() => dir = t.stat,
-            Some(_) => return Err(Errno::ENOTDIR),
-            None => return Err(Errno::ENOENT),
-        }
-        layers = scan.layers();
-        cur.push(c);
-    }
-    Ok(())
+    })
 }
 
 /// Send one request to the daemon serving `mount`, after checking that it is

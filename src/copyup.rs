@@ -6,14 +6,13 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use nix::fcntl::OFlag;
 
 use crate::branch::{temp_name, BranchSet};
-use crate::inode::{Node, ROOT};
-use crate::sys::{self, Errno, FileStat, Obj, Result, Time};
+use crate::resolve::{Node, ROOT};
+use crate::sys::{self, Dir, Errno, FileStat, Obj, Result, Time};
 use crate::tree::remove_tree;
 use crate::union::Union;
 use crate::whiteout;
@@ -22,13 +21,13 @@ const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
 
 /// An entry being built in a work directory; removed on drop unless committed.
 pub(crate) struct Temp {
-    work: Arc<OwnedFd>,
+    work: Arc<Dir>,
     pub name: OsString,
     armed: bool,
 }
 
 impl Temp {
-    pub fn new(work: Arc<OwnedFd>) -> Temp {
+    pub fn new(work: Arc<Dir>) -> Temp {
         Temp {
             work,
             name: temp_name(),
@@ -37,8 +36,8 @@ impl Temp {
     }
 
     /// The work directory the entry lives in.
-    pub fn dir(&self) -> BorrowedFd<'_> {
-        self.work.as_fd()
+    pub fn dir(&self) -> &Dir {
+        &self.work
     }
 
     /// From now on the entry exists and is cleaned up on failure.
@@ -47,8 +46,8 @@ impl Temp {
     }
 
     /// Rename the entry into `dir/name`: the one step that makes it visible.
-    pub fn commit(mut self, dir: BorrowedFd, name: &OsStr, flags: u32) -> Result<()> {
-        sys::rename_at(self.work.as_fd(), &self.name, dir, name, flags)?;
+    pub fn commit(mut self, dir: &Dir, name: &OsStr, flags: u32) -> Result<()> {
+        sys::rename_at(&self.work, &self.name, dir, name, flags)?;
         self.armed = false;
         Ok(())
     }
@@ -57,7 +56,7 @@ impl Temp {
 impl Drop for Temp {
     fn drop(&mut self) {
         if self.armed {
-            if let Err(e) = remove_tree(self.work.as_fd(), &self.name) {
+            if let Err(e) = remove_tree(&self.work, &self.name) {
                 log::warn!("could not remove work entry {:?}: {e}", self.name);
             }
         }
@@ -102,7 +101,7 @@ pub fn copy_meta(src: Obj, st: &FileStat, dst: BorrowedFd) -> Result<()> {
 /// fd on it. `dir` must be a directory only this process can write (a work
 /// directory): nobody can swap the name between the making and the open.
 pub fn make_node(
-    dir: BorrowedFd,
+    dir: &Dir,
     name: &OsStr,
     mode: u32,
     rdev: u64,
@@ -188,7 +187,7 @@ impl Union {
     /// contents (it is about to be truncated to zero).
     pub(crate) fn copy_up(&self, node: &Node, data: bool) -> Result<Arc<BranchSet>> {
         let bs = self.branches();
-        let idx = self.top_idx(&bs, node)?;
+        let idx = self.resolve.top_idx(&bs, node)?;
         if bs.get(idx).writable() {
             return Ok(bs);
         }
@@ -206,55 +205,51 @@ impl Union {
         target: usize,
         data: bool,
     ) -> Result<()> {
-        let _guard = node.copyup.lock();
+        let _turn = node.copying.enter(true);
         // Another writer may have copied it up while we waited.
-        let idx = self.top_idx(bs, node)?;
+        let idx = self.resolve.top_idx(bs, node)?;
         if idx <= target {
             return Ok(());
         }
         if node.ino == ROOT {
             return Err(Errno::EROFS);
         }
-        let (name, parent) = {
-            let l = node.loc.read();
-            (l.name.clone(), l.parent)
-        };
-        let parent = self.inodes.get(parent)?;
+        let (parent, name) = node.parent_name();
+        let parent = self.resolve.node(parent)?;
         let pdir = self.dir_in(bs, target, &parent)?;
-        match sys::stat_at(pdir.as_fd(), &name) {
+        match sys::stat_at(&pdir, &name) {
             // Already there: copied along with a directory, or made directly.
             Ok(st) if is_kind(&st, node.kind) => {
-                self.moved_up(node, bs, target, &st);
+                self.resolve.copied_up(node, bs, target, &st);
                 return Ok(());
             }
             Ok(_) => return Err(Errno::EEXIST),
             Err(Errno::ENOENT) => {}
             Err(e) => return Err(e),
         }
-        let sdir = self.layer_dir(bs, &parent, idx)?;
-        let tmp = self.build_copy(bs, target, sdir.as_fd(), &name, node.kind, data)?;
-        tmp.commit(pdir.as_fd(), &name, RENAME_NOREPLACE)?;
-        let new = sys::stat_at(pdir.as_fd(), &name)?;
-        self.link_aliases(bs, target, node, pdir.as_fd(), &name);
-        self.moved_up(node, bs, target, &new);
+        let sdir = self.resolve.layer_dir(bs, &parent, idx)?;
+        let tmp = self.build_copy(bs, target, Obj::at(&sdir, &name), node.kind, data)?;
+        tmp.commit(&pdir, &name, RENAME_NOREPLACE)?;
+        let new = sys::stat_at(&pdir, &name)?;
+        self.link_aliases(bs, target, node, &pdir, &name);
+        self.resolve.copied_up(node, bs, target, &new);
         Ok(())
     }
 
-    /// Build a copy of the entry `name` of `src_dir` (of the kind `kind`,
-    /// `S_IFMT` bits) in the work directory of branch `target`. The source is
-    /// opened once and everything is read through that fd: data, owner, mode
-    /// and xattrs all come from one object, even if the name is swapped
-    /// meanwhile (say, for the user's own program beside a root-owned setuid one).
+    /// Build a copy of the entry `src` (of the kind `kind`, `S_IFMT` bits)
+    /// in the work directory of branch `target`. The source is opened once
+    /// and everything is read through that fd: data, owner, mode and xattrs
+    /// all come from one object, even if the name is swapped meanwhile (say,
+    /// for the user's own program beside a root-owned setuid one).
     pub(crate) fn build_copy(
         &self,
         bs: &BranchSet,
         target: usize,
-        src_dir: BorrowedFd,
-        name: &OsStr,
+        src: Obj,
         kind: u32,
         data: bool,
     ) -> Result<Temp> {
-        let src = sys::open_at(src_dir, name, OFlag::O_PATH, 0)?;
+        let src = src.open(OFlag::O_PATH)?;
         let st = sys::fstat(src.as_fd())?;
         if !is_kind(&st, kind) {
             return Err(Errno::ESTALE);
@@ -291,23 +286,15 @@ impl Union {
 
     /// Other names of a hard-linked object follow its copy-up, so a change
     /// through one name shows through the others after a remount too.
-    fn link_aliases(
-        &self,
-        bs: &BranchSet,
-        target: usize,
-        node: &Node,
-        dir: BorrowedFd,
-        name: &OsStr,
-    ) {
-        let aliases = node.aliases.lock().clone();
-        for (parent, alias) in aliases {
+    fn link_aliases(&self, bs: &BranchSet, target: usize, node: &Node, dir: &Dir, name: &OsStr) {
+        for (parent, alias) in node.aliases() {
             let res = self
-                .inodes
-                .get(parent)
+                .resolve
+                .node(parent)
                 .and_then(|p| self.dir_in(bs, target, &p))
                 .and_then(|pdir| {
-                    sys::link_at(dir, name, pdir.as_fd(), &alias)?;
-                    whiteout::remove_whiteout(pdir.as_fd(), &alias)
+                    sys::link_at(dir, name, &pdir, &alias)?;
+                    whiteout::remove_whiteout(&pdir, &alias)
                 });
             if let Err(e) = res {
                 log::warn!("hard link {alias:?} not copied up with its object: {e}");
@@ -315,43 +302,35 @@ impl Union {
         }
     }
 
-    /// Record that `node` now has its topmost instance in branch `target`.
-    pub(crate) fn moved_up(&self, node: &Node, bs: &BranchSet, target: usize, st: &FileStat) {
-        let b = bs.get(target);
-        {
-            let mut loc = node.loc.write();
-            loc.top = b.id;
-            loc.generation = bs.generation;
-            if node.is_dir() && !loc.layers.contains(&b.id) {
-                let mut idx = Self::indices(bs, &loc.layers);
-                idx.push(target);
-                idx.sort_unstable();
-                loc.layers = Self::ids(bs, &idx);
-            }
+    /// The directory `dir` in branch `idx`, created there (with its parents,
+    /// as copies of their union attributes) when missing.
+    pub(crate) fn dir_in(&self, bs: &BranchSet, idx: usize, dir: &Node) -> Result<Arc<Dir>> {
+        match self.resolve.layer_dir(bs, dir, idx) {
+            Ok(fd) => Ok(fd),
+            Err(Errno::ENOENT) => self.ensure_dirs(bs, idx, dir).map(Arc::new),
+            Err(e) => Err(e),
         }
-        self.inodes.add_key(node, (b.dev, st.st_ino));
-        node.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Create the directory of `dir` (and its parents) in branch `target`, each
     /// as a copy of the union directory's topmost instance; answers an fd on it.
-    pub(crate) fn ensure_dirs(&self, bs: &BranchSet, target: usize, dir: &Node) -> Result<OwnedFd> {
+    pub(crate) fn ensure_dirs(&self, bs: &BranchSet, target: usize, dir: &Node) -> Result<Dir> {
         let mut chain = Vec::new();
         let mut cur = dir.ino;
         while cur != ROOT {
-            let n = self.inodes.get(cur)?;
-            cur = n.loc.read().parent;
+            let n = self.resolve.node(cur)?;
+            cur = n.parent_name().0;
             chain.push(n);
         }
         let b = bs.get(target);
         let mut fd = b.dir(Path::new(""))?;
         for node in chain.iter().rev() {
-            let name = node.loc.read().name.clone();
-            match sys::open_dir(fd.as_fd(), Path::new(&name)) {
+            let name = node.parent_name().1;
+            match sys::open_dir(&fd, Path::new(&name)) {
                 Ok(sub) => {
-                    if !node.loc.read().layers.contains(&b.id) {
+                    if !node.loc().layers.contains(&b.id) {
                         let st = sys::fstat(sub.as_fd())?;
-                        self.moved_up_dir(node, bs, target, &st, false);
+                        self.resolve.dir_gained(node, bs, target, &st, false);
                     }
                     fd = sub;
                     continue;
@@ -359,51 +338,26 @@ impl Union {
                 Err(Errno::ENOENT) => {}
                 Err(e) => return Err(e),
             }
-            let hide_below = whiteout::has_whiteout(fd.as_fd(), &name)?;
-            let tmp = self.on_top(bs, node, |src| {
-                self.build_copy(bs, target, src.dir, src.name, libc::S_IFDIR, false)
+            let hide_below = whiteout::has_whiteout(&fd, &name)?;
+            let tmp = self.resolve.on_top(bs, node, |src| {
+                self.build_copy(bs, target, src, libc::S_IFDIR, false)
             })?;
             if hide_below {
                 let t = sys::open_dir(tmp.dir(), Path::new(&tmp.name))?;
-                whiteout::make_opaque(t.as_fd())?;
+                whiteout::make_opaque(&t)?;
             }
-            match tmp.commit(fd.as_fd(), &name, RENAME_NOREPLACE) {
+            match tmp.commit(&fd, &name, RENAME_NOREPLACE) {
                 Ok(()) | Err(Errno::EEXIST) => {}
                 Err(e) => return Err(e),
             }
             if hide_below {
-                whiteout::remove_whiteout(fd.as_fd(), &name)?;
+                whiteout::remove_whiteout(&fd, &name)?;
             }
-            let sub = sys::open_dir(fd.as_fd(), Path::new(&name))?;
+            let sub = sys::open_dir(&fd, Path::new(&name))?;
             let st = sys::fstat(sub.as_fd())?;
-            self.moved_up_dir(node, bs, target, &st, hide_below);
+            self.resolve.dir_gained(node, bs, target, &st, hide_below);
             fd = sub;
         }
         Ok(fd)
-    }
-
-    /// A directory gained an instance in branch `target`.
-    fn moved_up_dir(
-        &self,
-        node: &Node,
-        bs: &BranchSet,
-        target: usize,
-        st: &FileStat,
-        opaque: bool,
-    ) {
-        {
-            let mut loc = node.loc.write();
-            let mut idx = Self::indices(bs, &loc.layers);
-            if opaque {
-                idx.retain(|&i| i < target);
-            }
-            idx.push(target);
-            idx.sort_unstable();
-            idx.dedup();
-            loc.layers = Self::ids(bs, &idx);
-            loc.top = bs.get(idx[0]).id;
-            loc.generation = bs.generation;
-        }
-        self.inodes.add_key(node, (bs.get(target).dev, st.st_ino));
     }
 }

@@ -4,17 +4,16 @@
 //! whited-out lower directories is made opaque.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::path::Path;
-use std::sync::Arc;
 
 use nix::fcntl::OFlag;
 
 use crate::copyup::{make_node, Temp};
-use crate::file::Opened;
-use crate::inode::{Loc, Node};
-use crate::sys::{self, Errno, Result};
-use crate::union::{Attr, Caller, Union};
+use crate::handles::Opened;
+use crate::resolve::Attr;
+use crate::sys::{self, Dir, Errno, Result};
+use crate::union::{Caller, Union};
 use crate::whiteout;
 
 /// What to create.
@@ -37,21 +36,21 @@ impl Union {
     ) -> Result<(Attr, Option<Opened>)> {
         self.check_new_name(name)?;
         let bs = self.branches();
-        let pnode = self.inodes.get(parent)?;
-        let layers = self.dir_layers(&bs, &pnode)?;
-        let scan = self.scan_at(&bs, &pnode, &layers, name, false)?;
+        let pnode = self.resolve.node(parent)?;
+        let layers = self.resolve.dir_layers(&bs, &pnode)?;
+        let scan = self.resolve.scan_at(&bs, &pnode, &layers, name, false)?;
         if scan.top().is_some() {
             return Err(Errno::EEXIST);
         }
         let up = bs.first_writable().ok_or(Errno::EROFS)?;
         let pdir = self.dir_in(&bs, up, &pnode)?;
-        let pdir = pdir.as_fd();
+        let pdir: &Dir = &pdir;
         let replaces_whiteout = whiteout::has_whiteout(pdir, name)?;
         // Something below may be hidden by a whiteout: a new directory must not reveal it.
         let opaque = replaces_whiteout || scan.whiteout.is_some();
         // The union attributes of the parent are its top instance's.
         let pst = if layers.first() == Some(&up) {
-            sys::fstat(pdir)?
+            sys::fstat(pdir.as_fd())?
         } else {
             self.getattr(parent, None)?.st
         };
@@ -90,7 +89,7 @@ impl Union {
                 tmp.arm();
                 let t = sys::open_dir(tmp.dir(), Path::new(&tname))?;
                 if opaque {
-                    whiteout::make_opaque(t.as_fd())?;
+                    whiteout::make_opaque(&t)?;
                 }
                 sys::chown_obj(t.as_fd(), Some(uid), Some(gid))?;
                 sys::chmod_fd(t.as_fd(), mode)?;
@@ -126,10 +125,10 @@ impl Union {
             Some((fd, _)) => sys::fstat(fd.as_fd())?,
             None => sys::stat_at(pdir, name)?,
         };
-        let (node, attr) = self.register_new(&bs, up, parent, name, st);
+        let (node, attr) = self.resolve.created(&bs, up, parent, name, st);
         let id = bs.get(up).id;
         let opened = file.map(|(fd, flags)| {
-            let mut o = self.register_file(node, sys::into_file(fd), flags, id);
+            let mut o = self.handles.add_file(node, sys::into_file(fd), flags, id);
             // On a writable branch: no copy-up can move it under the handle.
             o.passthrough_ok = true;
             o
@@ -137,69 +136,40 @@ impl Union {
         Ok((attr, opened))
     }
 
-    /// The node for an entry just made in branch `idx` (its attributes:
-    /// `st`), with one lookup reference.
-    fn register_new(
-        &self,
-        bs: &crate::branch::BranchSet,
-        idx: usize,
-        parent: u64,
-        name: &OsStr,
-        st: sys::FileStat,
-    ) -> (Arc<Node>, Attr) {
-        let kind = st.st_mode & libc::S_IFMT;
-        let b = bs.get(idx);
-        let loc = Loc {
-            parent,
-            name: name.to_os_string(),
-            top: b.id,
-            layers: if kind == libc::S_IFDIR {
-                vec![b.id]
-            } else {
-                Vec::new()
-            },
-            unlinked: false,
-            generation: bs.generation,
-        };
-        let node = self.inodes.found((b.dev, st.st_ino), kind, loc);
-        let attr = Attr { ino: node.ino, st };
-        (node, attr)
-    }
-
     /// A hard link `newparent/newname` to the object `ino`, made in the branch
     /// that holds the object once it is copied up.
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
         self.check_new_name(newname)?;
-        let node = self.inodes.get(ino)?;
+        let node = self.resolve.node(ino)?;
         if node.is_dir() {
             return Err(Errno::EPERM);
         }
-        let pnode = self.inodes.get(newparent)?;
-        let scan = self.scan_in(&self.branches(), &pnode, newname, false)?;
+        let pnode = self.resolve.node(newparent)?;
+        let scan = self
+            .resolve
+            .scan_in(&self.branches(), &pnode, newname, false)?;
         if scan.top().is_some() {
             return Err(Errno::EEXIST);
         }
         let bs = self.copy_up(&node, true)?;
-        let idx = self.top_idx(&bs, &node)?;
+        let idx = self.resolve.top_idx(&bs, &node)?;
         if scan.whiteout.is_some_and(|w| w < idx) {
             // A whiteout above the object's branch would hide the new name.
             return Err(Errno::EXDEV);
         }
-        let (src_fd, src_name) = self.parent_in(&bs, &node, idx)?;
+        let (src_fd, src_name) = self.resolve.parent_in(&bs, &node, idx)?;
         let pdir = self.dir_in(&bs, idx, &pnode)?;
-        sys::link_at(src_fd.as_fd(), &src_name, pdir.as_fd(), newname)?;
-        whiteout::remove_whiteout(pdir.as_fd(), newname)?;
-        node.aliases
-            .lock()
-            .push((newparent, newname.to_os_string()));
-        let st = sys::stat_at(pdir.as_fd(), newname)?;
-        let (_, attr) = self.register_new(&bs, idx, newparent, newname, st);
+        sys::link_at(&src_fd, &src_name, &pdir, newname)?;
+        whiteout::remove_whiteout(&pdir, newname)?;
+        self.resolve.linked(&node, newparent, newname);
+        let st = sys::stat_at(&pdir, newname)?;
+        let (_, attr) = self.resolve.created(&bs, idx, newparent, newname, st);
         Ok(attr)
     }
 }
 
 /// If the step after a create failed, take the create back.
-fn undo_on_err(dir: BorrowedFd, name: &OsStr, is_dir: bool, res: Result<()>) -> Result<()> {
+fn undo_on_err(dir: &Dir, name: &OsStr, is_dir: bool, res: Result<()>) -> Result<()> {
     if let Err(e) = res {
         let _ = sys::unlink_at(dir, name, is_dir);
         return Err(e);

@@ -5,14 +5,12 @@
 //! name hidden, never half-deleted.
 
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
 use std::path::Path;
 
 use crate::branch::BranchSet;
-use crate::inode::Node;
-use crate::lookup::{Instance, Scan};
 use crate::options::DeleteMode;
-use crate::sys::{self, Errno, Result};
+use crate::resolve::{Instance, Scan};
+use crate::sys::{self, Dir, Errno, Result};
 use crate::union::Union;
 use crate::{readdir, whiteout};
 
@@ -27,7 +25,7 @@ struct Plan {
 /// with real entries (hidden by whiteouts above it) must stay and be hidden.
 fn dir_clean(i: &Instance) -> Result<bool> {
     let fd = i.dir.as_ref().ok_or(Errno::ENOENT)?;
-    Ok(sys::read_dir(fd.as_fd())?
+    Ok(sys::read_dir(fd)?
         .iter()
         .all(|e| whiteout::is_reserved(&e.name)))
 }
@@ -46,8 +44,8 @@ impl Union {
             return Err(Errno::ENOENT);
         }
         let bs = self.branches();
-        let pnode = self.inodes.get(parent)?;
-        let scan = self.scan_in(&bs, &pnode, name, true)?;
+        let pnode = self.resolve.node(parent)?;
+        let scan = self.resolve.scan_in(&bs, &pnode, name, true)?;
         let top = scan.top().ok_or(Errno::ENOENT)?.clone();
         if dir && !top.is_dir() {
             return Err(Errno::ENOTDIR);
@@ -61,19 +59,19 @@ impl Union {
         let plan = self.plan(&bs, &scan, &top, dir)?;
         if let Some(w) = plan.whiteout {
             let pdir = self.dir_in(&bs, w, &pnode)?;
-            whiteout::create_whiteout(pdir.as_fd(), name)?;
+            whiteout::create_whiteout(&pdir, name)?;
         }
         for idx in plan.remove {
-            let pdir = self.layer_dir(&bs, &pnode, idx)?;
+            let pdir = self.resolve.layer_dir(&bs, &pnode, idx)?;
             if dir {
-                clear_whiteouts(pdir.as_fd(), name)?;
+                clear_whiteouts(&pdir, name)?;
             }
-            match sys::unlink_at(pdir.as_fd(), name, dir) {
+            match sys::unlink_at(&pdir, name, dir) {
                 Ok(()) | Err(Errno::ENOENT) => {}
                 Err(e) => return Err(e),
             }
         }
-        self.forget_name(&bs, &top, parent, name);
+        self.resolve.name_gone(&bs, &top, parent, name);
         Ok(())
     }
 
@@ -120,43 +118,15 @@ impl Union {
         }
         Ok(plan)
     }
-
-    /// The name is gone from the union: update the node it named.
-    fn forget_name(&self, bs: &BranchSet, top: &Instance, parent: u64, name: &OsStr) {
-        let key = (bs.get(top.idx).dev, top.stat.st_ino);
-        let Some(node) = self.inodes.node_for(key) else {
-            return;
-        };
-        self.unlinked(&node, parent, name);
-    }
-
-    /// `parent/name` no longer names `node`.
-    pub(crate) fn unlinked(&self, node: &Node, parent: u64, name: &OsStr) {
-        let mut loc = node.loc.write();
-        let mut aliases = node.aliases.lock();
-        if loc.parent == parent && loc.name == name {
-            if let Some((p, n)) = aliases.pop() {
-                loc.parent = p;
-                loc.name = n;
-            } else {
-                loc.unlinked = true;
-                drop(aliases);
-                drop(loc);
-                self.inodes.drop_keys(node);
-            }
-        } else {
-            aliases.retain(|(p, n)| !(*p == parent && n == name));
-        }
-    }
 }
 
 /// Remove the whiteouts and the opaque marker inside directory `dir/name`,
 /// so that it can be rmdir'ed.
-fn clear_whiteouts(dir: std::os::fd::BorrowedFd, name: &OsStr) -> Result<()> {
+fn clear_whiteouts(dir: &Dir, name: &OsStr) -> Result<()> {
     let sub = sys::open_dir(dir, Path::new(name))?;
-    for e in sys::read_dir(sub.as_fd())? {
+    for e in sys::read_dir(&sub)? {
         if whiteout::is_reserved(&e.name) {
-            sys::unlink_at(sub.as_fd(), &e.name, false)?;
+            sys::unlink_at(&sub, &e.name, false)?;
         }
     }
     Ok(())

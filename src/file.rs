@@ -13,36 +13,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use nix::fcntl::OFlag;
-use parking_lot::{Mutex, RwLock};
 
-use crate::inode::Node;
+use crate::handles::{FileHandle, Opened};
 use crate::readdir::{self, Entry};
 use crate::sys::{self, Errno, Result};
 use crate::union::Union;
-
-#[derive(Debug)]
-pub struct FileHandle {
-    pub node: Arc<Node>,
-    file: RwLock<Arc<File>>,
-    generation: std::sync::atomic::AtomicU64,
-    pub writable: bool,
-    flags: OFlag,
-    /// Id of the branch the backing file is on.
-    branch: std::sync::atomic::AtomicU32,
-}
-
-impl FileHandle {
-    pub fn file(&self) -> Arc<File> {
-        self.file.read().clone()
-    }
-}
-
-/// An open directory: a snapshot of the merged listing, taken at the first
-/// read and again at each rewind, so offsets stay valid while it is open.
-pub struct DirHandle {
-    pub node: Arc<Node>,
-    entries: Mutex<Arc<Vec<Entry>>>,
-}
 
 /// The flags of a union open that are passed on to the backing open.
 fn backing_flags(flags: i32) -> OFlag {
@@ -55,49 +30,9 @@ fn backing_flags(flags: i32) -> OFlag {
     OFlag::from_bits_truncate(flags & keep)
 }
 
-/// What `open` answers: the handle number, its backing file, and whether the
-/// kernel may do the I/O on that file itself (FUSE passthrough): only when
-/// the file cannot be copied up under the handle.
-pub struct Opened {
-    pub fh: u64,
-    pub file: Arc<File>,
-    pub passthrough_ok: bool,
-    /// The backing file is on a read-only branch: its data cannot change
-    /// through the union, so the kernel may keep its page cache.
-    pub keep_cache: bool,
-}
-
 impl Union {
-    pub(crate) fn register_file(
-        &self,
-        node: Arc<Node>,
-        file: File,
-        flags: OFlag,
-        branch: u32,
-    ) -> Opened {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let file = Arc::new(file);
-        let writable = flags & OFlag::O_ACCMODE != OFlag::O_RDONLY;
-        let generation = node.generation.load(Ordering::Acquire);
-        let h = FileHandle {
-            node,
-            file: RwLock::new(file.clone()),
-            generation: generation.into(),
-            writable,
-            flags,
-            branch: branch.into(),
-        };
-        self.files.lock().insert(fh, Arc::new(h));
-        Opened {
-            fh,
-            file,
-            passthrough_ok: false,
-            keep_cache: false,
-        }
-    }
-
     pub fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
-        let node = self.inodes.get(ino)?;
+        let node = self.resolve.node(ino)?;
         if node.is_dir() {
             return Err(Errno::EISDIR);
         }
@@ -109,29 +44,14 @@ impl Union {
         } else {
             self.branches()
         };
-        let idx = self.top_idx(&bs, &node)?;
-        let fd = self.open_in(&bs, &node, idx, oflags)?;
-        let mut opened = self.register_file(node, sys::into_file(fd), oflags, bs.get(idx).id);
+        let idx = self.resolve.top_idx(&bs, &node)?;
+        let fd = self.resolve.open_in(&bs, &node, idx, oflags)?;
+        let mut opened = self
+            .handles
+            .add_file(node, sys::into_file(fd), oflags, bs.get(idx).id);
         opened.passthrough_ok = bs.get(idx).writable() || bs.writable_above(idx).is_none();
         opened.keep_cache = !bs.get(idx).writable();
         Ok(opened)
-    }
-
-    fn handle(&self, fh: u64) -> Result<Arc<FileHandle>> {
-        self.files.lock().get(&fh).cloned().ok_or(Errno::EBADF)
-    }
-
-    /// The handle `fh` if given, else any open handle of `node`.
-    pub(crate) fn file_for(&self, node: &Node, fh: Option<u64>) -> Result<Arc<FileHandle>> {
-        let files = self.files.lock();
-        if let Some(h) = fh.and_then(|fh| files.get(&fh)) {
-            return Ok(h.clone());
-        }
-        files
-            .values()
-            .find(|h| h.node.ino == node.ino)
-            .cloned()
-            .ok_or(Errno::ENOENT)
     }
 
     /// The backing file of a handle, re-opened on the copied-up instance if
@@ -142,8 +62,10 @@ impl Union {
             return Ok(h.file());
         }
         let bs = self.branches();
-        let idx = self.top_idx(&bs, &h.node)?;
-        let fd = self.open_in(&bs, &h.node, idx, h.flags & !OFlag::O_TRUNC)?;
+        let idx = self.resolve.top_idx(&bs, &h.node)?;
+        let fd = self
+            .resolve
+            .open_in(&bs, &h.node, idx, h.flags & !OFlag::O_TRUNC)?;
         let file = Arc::new(sys::into_file(fd));
         *h.file.write() = file.clone();
         h.generation.store(generation, Ordering::Release);
@@ -164,7 +86,7 @@ impl Union {
         thread_local! {
             static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let h = self.handle(fh)?;
+        let h = self.handles.file(fh)?;
         let file = self.current(&h)?;
         BUF.with_borrow_mut(|buf| {
             let size = size as usize;
@@ -185,7 +107,7 @@ impl Union {
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
-        let h = self.handle(fh)?;
+        let h = self.handles.file(fh)?;
         if !h.writable {
             return Err(Errno::EBADF);
         }
@@ -193,26 +115,17 @@ impl Union {
         Ok(data.len() as u32)
     }
 
-    /// How many open files have their backing file on branch `id`.
-    pub fn open_files_on(&self, id: u32) -> usize {
-        self.files
-            .lock()
-            .values()
-            .filter(|h| h.branch.load(Ordering::Relaxed) == id)
-            .count()
-    }
-
     pub fn release(&self, fh: u64) {
-        self.files.lock().remove(&fh);
+        self.handles.close_file(fh);
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
-        let h = self.handle(fh)?;
+        let h = self.handles.file(fh)?;
         sys::fsync(h.file().as_fd(), datasync)
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
-        let h = self.handle(fh)?;
+        let h = self.handles.file(fh)?;
         if !h.writable {
             return Err(Errno::EBADF);
         }
@@ -220,35 +133,29 @@ impl Union {
     }
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
-        let h = self.handle(fh)?;
+        let h = self.handles.file(fh)?;
         let file = self.current(&h)?;
         sys::seek(file.as_fd(), offset, whence)
     }
 
     pub fn opendir(&self, ino: u64) -> Result<u64> {
-        let node = self.inodes.get(ino)?;
+        let node = self.resolve.node(ino)?;
         if !node.is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let h = DirHandle {
-            node,
-            entries: Mutex::new(Arc::new(Vec::new())),
-        };
-        self.dirs.lock().insert(fh, Arc::new(h));
-        Ok(fh)
+        Ok(self.handles.add_dir(node))
     }
 
     /// The listing of an open directory, `.` and `..` first. Offset 0 (the
     /// first read, or a rewind) takes a fresh snapshot.
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<Entry>>> {
-        let h = self.dirs.lock().get(&fh).cloned().ok_or(Errno::EBADF)?;
+        let h = self.handles.dir(fh)?;
         if offset != 0 {
             return Ok(h.entries.lock().clone());
         }
         let bs = self.branches();
-        let layers = self.layer_fds(&bs, &h.node)?;
-        let parent = h.node.loc.read().parent;
+        let layers = self.resolve.layer_fds(&bs, &h.node)?;
+        let parent = h.node.parent_name().0;
         let mut entries = vec![
             Entry {
                 name: OsString::from("."),
@@ -261,21 +168,23 @@ impl Union {
                 kind: libc::S_IFDIR,
             },
         ];
-        entries.extend(readdir::merged(&bs, &layers, &self.inodes)?);
+        entries.extend(readdir::merged(&bs, &layers, &self.resolve.inodes)?);
         let entries = Arc::new(entries);
         *h.entries.lock() = entries.clone();
         Ok(entries)
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.dirs.lock().remove(&fh);
+        self.handles.close_dir(fh);
     }
 
     pub fn fsyncdir(&self, ino: u64) -> Result<()> {
-        let node = self.inodes.get(ino)?;
+        let node = self.resolve.node(ino)?;
         let bs = self.branches();
-        let idx = self.top_idx(&bs, &node)?;
-        let fd = self.open_in(&bs, &node, idx, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+        let idx = self.resolve.top_idx(&bs, &node)?;
+        let fd = self
+            .resolve
+            .open_in(&bs, &node, idx, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
         sys::fsync(fd.as_fd(), false)
     }
 }

@@ -16,11 +16,13 @@ use fuser::{
 };
 use parking_lot::Mutex;
 
+use crate::attr::SetAttr;
 use crate::create::New;
-use crate::file::Opened;
+use crate::handles::Opened;
 use crate::options::MountOptions;
+use crate::resolve::Attr;
 use crate::sys::{Errno, FileStat, Result, Time};
-use crate::union::{Attr, Caller, SetAttr, Union};
+use crate::union::{Caller, Union};
 
 /// How the kernel does I/O on one inode: FUSE allows either passthrough
 /// opens (all on one backing file) or ordinary ones at a time, never both.
@@ -294,6 +296,7 @@ impl Filesystem for UnionFs {
                 if !self.negative_ttl.is_zero()
                     && self
                         .union
+                        .resolve
                         .negatives
                         .admit(parent.0, name, self.negative_ttl) =>
             {

@@ -10,26 +10,35 @@
 //! merged readdir) with a thin FUSE adapter over it ([`fs::UnionFs`]).
 #![deny(unsafe_code)]
 
+pub mod attr;
 pub mod branch;
 pub mod cli;
 pub mod control;
 pub mod copyup;
 pub mod create;
 pub mod delete;
-pub mod dircache;
 pub mod file;
 pub mod fs;
-pub mod inode;
-pub mod lookup;
+pub mod fsat;
+pub mod handles;
+
+/// The internals that benches/internals.rs measures; not an API.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::readdir::merged;
+    pub use crate::resolve::{open_layers_at, scan, scan_path, InodeTable, NameIndex};
+    pub use crate::sys::Dir;
+}
 pub mod mountinfo;
-pub mod nameindex;
 pub mod options;
 pub mod readdir;
 pub mod rename;
+pub mod resolve;
 pub mod snapmerge;
 pub mod sys;
 pub mod tree;
 pub mod union;
+pub mod view;
 pub mod whiteout;
 
 use std::path::Path;
@@ -135,14 +144,14 @@ pub fn mount(
     let notifier = session.notifier();
     let invalidate: control::Invalidate = Box::new(move |u: &union::Union| {
         // Every name and inode the kernel may hold: the next access asks again.
-        for (ino, parent, name) in u.inodes.known_names() {
+        for (ino, parent, name) in u.resolve.inodes.known_names() {
             let _ = notifier.inval_entry(fuser::INodeNo(parent), &name);
             let _ = notifier.inval_inode(fuser::INodeNo(ino), 0, 0);
         }
-        for (parent, name) in u.negatives.take() {
+        for (parent, name) in u.resolve.negatives.take() {
             let _ = notifier.inval_entry(fuser::INodeNo(parent), &name);
         }
-        let _ = notifier.inval_inode(fuser::INodeNo(inode::ROOT), 0, 0);
+        let _ = notifier.inval_inode(fuser::INodeNo(resolve::ROOT), 0, 0);
     });
     let control = match control::serve(union, mountpoint.to_path_buf(), invalidate) {
         Ok(c) => Some(c),

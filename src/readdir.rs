@@ -4,13 +4,11 @@
 use foldhash::{HashSet, HashSetExt};
 use std::ffi::OsString;
 use std::ops::ControlFlow;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
 use std::sync::Arc;
 
 use crate::branch::BranchSet;
-use crate::inode::InodeTable;
-use crate::sys::{self, DirEntry, Errno, Result};
+use crate::resolve::InodeTable;
+use crate::sys::{self, Dir, DirEntry, Result};
 use crate::whiteout;
 
 #[derive(Clone, Debug)]
@@ -22,14 +20,14 @@ pub struct Entry {
 }
 
 /// The instances of a union directory: (branch index, fd on the directory), top first.
-pub type Layers = [(usize, Arc<OwnedFd>)];
+pub type Layers = [(usize, Arc<Dir>)];
 
 /// Call `f` with each visible entry of the union directory whose instances
 /// are `layers`: the branch index, an fd on that branch's directory, and the
 /// entry. Stops when `f` breaks.
 fn each_visible(
     layers: &Layers,
-    mut f: impl FnMut(usize, BorrowedFd, DirEntry) -> Result<ControlFlow<()>>,
+    mut f: impl FnMut(usize, &Dir, DirEntry) -> Result<ControlFlow<()>>,
 ) -> Result<()> {
     let mut seen: HashSet<OsString> = HashSet::new();
     let mut hidden: HashSet<OsString> = HashSet::new();
@@ -37,7 +35,7 @@ fn each_visible(
     for (idx, dir) in layers {
         // A whiteout hides names of lower branches, not of its own.
         let mut whiteouts = Vec::new();
-        for e in sys::read_dir(dir.as_fd())? {
+        for e in sys::read_dir(dir)? {
             if whiteout::is_reserved(&e.name) {
                 if let Some(h) = whiteout::hidden_name(&e.name) {
                     whiteouts.push(h.to_os_string());
@@ -48,7 +46,7 @@ fn each_visible(
             if !single && (hidden.contains(&e.name) || !seen.insert(e.name.clone())) {
                 continue;
             }
-            if f(*idx, dir.as_fd(), e)?.is_break() {
+            if f(*idx, dir, e)?.is_break() {
                 return Ok(());
             }
         }
@@ -90,32 +88,4 @@ pub fn is_empty(layers: &Layers) -> Result<bool> {
         Ok(ControlFlow::Break(()))
     })?;
     Ok(empty)
-}
-
-/// The instances of a union directory in branches `layers` (indices, top
-/// first), each opened by `open`; a branch whose directory is missing is left
-/// out (a lookup there finds nothing either).
-pub fn open_layers(
-    layers: &[usize],
-    open: impl Fn(usize) -> Result<Arc<OwnedFd>>,
-) -> Result<Vec<(usize, Arc<OwnedFd>)>> {
-    let mut out = Vec::with_capacity(layers.len());
-    for &idx in layers {
-        match open(idx) {
-            Ok(fd) => out.push((idx, fd)),
-            Err(Errno::ENOENT | Errno::ENOTDIR) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(out)
-}
-
-/// [`open_layers`] for the union directory `path`, opened from the branch
-/// roots (for callers that work by path).
-pub fn open_layers_at(
-    bs: &BranchSet,
-    layers: &[usize],
-    path: &Path,
-) -> Result<Vec<(usize, Arc<OwnedFd>)>> {
-    open_layers(layers, |idx| bs.get(idx).dir(path).map(Arc::new))
 }

@@ -5,14 +5,12 @@
 //! the union never answers EXDEV.
 
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::branch::BranchSet;
-use crate::inode::Node;
-use crate::lookup::{self, Scan};
-use crate::sys::{self, Errno, Result};
+use crate::resolve::{self, Node, Scan};
+use crate::sys::{self, Errno, Obj, Result};
 use crate::union::Union;
 use crate::{readdir, whiteout};
 
@@ -37,10 +35,10 @@ impl Union {
         self.check_new_name(newname)?;
         let exchange = flags & EXCHANGE != 0;
         let bs = self.branches();
-        let sp = self.inodes.get(parent)?;
-        let dp = self.inodes.get(newparent)?;
-        let sscan = self.scan_in(&bs, &sp, name, true)?;
-        let dscan = self.scan_in(&bs, &dp, newname, true)?;
+        let sp = self.resolve.node(parent)?;
+        let dp = self.resolve.node(newparent)?;
+        let sscan = self.resolve.scan_in(&bs, &sp, name, true)?;
+        let dscan = self.resolve.scan_in(&bs, &dp, newname, true)?;
         let src = sscan.top().ok_or(Errno::ENOENT)?.clone();
         let dst = dscan.top().cloned();
         if parent == newparent && name == newname {
@@ -87,56 +85,44 @@ impl Union {
             scan.instances.iter().any(|i| i.idx > up) || scan.whiteout.is_some_and(|w| w > up)
         };
         if !exchange && sscan.instances.iter().any(|i| i.idx > up) {
-            whiteout::create_whiteout(sdir.as_fd(), name)?;
+            whiteout::create_whiteout(&sdir, name)?;
         }
-        let dst_whiteout = whiteout::has_whiteout(ddir.as_fd(), newname)?;
+        let dst_whiteout = whiteout::has_whiteout(&ddir, newname)?;
         if snode.is_dir() && (exchange || below(&dscan) || dst_whiteout) {
-            let d = sys::open_dir(sdir.as_fd(), Path::new(name))?;
-            whiteout::make_opaque(d.as_fd())?;
+            let d = sys::open_dir(&sdir, Path::new(name))?;
+            whiteout::make_opaque(&d)?;
         }
         if exchange {
-            if let Some(d) = dnode.as_ref().filter(|d| d.is_dir()) {
-                let _ = d;
-                let fd = sys::open_dir(ddir.as_fd(), Path::new(newname))?;
-                whiteout::make_opaque(fd.as_fd())?;
+            if dnode.as_ref().is_some_and(|d| d.is_dir()) {
+                let fd = sys::open_dir(&ddir, Path::new(newname))?;
+                whiteout::make_opaque(&fd)?;
             }
         } else if dst.as_ref().is_some_and(|d| d.is_dir()) {
             // The writable instance of the target may hold whiteouts only
             // (the union directory is empty): clear them so rename can replace it.
-            if let Ok(fd) = sys::open_dir(ddir.as_fd(), Path::new(newname)) {
-                for e in sys::read_dir(fd.as_fd())? {
+            if let Ok(fd) = sys::open_dir(&ddir, Path::new(newname)) {
+                for e in sys::read_dir(&fd)? {
                     if whiteout::is_reserved(&e.name) {
-                        sys::unlink_at(fd.as_fd(), &e.name, false)?;
+                        sys::unlink_at(&fd, &e.name, false)?;
                     }
                 }
             }
         }
-        sys::rename_at(sdir.as_fd(), name, ddir.as_fd(), newname, flags)?;
+        sys::rename_at(&sdir, name, &ddir, newname, flags)?;
         if snode.is_dir() || dnode.as_ref().is_some_and(|d| d.is_dir()) {
-            self.dir_moved();
+            self.resolve.dir_moved();
         }
         if !exchange && dst_whiteout {
-            whiteout::remove_whiteout(ddir.as_fd(), newname)?;
+            whiteout::remove_whiteout(&ddir, newname)?;
         }
-        let upid = bs.get(up).id;
-        let moved = |node: &Node, p: u64, n: &OsStr| {
-            let mut loc = node.loc.write();
-            loc.parent = p;
-            loc.name = n.to_os_string();
-            loc.top = upid;
-            loc.generation = bs.generation;
-            if node.is_dir() {
-                loc.layers = vec![upid];
-            }
-        };
         if exchange {
             if let Some(d) = &dnode {
-                moved(d, parent, name);
+                self.resolve.renamed(d, &bs, parent, name, up);
             }
         } else if let Some(d) = &dnode {
-            self.unlinked(d, newparent, newname);
+            self.resolve.unlinked(d, newparent, newname);
         }
-        moved(&snode, newparent, newname);
+        self.resolve.renamed(&snode, &bs, newparent, newname, up);
         self.release_node(&snode);
         if let Some(d) = &dnode {
             self.release_node(d);
@@ -147,11 +133,11 @@ impl Union {
     /// The node a scan found, with a lookup reference the caller gives back
     /// with [`release_node`].
     fn node_of(&self, bs: &BranchSet, parent: u64, name: &OsStr, scan: &Scan) -> Result<Arc<Node>> {
-        Ok(self.remember(bs, parent, name, scan)?.0)
+        Ok(self.resolve.remember(bs, parent, name, scan)?.0)
     }
 
     fn release_node(&self, node: &Node) {
-        self.inodes.forget(node.ino, 1);
+        self.resolve.forget(node.ino, 1);
     }
 
     /// Put the whole object in branch `up`: a copy-up for files; for
@@ -162,15 +148,15 @@ impl Union {
             return self.copy_up_to(bs, node, up, true);
         }
         self.ensure_dirs(bs, up, node)?;
-        let layers = self.dir_layers(bs, node)?;
+        let layers = self.resolve.dir_layers(bs, node)?;
         if layers == [up] {
             return Ok(());
         }
-        let path = self.inodes.path(node.ino)?;
+        let path = self.resolve.inodes.path(node.ino)?;
         self.merge_into(bs, up, &layers, &path)?;
         let fd = bs.get(up).dir(&path)?;
-        whiteout::make_opaque(fd.as_fd())?;
-        node.loc.write().layers = vec![bs.get(up).id];
+        whiteout::make_opaque(&fd)?;
+        self.resolve.made_whole(node, bs, up);
         Ok(())
     }
 
@@ -178,15 +164,15 @@ impl Union {
     /// (instances in `layers`) that `up` does not hold yet, recursively.
     fn merge_into(&self, bs: &BranchSet, up: usize, layers: &[usize], path: &Path) -> Result<()> {
         let updir = bs.get(up).dir(path)?;
-        let dirs = readdir::open_layers_at(bs, layers, path)?;
-        for e in readdir::merged(bs, &dirs, &self.inodes)? {
-            let scan = lookup::scan_path(bs, layers, path, &e.name, false)?;
+        let dirs = resolve::open_layers_at(bs, layers, path)?;
+        for e in readdir::merged(bs, &dirs, &self.resolve.inodes)? {
+            let scan = resolve::scan_path(bs, layers, path, &e.name, false)?;
             let Some(top) = scan.top() else { continue };
             let child = path.join(&e.name);
             if top.idx != up {
                 let src = bs.get(top.idx).dir(path)?;
-                let tmp = self.build_copy(bs, up, src.as_fd(), &e.name, top.kind(), true)?;
-                tmp.commit(updir.as_fd(), &e.name, NOREPLACE)?;
+                let tmp = self.build_copy(bs, up, Obj::at(&src, &e.name), top.kind(), true)?;
+                tmp.commit(&updir, &e.name, NOREPLACE)?;
             }
             if top.is_dir() {
                 let mut sub = scan.layers();

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::fcntl::OFlag;
 
 use crate::copyup::{copy_data, copy_meta, make_node};
-use crate::sys::{self, Errno, FileStat};
+use crate::sys::{self, Dir, Errno, FileStat};
 use crate::tree::remove_tree;
 use crate::whiteout::{self, OPAQUE, WORK_DIR};
 
@@ -63,13 +63,8 @@ pub enum MergeError {
     DotWhiteout(PathBuf),
 }
 
-fn open_root(p: &Path) -> Result<OwnedFd, MergeError> {
-    nix::fcntl::open(
-        p,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| MergeError::Open(p.to_path_buf(), e))
+fn open_root(p: &Path) -> Result<Dir, MergeError> {
+    Dir::open_root(p).map_err(|e| MergeError::Open(p.to_path_buf(), e))
 }
 
 fn kind(st: &FileStat) -> u32 {
@@ -85,7 +80,7 @@ pub struct Merge<'a> {
     summary: Summary,
     /// Hard links: snapshot (dev, ino) -> its path in the base.
     links: HashMap<(u64, u64), PathBuf>,
-    base: Option<OwnedFd>,
+    base: Option<Dir>,
 }
 
 impl<'a> Merge<'a> {
@@ -110,8 +105,11 @@ impl<'a> Merge<'a> {
         for snap in snaps {
             let s = open_root(snap)?;
             self.links.clear();
-            self.base = Some(sys::dup(&b).map_err(|e| MergeError::Open(base.to_path_buf(), e))?);
-            self.dir(b.as_fd(), s.as_fd(), Path::new(""))
+            self.base = Some(
+                b.try_clone()
+                    .map_err(|e| MergeError::Open(base.to_path_buf(), e))?,
+            );
+            self.dir(&b, &s, Path::new(""))
                 .map_err(|(path, errno)| match errno {
                     Errno::EXDEV | Errno::EBUSY => MergeError::MountPoint { path },
                     errno => MergeError::Apply { path, errno },
@@ -130,12 +128,7 @@ impl<'a> Merge<'a> {
     }
 
     /// Apply the snapshot directory `sdir` to the base directory `bdir` (`rel` below the roots).
-    fn dir(
-        &mut self,
-        bdir: BorrowedFd,
-        sdir: BorrowedFd,
-        rel: &Path,
-    ) -> Result<(), (PathBuf, Errno)> {
+    fn dir(&mut self, bdir: &Dir, sdir: &Dir, rel: &Path) -> Result<(), (PathBuf, Errno)> {
         let at = |e: Errno| (rel.to_path_buf(), e);
         let entries = sys::read_dir(sdir).map_err(at)?;
         let names: HashSet<&OsStr> = entries.iter().map(|e| e.name.as_os_str()).collect();
@@ -174,12 +167,7 @@ impl<'a> Merge<'a> {
         Ok(())
     }
 
-    fn delete(
-        &mut self,
-        bdir: BorrowedFd,
-        name: &OsStr,
-        path: &Path,
-    ) -> Result<(), (PathBuf, Errno)> {
+    fn delete(&mut self, bdir: &Dir, name: &OsStr, path: &Path) -> Result<(), (PathBuf, Errno)> {
         match sys::exists_at(bdir, name) {
             Ok(true) => {}
             Ok(false) => return Ok(()),
@@ -194,8 +182,8 @@ impl<'a> Merge<'a> {
 
     fn entry(
         &mut self,
-        bdir: BorrowedFd,
-        sdir: BorrowedFd,
+        bdir: &Dir,
+        sdir: &Dir,
         name: &OsStr,
         path: &Path,
     ) -> Result<(), (PathBuf, Errno)> {
@@ -228,7 +216,7 @@ impl<'a> Merge<'a> {
                 if old.is_some_and(|o| kind(&o) == libc::S_IFDIR) {
                     let bsub = sys::open_dir_here(bdir, name).map_err(at)?;
                     let ssub = sys::open_dir_here(sdir, name).map_err(at)?;
-                    return self.dir(bsub.as_fd(), ssub.as_fd(), path);
+                    return self.dir(&bsub, &ssub, path);
                 }
                 return Ok(());
             }
@@ -240,7 +228,7 @@ impl<'a> Merge<'a> {
             }
             let bsub = sys::open_dir_here(bdir, name).map_err(at)?;
             let ssub = sys::open_dir_here(sdir, name).map_err(at)?;
-            self.dir(bsub.as_fd(), ssub.as_fd(), path)?;
+            self.dir(&bsub, &ssub, path)?;
             // Metadata last: filling the directory changed its times.
             copy_meta(sys::Obj::fd(sfd.as_fd()), &st, bsub.as_fd()).map_err(at)?;
             if let Some(c) = change {
@@ -275,7 +263,7 @@ impl<'a> Merge<'a> {
     /// over the old entry. A second name of a hard-linked file becomes a link.
     fn copy(
         &mut self,
-        bdir: BorrowedFd,
+        bdir: &Dir,
         name: &OsStr,
         path: &Path,
         st: &FileStat,
@@ -289,10 +277,9 @@ impl<'a> Merge<'a> {
         let key = (st.st_dev, st.st_ino);
         let linked = match (st.st_nlink > 1, self.links.get(&key), &self.base) {
             (true, Some(first), Some(base)) => {
-                let (fp, fname) = crate::union::split(first);
-                let fdir =
-                    sys::open_beneath(base.as_fd(), fp, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)?;
-                sys::link_at(fdir.as_fd(), fname, bdir, &tmp)?;
+                let (fp, fname) = crate::view::split(first);
+                let fdir = sys::open_dir(base, fp)?;
+                sys::link_at(&fdir, fname, bdir, &tmp)?;
                 true
             }
             _ => false,
@@ -321,15 +308,10 @@ impl<'a> Merge<'a> {
                     };
                     let staging = Staging::new(bdir)?;
                     let node = OsStr::new("n");
-                    let fd = make_node(
-                        staging.fd.as_fd(),
-                        node,
-                        st.st_mode,
-                        st.st_rdev,
-                        target.as_deref(),
-                    )?;
+                    let fd =
+                        make_node(&staging.fd, node, st.st_mode, st.st_rdev, target.as_deref())?;
                     copy_meta(sys::Obj::fd(sfd.as_fd()), st, fd.as_fd())?;
-                    sys::rename_at(staging.fd.as_fd(), node, bdir, &tmp, 0)?;
+                    sys::rename_at(&staging.fd, node, bdir, &tmp, 0)?;
                     drop(staging);
                     return self.place(bdir, &tmp, name, path, st);
                 }
@@ -342,7 +324,7 @@ impl<'a> Merge<'a> {
     /// Rename the finished `tmp` over `name` (a directory there goes first).
     fn place(
         &mut self,
-        bdir: BorrowedFd,
+        bdir: &Dir,
         tmp: &OsStr,
         name: &OsStr,
         path: &Path,
@@ -367,13 +349,13 @@ impl<'a> Merge<'a> {
 /// may write), for making what needs its metadata set before anyone can
 /// reach it. Its name is a temporary one, removed by a later run if left.
 struct Staging<'a> {
-    dir: BorrowedFd<'a>,
+    dir: &'a Dir,
     name: OsString,
-    fd: OwnedFd,
+    fd: Dir,
 }
 
 impl<'a> Staging<'a> {
-    fn new(dir: BorrowedFd<'a>) -> sys::Result<Staging<'a>> {
+    fn new(dir: &'a Dir) -> sys::Result<Staging<'a>> {
         let name = OsString::from(format!(
             "{TEMP_PREFIX}{}.{}.d",
             std::process::id(),
@@ -408,7 +390,7 @@ fn same_meta(a: &FileStat, b: &FileStat) -> bool {
 /// progress bar) and refuse what no snapshot may hold (whiteouts of "." and
 /// "..", which would mean "delete the directory itself").
 pub fn survey(snaps: &[PathBuf]) -> Result<u64, MergeError> {
-    fn walk(dir: BorrowedFd, at: &Path) -> Result<u64, MergeError> {
+    fn walk(dir: &Dir, at: &Path) -> Result<u64, MergeError> {
         let entries = sys::read_dir(dir).map_err(|e| MergeError::Open(at.to_path_buf(), e))?;
         let mut n = entries.len() as u64;
         for e in entries {
@@ -419,14 +401,14 @@ pub fn survey(snaps: &[PathBuf]) -> Result<u64, MergeError> {
             if e.kind == libc::S_IFDIR {
                 let sub = sys::open_dir_here(dir, &e.name)
                     .map_err(|e| MergeError::Open(path.clone(), e))?;
-                n += walk(sub.as_fd(), &path)?;
+                n += walk(&sub, &path)?;
             }
         }
         Ok(n)
     }
     let mut n = 0;
     for s in snaps {
-        n += walk(open_root(s)?.as_fd(), s)?;
+        n += walk(&open_root(s)?, s)?;
     }
     Ok(n)
 }

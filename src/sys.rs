@@ -4,7 +4,10 @@
 //! with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`:
 //! a symlink or `..` planted in a branch cannot lead the daemon outside it.
 //! Every other call takes a directory fd and a single name component and never
-//! follows a symlink in its last component.
+//! follows a symlink in its last component. That directory fd is a [`Dir`],
+//! which only these beneath-opens (or [`Dir::open_root`] for a directory the
+//! caller names, such as a branch root) make: no `*at` call can be handed
+//! an arbitrary fd.
 #![allow(unsafe_code)]
 
 use std::ffi::{CString, OsStr, OsString};
@@ -27,22 +30,69 @@ const RESOLVE: ResolveFlag = ResolveFlag::RESOLVE_BENEATH
     .union(ResolveFlag::RESOLVE_NO_SYMLINKS)
     .union(ResolveFlag::RESOLVE_NO_MAGICLINKS);
 
+/// An `O_PATH` handle on a directory, the anchor of `*at` calls. Made only
+/// by the beneath-opens below, or by [`Dir::open_root`] for a directory whose
+/// path the caller gives (a branch root, a store).
+#[derive(Debug)]
+pub struct Dir(OwnedFd);
+
+impl AsFd for Dir {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl From<Dir> for OwnedFd {
+    fn from(d: Dir) -> OwnedFd {
+        d.0
+    }
+}
+
+impl Dir {
+    /// The directory at `path` (symlinks on the way followed: the caller
+    /// chose the path).
+    pub fn open_root(path: &Path) -> Result<Dir> {
+        fcntl::open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map(Dir)
+    }
+
+    /// The directory at `path`, refusing a symlink in its last component.
+    pub fn open_nofollow(path: &Path) -> Result<Dir> {
+        fcntl::open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map(Dir)
+    }
+
+    /// A second handle on the same directory.
+    pub fn try_clone(&self) -> Result<Dir> {
+        unistd::dup(&self.0).map(Dir)
+    }
+}
+
 /// Open `rel` (a relative path, "" for the directory itself) beneath `root`.
-pub fn open_beneath(root: BorrowedFd, rel: &Path, flags: OFlag, mode: u32) -> Result<OwnedFd> {
-    openat2(root, rel, flags, mode, RESOLVE)
+pub fn open_beneath(root: &Dir, rel: &Path, flags: OFlag, mode: u32) -> Result<OwnedFd> {
+    openat2(root.as_fd(), rel, flags, mode, RESOLVE)
 }
 
 /// An `O_PATH` handle on the directory `name` of `dir` on the same
 /// filesystem: a mount point there is EXDEV, a symlink ELOOP. For what must
 /// never leave one filesystem (tree removal, the work directory).
-pub fn open_dir_here(dir: BorrowedFd, name: &OsStr) -> Result<OwnedFd> {
+pub fn open_dir_here(dir: &Dir, name: &OsStr) -> Result<Dir> {
     openat2(
-        dir,
+        dir.as_fd(),
         Path::new(name),
         OFlag::O_PATH | OFlag::O_DIRECTORY,
         0,
         RESOLVE.union(ResolveFlag::RESOLVE_NO_XDEV),
     )
+    .map(Dir)
 }
 
 fn openat2(
@@ -72,21 +122,21 @@ fn openat2(
 }
 
 /// An `O_PATH` handle on the directory `rel` beneath `root`.
-pub fn open_dir(root: BorrowedFd, rel: &Path) -> Result<OwnedFd> {
-    open_beneath(root, rel, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)
+pub fn open_dir(root: &Dir, rel: &Path) -> Result<Dir> {
+    open_beneath(root, rel, OFlag::O_PATH | OFlag::O_DIRECTORY, 0).map(Dir)
 }
 
 /// Open the entry `name` of `dir` (never following a symlink).
-pub fn open_at(dir: BorrowedFd, name: &OsStr, flags: OFlag, mode: u32) -> Result<OwnedFd> {
-    open_beneath(dir, Path::new(name), flags, mode)
+pub fn open_at(dir: &Dir, name: &OsStr, flags: OFlag, mode: u32) -> Result<OwnedFd> {
+    openat2(dir.as_fd(), Path::new(name), flags, mode, RESOLVE)
 }
 
-pub fn stat_at(dir: BorrowedFd, name: &OsStr) -> Result<FileStat> {
+pub fn stat_at(dir: &Dir, name: &OsStr) -> Result<FileStat> {
     stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
 }
 
 /// Whether `name` exists in `dir` (as anything, symlinks included).
-pub fn exists_at(dir: BorrowedFd, name: &OsStr) -> Result<bool> {
+pub fn exists_at(dir: &Dir, name: &OsStr) -> Result<bool> {
     match stat_at(dir, name) {
         Ok(_) => Ok(true),
         Err(Errno::ENOENT) => Ok(false),
@@ -103,11 +153,11 @@ pub fn fstat(fd: BorrowedFd) -> Result<FileStat> {
     stat::fstat(fd)
 }
 
-pub fn mkdir_at(dir: BorrowedFd, name: &OsStr, mode: u32) -> Result<()> {
+pub fn mkdir_at(dir: &Dir, name: &OsStr, mode: u32) -> Result<()> {
     stat::mkdirat(dir, name, Mode::from_bits_truncate(mode))
 }
 
-pub fn unlink_at(dir: BorrowedFd, name: &OsStr, is_dir: bool) -> Result<()> {
+pub fn unlink_at(dir: &Dir, name: &OsStr, is_dir: bool) -> Result<()> {
     let flag = if is_dir {
         unistd::UnlinkatFlags::RemoveDir
     } else {
@@ -116,13 +166,7 @@ pub fn unlink_at(dir: BorrowedFd, name: &OsStr, is_dir: bool) -> Result<()> {
     unistd::unlinkat(dir, name, flag)
 }
 
-pub fn rename_at(
-    from_dir: BorrowedFd,
-    from: &OsStr,
-    to_dir: BorrowedFd,
-    to: &OsStr,
-    flags: u32,
-) -> Result<()> {
+pub fn rename_at(from_dir: &Dir, from: &OsStr, to_dir: &Dir, to: &OsStr, flags: u32) -> Result<()> {
     fcntl::renameat2(
         from_dir,
         from,
@@ -132,21 +176,25 @@ pub fn rename_at(
     )
 }
 
-pub fn symlink_at(target: &OsStr, dir: BorrowedFd, name: &OsStr) -> Result<()> {
+pub fn symlink_at(target: &OsStr, dir: &Dir, name: &OsStr) -> Result<()> {
     unistd::symlinkat(target, dir, name)
 }
 
-pub fn link_at(from_dir: BorrowedFd, from: &OsStr, to_dir: BorrowedFd, to: &OsStr) -> Result<()> {
+pub fn link_at(from_dir: &Dir, from: &OsStr, to_dir: &Dir, to: &OsStr) -> Result<()> {
     unistd::linkat(from_dir, from, to_dir, to, AtFlags::empty())
 }
 
-pub fn mknod_at(dir: BorrowedFd, name: &OsStr, mode: u32, rdev: u64) -> Result<()> {
+pub fn mknod_at(dir: &Dir, name: &OsStr, mode: u32, rdev: u64) -> Result<()> {
     let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
     let perm = Mode::from_bits_truncate(mode & !libc::S_IFMT);
     stat::mknodat(dir, name, kind, perm, rdev)
 }
 
-pub fn chown_at(dir: BorrowedFd, name: &OsStr, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
+pub fn chown_at(dir: &Dir, name: &OsStr, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
+    chown_in(dir.as_fd(), name, uid, gid)
+}
+
+fn chown_in(dir: BorrowedFd, name: &OsStr, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
     unistd::fchownat(
         dir,
         name,
@@ -178,7 +226,11 @@ impl Time {
     }
 }
 
-pub fn utimes_at(dir: BorrowedFd, name: &OsStr, atime: Time, mtime: Time) -> Result<()> {
+pub fn utimes_at(dir: &Dir, name: &OsStr, atime: Time, mtime: Time) -> Result<()> {
+    utimes_in(dir.as_fd(), name, atime, mtime)
+}
+
+fn utimes_in(dir: BorrowedFd, name: &OsStr, atime: Time, mtime: Time) -> Result<()> {
     stat::utimensat(
         dir,
         name,
@@ -188,7 +240,7 @@ pub fn utimes_at(dir: BorrowedFd, name: &OsStr, atime: Time, mtime: Time) -> Res
     )
 }
 
-pub fn readlink_at(dir: BorrowedFd, name: &OsStr) -> Result<OsString> {
+pub fn readlink_at(dir: &Dir, name: &OsStr) -> Result<OsString> {
     fcntl::readlinkat(dir, name)
 }
 
@@ -222,8 +274,8 @@ struct XattrArgs {
 /// `dir` itself (any fd, `O_PATH` included).
 #[derive(Clone, Copy)]
 pub struct Obj<'a> {
-    pub dir: BorrowedFd<'a>,
-    pub name: &'a OsStr,
+    dir: BorrowedFd<'a>,
+    name: &'a OsStr,
 }
 
 impl<'a> Obj<'a> {
@@ -235,8 +287,16 @@ impl<'a> Obj<'a> {
         }
     }
 
-    pub fn at(dir: BorrowedFd<'a>, name: &'a OsStr) -> Obj<'a> {
-        Obj { dir, name }
+    pub fn at(dir: &'a Dir, name: &'a OsStr) -> Obj<'a> {
+        Obj {
+            dir: dir.as_fd(),
+            name,
+        }
+    }
+
+    /// The entry's name in its directory ("" for the object behind an fd).
+    pub fn name(&self) -> &'a OsStr {
+        self.name
     }
 
     fn at_flags(&self) -> libc::c_uint {
@@ -253,7 +313,7 @@ impl<'a> Obj<'a> {
         if self.name.is_empty() {
             return f(&proc_path(self.dir));
         }
-        let fd = open_at(self.dir, self.name, OFlag::O_PATH, 0)?;
+        let fd = openat2(self.dir, Path::new(self.name), OFlag::O_PATH, 0, RESOLVE)?;
         f(&proc_path(fd.as_fd()))
     }
 
@@ -261,7 +321,7 @@ impl<'a> Obj<'a> {
         if self.name.is_empty() {
             fstat(self.dir)
         } else {
-            stat_at(self.dir, self.name)
+            stat::fstatat(self.dir, self.name, AtFlags::AT_SYMLINK_NOFOLLOW)
         }
     }
 
@@ -270,7 +330,7 @@ impl<'a> Obj<'a> {
     /// symlink, whose target the link would lead on to).
     pub fn open(&self, flags: OFlag) -> Result<OwnedFd> {
         if !self.name.is_empty() {
-            return open_at(self.dir, self.name, flags, 0);
+            return openat2(self.dir, Path::new(self.name), flags, 0, RESOLVE);
         }
         if fstat(self.dir)?.st_mode & libc::S_IFMT == libc::S_IFLNK {
             return Err(Errno::ELOOP);
@@ -286,7 +346,15 @@ impl<'a> Obj<'a> {
         if self.name.is_empty() {
             chown_obj(self.dir, uid, gid)
         } else {
-            chown_at(self.dir, self.name, uid, gid)
+            chown_in(self.dir, self.name, uid, gid)
+        }
+    }
+
+    pub fn readlink(&self) -> Result<OsString> {
+        if self.name.is_empty() {
+            readlink_obj(self.dir)
+        } else {
+            fcntl::readlinkat(self.dir, self.name)
         }
     }
 
@@ -294,7 +362,7 @@ impl<'a> Obj<'a> {
         if self.name.is_empty() {
             utimes_obj(self.dir, atime, mtime)
         } else {
-            utimes_at(self.dir, self.name, atime, mtime)
+            utimes_in(self.dir, self.name, atime, mtime)
         }
     }
 }
@@ -579,7 +647,7 @@ pub struct DirEntry {
 }
 
 /// The entries of the directory `dir` (any fd on it, `O_PATH` included), without `.` and `..`.
-pub fn read_dir(dir: BorrowedFd) -> Result<Vec<DirEntry>> {
+pub fn read_dir(dir: &Dir) -> Result<Vec<DirEntry>> {
     let fd = open_beneath(dir, Path::new("."), OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)?;
     let mut d = nix::dir::Dir::from_fd(fd)?;
     let mut out = Vec::new();
@@ -814,24 +882,14 @@ pub fn peer(sock: BorrowedFd) -> Result<Peer> {
 /// is set for the call and put back. Nothing in this process creates files
 /// that rely on the umask, so a thread that creates one meanwhile is unaffected.
 pub fn bind_unix(
-    dir: BorrowedFd,
+    dir: &Dir,
     name: &OsStr,
     mode: u32,
 ) -> std::io::Result<std::os::unix::net::UnixListener> {
-    let mut path = OsString::from(format!("/proc/self/fd/{}/", dir.as_raw_fd()));
+    let mut path = OsString::from(format!("/proc/self/fd/{}/", dir.as_fd().as_raw_fd()));
     path.push(name);
     let old = stat::umask(Mode::from_bits_truncate(!mode & 0o777));
     let bound = std::os::unix::net::UnixListener::bind(Path::new(&path));
     stat::umask(old);
     bound
-}
-
-/// An `O_PATH` handle on the directory at the absolute `path`, refusing a
-/// symlink in its last component.
-pub fn open_dir_nofollow(path: &Path) -> Result<OwnedFd> {
-    fcntl::open(
-        path,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
 }

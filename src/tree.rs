@@ -7,11 +7,10 @@
 //! directory being removed, and the tree is emptied one level per pass.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd};
 
-use crate::sys::{self, Errno, Result};
+use crate::sys::{self, Dir, Errno, Result};
 
-fn is_dir(dir: BorrowedFd, e: &sys::DirEntry) -> Result<bool> {
+fn is_dir(dir: &Dir, e: &sys::DirEntry) -> Result<bool> {
     if e.kind != 0 {
         return Ok(e.kind == libc::S_IFDIR);
     }
@@ -23,7 +22,7 @@ fn is_dir(dir: BorrowedFd, e: &sys::DirEntry) -> Result<bool> {
 }
 
 /// `unlink`, where a name already gone counts as removed.
-fn unlink(dir: BorrowedFd, name: &OsStr, is_dir: bool) -> Result<()> {
+fn unlink(dir: &Dir, name: &OsStr, is_dir: bool) -> Result<()> {
     match sys::unlink_at(dir, name, is_dir) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(e),
@@ -31,7 +30,7 @@ fn unlink(dir: BorrowedFd, name: &OsStr, is_dir: bool) -> Result<()> {
 }
 
 /// Remove `name` in `dir` and, if it is a directory, everything below it.
-pub fn remove_tree(dir: BorrowedFd, name: &OsStr) -> Result<()> {
+pub fn remove_tree(dir: &Dir, name: &OsStr) -> Result<()> {
     let st = match sys::stat_at(dir, name) {
         Ok(st) => st,
         Err(Errno::ENOENT) => return Ok(()),
@@ -46,12 +45,12 @@ pub fn remove_tree(dir: BorrowedFd, name: &OsStr) -> Result<()> {
         Err(e) => return Err(e),
     }
     let top = sys::open_dir_here(dir, name)?;
-    empty_dir(top.as_fd())?;
+    empty_dir(&top)?;
     unlink(dir, name, true)
 }
 
 /// Remove everything inside the directory `top` (it stays).
-pub fn empty_dir(top: BorrowedFd) -> Result<()> {
+pub fn empty_dir(top: &Dir) -> Result<()> {
     let mut moved: u64 = 0;
     loop {
         let entries = sys::read_dir(top)?;
@@ -69,18 +68,16 @@ pub fn empty_dir(top: BorrowedFd) -> Result<()> {
                 Err(e) => return Err(e),
             }
             let sub = sys::open_dir_here(top, &e.name)?;
-            for s in sys::read_dir(sub.as_fd())? {
-                if !is_dir(sub.as_fd(), &s)? {
-                    unlink(sub.as_fd(), &s.name, false)?;
+            for s in sys::read_dir(&sub)? {
+                if !is_dir(&sub, &s)? {
+                    unlink(&sub, &s.name, false)?;
                     continue;
                 }
                 // Empty: gone at once, no move (which would need write
                 // permission on it as well, for its "..").
-                match sys::unlink_at(sub.as_fd(), &s.name, true) {
+                match sys::unlink_at(&sub, &s.name, true) {
                     Ok(()) | Err(Errno::ENOENT) => {}
-                    Err(Errno::ENOTEMPTY | Errno::EEXIST) => {
-                        hoist(sub.as_fd(), &s.name, top, &mut moved)?
-                    }
+                    Err(Errno::ENOTEMPTY | Errno::EEXIST) => hoist(&sub, &s.name, top, &mut moved)?,
                     Err(e) => return Err(e),
                 }
             }
@@ -97,7 +94,7 @@ pub fn empty_dir(top: BorrowedFd) -> Result<()> {
 /// Moving a directory to another parent needs write permission on it (its
 /// ".." changes): one of our own that is read-only (a module cache, say) is
 /// made writable for its owner first, as `rm -rf` would need anyway to empty it.
-fn hoist(from: BorrowedFd, name: &OsStr, top: BorrowedFd, n: &mut u64) -> Result<()> {
+fn hoist(from: &Dir, name: &OsStr, top: &Dir, n: &mut u64) -> Result<()> {
     let mut tried_chmod = false;
     loop {
         *n += 1;
@@ -108,11 +105,11 @@ fn hoist(from: BorrowedFd, name: &OsStr, top: BorrowedFd, n: &mut u64) -> Result
             Err(Errno::EACCES) if !tried_chmod => {
                 tried_chmod = true;
                 let d = sys::open_dir_here(from, name)?;
-                let st = sys::fstat(d.as_fd())?;
+                let st = sys::fstat(std::os::fd::AsFd::as_fd(&d))?;
                 if st.st_uid != sys::geteuid() {
                     return Err(Errno::EACCES);
                 }
-                sys::chmod_fd(d.as_fd(), (st.st_mode & 0o7777) | 0o700)?;
+                sys::chmod_fd(std::os::fd::AsFd::as_fd(&d), (st.st_mode & 0o7777) | 0o700)?;
             }
             other => return other,
         }
@@ -127,20 +124,20 @@ mod tests {
     #[test]
     fn deep_trees_go_with_few_fds() {
         let t = tempfile::tempdir().unwrap();
-        let root = sys::open_dir_nofollow(t.path()).unwrap();
+        let root = Dir::open_nofollow(t.path()).unwrap();
         std::fs::create_dir(t.path().join("d")).unwrap();
         // 3000 levels: more than a 1024-fd limit could hold one fd each.
-        let mut cur = sys::open_dir(root.as_fd(), Path::new("d")).unwrap();
+        let mut cur = sys::open_dir(&root, Path::new("d")).unwrap();
         for i in 0..3000 {
-            sys::mkdir_at(cur.as_fd(), OsStr::new("a"), 0o755).unwrap();
+            sys::mkdir_at(&cur, OsStr::new("a"), 0o755).unwrap();
             if i % 100 == 0 {
-                sys::symlink_at(OsStr::new("/"), cur.as_fd(), OsStr::new("ln")).unwrap();
+                sys::symlink_at(OsStr::new("/"), &cur, OsStr::new("ln")).unwrap();
             }
-            cur = sys::open_dir(cur.as_fd(), Path::new("a")).unwrap();
+            cur = sys::open_dir(&cur, Path::new("a")).unwrap();
         }
         drop(cur);
         std::fs::write(t.path().join("d/a/f"), "x").unwrap();
-        remove_tree(root.as_fd(), OsStr::new("d")).unwrap();
+        remove_tree(&root, OsStr::new("d")).unwrap();
         assert!(!t.path().join("d").exists());
         // The symlinks to / were removed, not followed.
         assert!(Path::new("/proc").exists());

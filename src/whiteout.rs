@@ -3,12 +3,11 @@
 //! hides every lower instance of that directory.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 
 use nix::fcntl::OFlag;
 
-use crate::sys::{self, Errno, Result};
+use crate::sys::{self, Dir, Errno, Result};
 
 pub const PREFIX: &str = ".wh.";
 pub const OPAQUE: &str = ".wh..wh..opq";
@@ -44,22 +43,22 @@ pub fn is_dot_whiteout(entry: &OsStr) -> bool {
     matches!(entry.as_bytes(), b".wh.." | b".wh...")
 }
 
-pub fn has_whiteout(dir: BorrowedFd, name: &OsStr) -> Result<bool> {
+pub fn has_whiteout(dir: &Dir, name: &OsStr) -> Result<bool> {
     sys::exists_at(dir, &whiteout_name(name))
 }
 
 /// Whether the directory `name` in `dir` holds the opaque marker.
-pub fn is_opaque(dir: BorrowedFd, name: &OsStr) -> Result<bool> {
+pub fn is_opaque(dir: &Dir, name: &OsStr) -> Result<bool> {
     let sub = match sys::open_dir(dir, std::path::Path::new(name)) {
         Ok(fd) => fd,
         Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(false),
         Err(e) => return Err(e),
     };
-    sys::exists_at(std::os::fd::AsFd::as_fd(&sub), OsStr::new(OPAQUE))
+    sys::exists_at(&sub, OsStr::new(OPAQUE))
 }
 
 /// An empty file named `name` in `dir`, mode 0 (as OCI layers carry them).
-fn create_marker(dir: BorrowedFd, name: &OsStr) -> Result<()> {
+fn create_marker(dir: &Dir, name: &OsStr) -> Result<()> {
     match sys::open_at(
         dir,
         name,
@@ -71,16 +70,16 @@ fn create_marker(dir: BorrowedFd, name: &OsStr) -> Result<()> {
     }
 }
 
-pub fn create_whiteout(dir: BorrowedFd, name: &OsStr) -> Result<()> {
+pub fn create_whiteout(dir: &Dir, name: &OsStr) -> Result<()> {
     create_marker(dir, &whiteout_name(name))
 }
 
 /// Mark the directory `dir` (an fd on it) opaque.
-pub fn make_opaque(dir: BorrowedFd) -> Result<()> {
+pub fn make_opaque(dir: &Dir) -> Result<()> {
     create_marker(dir, OsStr::new(OPAQUE))
 }
 
-pub fn remove_whiteout(dir: BorrowedFd, name: &OsStr) -> Result<()> {
+pub fn remove_whiteout(dir: &Dir, name: &OsStr) -> Result<()> {
     match sys::unlink_at(dir, &whiteout_name(name), false) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(e),

@@ -8,13 +8,13 @@
 
 use std::fs::File;
 use std::io::{BufReader, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use unionfs::sys;
+use unionfs::fsat::{self, Dir};
 
 use crate::store::{check_name, Image, ImageConfig, LayerMeta, Store};
 use crate::tar::{extract, Hashing};
@@ -87,7 +87,7 @@ fn sha256_of(r: impl Read) -> std::io::Result<String> {
 
 /// A regular file inside `root`, opened fd-relative (no symlink, no `..`;
 /// a FIFO or device planted in an image is an error, never a wait).
-fn open_in(root: &OwnedFd, rel: &Path) -> Result<File, Error> {
+fn open_in(root: &Dir, rel: &Path) -> Result<File, Error> {
     if rel.is_absolute()
         || rel
             .components()
@@ -98,14 +98,14 @@ fn open_in(root: &OwnedFd, rel: &Path) -> Result<File, Error> {
             rel.display()
         )));
     }
-    let bad = |e: sys::Errno| invalid(format!("{}: {e}", rel.display()));
+    let bad = |e: fsat::Errno| invalid(format!("{}: {e}", rel.display()));
     // Looked at before it is opened: opening a device can act (a watchdog
     // arms itself), a FIFO waits.
-    let fd = sys::open_beneath(root.as_fd(), rel, OFlag::O_PATH, 0).map_err(bad)?;
-    if sys::fstat(fd.as_fd()).map_err(bad)?.st_mode & libc::S_IFMT != libc::S_IFREG {
+    let fd = fsat::open_beneath(root, rel, OFlag::O_PATH, 0).map_err(bad)?;
+    if fsat::fstat(fd.as_fd()).map_err(bad)?.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(invalid(format!("{}: not a regular file", rel.display())));
     }
-    let file = sys::Obj::fd(fd.as_fd())
+    let file = fsat::Obj::fd(fd.as_fd())
         .open(OFlag::O_RDONLY)
         .map_err(bad)?;
     Ok(File::from(file))
@@ -134,7 +134,7 @@ fn decompress(f: File) -> Result<Box<dyn Read>, Error> {
 }
 
 struct Parts {
-    root: OwnedFd,
+    root: Dir,
     config: ImageConfig,
     diff_ids: Vec<String>,
     /// Layer blob paths inside `root`, bottom first, with the digest the
@@ -143,7 +143,7 @@ struct Parts {
     name: Option<String>,
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(root: &OwnedFd, rel: &Path) -> Result<T, Error> {
+fn read_json<T: for<'de> Deserialize<'de>>(root: &Dir, rel: &Path) -> Result<T, Error> {
     let mut b = Vec::new();
     open_in(root, rel)?
         .read_to_end(&mut b)
@@ -155,7 +155,7 @@ fn blob_path(digest: &str) -> Result<PathBuf, Error> {
     Ok(PathBuf::from("blobs/sha256").join(digest_hex(digest)?))
 }
 
-fn verify_blob(root: &OwnedFd, digest: &str) -> Result<(), Error> {
+fn verify_blob(root: &Dir, digest: &str) -> Result<(), Error> {
     let p = blob_path(digest)?;
     let got = sha256_of(open_in(root, &p)?).map_err(|e| Error::Io(p.display().to_string(), e))?;
     if got != digest {
@@ -168,12 +168,7 @@ fn verify_blob(root: &OwnedFd, digest: &str) -> Result<(), Error> {
 }
 
 fn oci_layout(dir: &Path, tag: Option<&str>) -> Result<Parts, Error> {
-    let root = nix::fcntl::open(
-        dir,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| Error::Io(dir.display().to_string(), e.into()))?;
+    let root = Dir::open_root(dir).map_err(|e| Error::Io(dir.display().to_string(), e.into()))?;
     let index: Index = read_json(&root, Path::new("index.json"))?;
     let ref_name = "org.opencontainers.image.ref.name";
     let desc = match tag {
@@ -215,14 +210,9 @@ fn oci_layout(dir: &Path, tag: Option<&str>) -> Result<Parts, Error> {
 fn docker_save(store: &Store, archive: &Path) -> Result<Parts, Error> {
     // Unpacked with the same hostile-input rules as any layer.
     let tmp = store.temp_dir("save")?;
-    let troot = nix::fcntl::open(
-        &tmp,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| Error::Io(tmp.display().to_string(), e.into()))?;
+    let troot = Dir::open_root(&tmp).map_err(|e| Error::Io(tmp.display().to_string(), e.into()))?;
     let f = File::open(archive).map_err(|e| Error::Io(archive.display().to_string(), e))?;
-    extract(decompress(f)?, troot.as_fd())?;
+    extract(decompress(f)?, &troot)?;
     let manifest: Vec<SaveEntry> = read_json(&troot, Path::new("manifest.json"))?;
     let entry = manifest
         .into_iter()
@@ -338,14 +328,10 @@ fn import_inner(
                 .any(|(s, _, _): &(String, PathBuf, u64)| s == &id)
         {
             let tmp = store.temp_dir(&format!("layer{i}"))?;
-            let tfd = nix::fcntl::open(
-                &tmp,
-                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                nix::sys::stat::Mode::empty(),
-            )
-            .map_err(|e| Error::Io(tmp.display().to_string(), e.into()))?;
+            let tfd =
+                Dir::open_root(&tmp).map_err(|e| Error::Io(tmp.display().to_string(), e.into()))?;
             let mut h = Hashing::new(decompress(open_in(&parts.root, blob)?)?);
-            let x = extract(&mut h, tfd.as_fd())?;
+            let x = extract(&mut h, &tfd)?;
             std::io::copy(&mut h, &mut std::io::sink())
                 .map_err(|e| Error::Io(blob.display().to_string(), e))?;
             let got = h.digest();

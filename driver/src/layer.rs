@@ -6,15 +6,13 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use nix::fcntl::OFlag;
 use unionfs::branch::{BranchSet, BranchSpec, Mode};
-use unionfs::sys;
-use unionfs::{lookup, whiteout};
+use unionfs::fsat::{self, Dir};
+use unionfs::whiteout;
 
 use crate::store::{check_name, remove_path, LayerMeta, MountState, Store};
 use crate::tar::{extract, write_layer, Hashing};
@@ -44,13 +42,8 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-fn open_dir(p: &Path) -> Result<OwnedFd, Error> {
-    nix::fcntl::open(
-        p,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| Error::Io(p.display().to_string(), e.into()))
+fn open_dir(p: &Path) -> Result<Dir, Error> {
+    Dir::open_root(p).map_err(|e| Error::Io(p.display().to_string(), e.into()))
 }
 
 /// Is `p` a mount point now (per /proc/self/mountinfo)?
@@ -80,17 +73,17 @@ fn mount_program() -> PathBuf {
 }
 
 /// Bytes of file data below `dir`, each hard-linked file counted once.
-fn sum_sizes(dir: std::os::fd::BorrowedFd) -> Result<u64, unionfs::sys::Errno> {
+fn sum_sizes(dir: &Dir) -> Result<u64, fsat::Errno> {
     fn walk(
-        dir: std::os::fd::BorrowedFd,
+        dir: &Dir,
         seen: &mut std::collections::HashSet<(u64, u64)>,
-    ) -> Result<u64, sys::Errno> {
+    ) -> Result<u64, fsat::Errno> {
         let mut n = 0;
-        for e in sys::read_dir(dir)? {
-            let st = sys::stat_at(dir, &e.name)?;
+        for e in fsat::read_dir(dir)? {
+            let st = fsat::stat_at(dir, &e.name)?;
             match st.st_mode & libc::S_IFMT {
                 libc::S_IFREG if seen.insert((st.st_dev, st.st_ino)) => n += st.st_size as u64,
-                libc::S_IFDIR => n += walk(sys::open_dir(dir, Path::new(&e.name))?.as_fd(), seen)?,
+                libc::S_IFDIR => n += walk(&fsat::open_dir(dir, Path::new(&e.name))?, seen)?,
                 _ => {}
             }
         }
@@ -120,7 +113,7 @@ impl Store {
 
     fn refresh_size(&self, m: &mut LayerMeta) -> Result<(), Error> {
         let fd = open_dir(&self.layer_dir(&m.id))?;
-        m.size = sum_sizes(fd.as_fd()).map_err(|e| self.io("layers", e.into()))?;
+        m.size = sum_sizes(&fd).map_err(|e| self.io("layers", e.into()))?;
         self.save_meta(m)
     }
 
@@ -300,7 +293,7 @@ impl GraphDriver for Store {
     fn diff(&self, id: &str, out: &mut dyn Write) -> Result<(), Error> {
         let id = self.resolve(id)?;
         let fd = open_dir(&self.layer_dir(&id))?;
-        write_layer(fd.as_fd(), out).map_err(|e| self.io("layers", e))?;
+        write_layer(&fd, out).map_err(|e| self.io("layers", e))?;
         Ok(())
     }
 
@@ -309,7 +302,7 @@ impl GraphDriver for Store {
         let view = self.parent_view(&id)?;
         let fd = open_dir(&self.layer_dir(&id))?;
         let mut out = BTreeMap::new();
-        changes_in(fd.as_fd(), Path::new(""), view.as_ref(), &mut out)
+        changes_in(&fd, Path::new(""), view.as_ref(), &mut out)
             .map_err(|e| self.io("layers", e.into()))?;
         Ok(out.into_iter().map(|(p, c)| (c, p)).collect())
     }
@@ -319,7 +312,7 @@ impl GraphDriver for Store {
         let mut m = self.layer(&id)?;
         let dir = self.layer_dir(&id);
         let fd = open_dir(&dir)?;
-        if !sys::read_dir(fd.as_fd())
+        if !fsat::read_dir(&fd)
             .map_err(|e| self.io("layers", e.into()))?
             .is_empty()
         {
@@ -328,7 +321,7 @@ impl GraphDriver for Store {
         let tmp = self.temp_dir("apply")?;
         let tfd = open_dir(&tmp)?;
         let mut hashing = Hashing::new(diff);
-        let extracted = extract(&mut hashing, tfd.as_fd())
+        let extracted = extract(&mut hashing, &tfd)
             .map_err(Error::from)
             .and_then(|_| {
                 std::io::copy(&mut hashing, &mut std::io::sink())
@@ -349,7 +342,7 @@ impl GraphDriver for Store {
     fn diff_size(&self, id: &str) -> Result<u64, Error> {
         let id = self.resolve(id)?;
         let fd = open_dir(&self.layer_dir(&id))?;
-        sum_sizes(fd.as_fd()).map_err(|e| self.io("layers", e.into()))
+        sum_sizes(&fd).map_err(|e| self.io("layers", e.into()))
     }
 }
 
@@ -370,52 +363,19 @@ pub fn unmount(p: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Does `path` exist in the union `view`?
-fn exists_in(view: &BranchSet, path: &Path) -> Result<bool, sys::Errno> {
-    let mut layers: Vec<usize> = (0..view.len()).collect();
-    let mut cur = PathBuf::new();
-    for c in path.iter() {
-        let scan = lookup::scan_path(view, &layers, &cur, c, false)?;
-        if scan.top().is_none() {
-            return Ok(false);
-        }
-        layers = scan.layers();
-        cur.push(c);
-    }
-    Ok(true)
-}
-
-/// The names of the union directory `path` in `view`.
-fn names_in(view: &BranchSet, path: &Path) -> Vec<std::ffi::OsString> {
-    let mut layers: Vec<usize> = (0..view.len()).collect();
-    let mut cur = PathBuf::new();
-    for c in path.iter() {
-        match lookup::scan_path(view, &layers, &cur, c, false) {
-            Ok(s) if s.top().is_some_and(|t| t.is_dir()) => layers = s.layers(),
-            _ => return Vec::new(),
-        }
-        cur.push(c);
-    }
-    let inodes = unionfs::inode::InodeTable::new((0, 0), Vec::new());
-    unionfs::readdir::open_layers_at(view, &layers, path)
-        .and_then(|dirs| unionfs::readdir::merged(view, &dirs, &inodes))
-        .map(|v| v.into_iter().map(|e| e.name).collect())
-        .unwrap_or_default()
-}
-
 /// `docker diff` lines for the layer directory `dir` (at `rel`) against `view`.
 fn changes_in(
-    dir: std::os::fd::BorrowedFd,
+    dir: &Dir,
     rel: &Path,
     view: Option<&BranchSet>,
     out: &mut BTreeMap<String, char>,
-) -> Result<(), sys::Errno> {
-    let entries = sys::read_dir(dir)?;
+) -> Result<(), fsat::Errno> {
+    let entries = fsat::read_dir(dir)?;
     let shown = |p: &Path| format!("/{}", p.display());
     if entries.iter().any(|e| e.name == whiteout::OPAQUE) {
         // An opaque directory hides what the parents held in it.
         if let Some(v) = view {
-            for n in names_in(v, rel) {
+            for n in unionfs::view::names(v, rel) {
                 if !entries.iter().any(|e| e.name == n) {
                     out.insert(shown(&rel.join(&n)), 'D');
                 }
@@ -437,15 +397,15 @@ fn changes_in(
         }
         let p = rel.join(&e.name);
         let existed = match view {
-            Some(v) => exists_in(v, &p)?,
+            Some(v) => unionfs::view::exists(v, &p)?,
             None => false,
         };
         out.insert(shown(&p), if existed { 'C' } else { 'A' });
         if e.kind == libc::S_IFDIR
-            || (e.kind == 0 && sys::stat_at(dir, &e.name)?.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            || (e.kind == 0 && fsat::stat_at(dir, &e.name)?.st_mode & libc::S_IFMT == libc::S_IFDIR)
         {
-            let sub = sys::open_dir(dir, Path::new(&e.name))?;
-            changes_in(sub.as_fd(), &p, if existed { view } else { None }, out)?;
+            let sub = fsat::open_dir(dir, Path::new(&e.name))?;
+            changes_in(&sub, &p, if existed { view } else { None }, out)?;
         }
     }
     Ok(())

@@ -339,12 +339,7 @@ impl Store {
 pub fn remove_path(p: &Path) -> Result<(), Error> {
     let parent = p.parent().unwrap_or(Path::new("/"));
     let name = p.file_name().unwrap_or_default();
-    let dir = nix::fcntl::open(
-        parent,
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| Error::Io(p.display().to_string(), e.into()))?;
-    unionfs::tree::remove_tree(std::os::fd::AsFd::as_fd(&dir), name)
-        .map_err(|e| Error::Io(p.display().to_string(), e.into()))
+    let dir = unionfs::fsat::Dir::open_root(parent)
+        .map_err(|e| Error::Io(p.display().to_string(), e.into()))?;
+    unionfs::fsat::remove_tree(&dir, name).map_err(|e| Error::Io(p.display().to_string(), e.into()))
 }

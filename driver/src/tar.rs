@@ -12,13 +12,13 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::fcntl::OFlag;
 use sha2::{Digest, Sha256};
-use unionfs::sys::{self, Errno, Time};
+use unionfs::fsat::{self, Dir, Errno, Time};
 use unionfs::tree::remove_tree;
 use unionfs::whiteout;
 
@@ -109,14 +109,14 @@ type Xattrs = Vec<(OsString, Vec<u8>)>;
 pub const PATH_MAX: usize = 4096;
 
 struct Extractor<'a> {
-    root: BorrowedFd<'a>,
+    root: &'a Dir,
     /// Directory metadata is set last: filling a directory changes its times.
     dirs: Vec<(PathBuf, tar::Header, Xattrs)>,
     /// The parent directory of the last entry, and the last directory made:
     /// tars list a directory's entries together, after the directory, so
     /// most lookups start at one of them. Dropped whenever an entry replaces
     /// something, which might lie on their paths.
-    last: [Option<(PathBuf, OwnedFd)>; 2],
+    last: [Option<(PathBuf, Dir)>; 2],
     out: Extracted,
 }
 
@@ -128,7 +128,7 @@ fn fs_err(p: &Path) -> impl Fn(Errno) -> TarError + '_ {
 }
 
 /// Extract the tar read from `reader` into the directory `root`.
-pub fn extract(reader: impl Read, root: BorrowedFd) -> Result<Extracted, TarError> {
+pub fn extract(reader: impl Read, root: &Dir) -> Result<Extracted, TarError> {
     let mut archive = tar::Archive::new(reader);
     let mut x = Extractor {
         root,
@@ -145,7 +145,7 @@ pub fn extract(reader: impl Read, root: BorrowedFd) -> Result<Extracted, TarErro
         .sort_by_key(|d| std::cmp::Reverse(d.0.components().count()));
     for (path, header, xattrs) in std::mem::take(&mut x.dirs) {
         let (dir, name) = x.parent(&path, false)?;
-        set_meta(dir.as_fd(), &name, &header, &xattrs, false).map_err(fs_err(&path))?;
+        set_meta(&dir, &name, &header, &xattrs, false).map_err(fs_err(&path))?;
     }
     Ok(x.out)
 }
@@ -153,7 +153,7 @@ pub fn extract(reader: impl Read, root: BorrowedFd) -> Result<Extracted, TarErro
 impl Extractor<'_> {
     /// An fd on the parent directory of `path` and its last name; missing
     /// parents are created (as tar allows omitting them).
-    fn parent(&self, path: &Path, create: bool) -> Result<(OwnedFd, OsString), TarError> {
+    fn parent(&self, path: &Path, create: bool) -> Result<(Dir, OsString), TarError> {
         let comps: Vec<&OsStr> = path.iter().collect();
         let (name, dirs) = comps
             .split_last()
@@ -161,15 +161,15 @@ impl Extractor<'_> {
         let parent = path.parent().unwrap_or(Path::new(""));
         for (p, fd) in self.last.iter().flatten() {
             if p == parent {
-                return Ok((sys::dup(fd).map_err(fs_err(path))?, name.to_os_string()));
+                return Ok((fd.try_clone().map_err(fs_err(path))?, name.to_os_string()));
             }
         }
-        let mut cur = sys::dup(self.root).map_err(fs_err(path))?;
+        let mut cur = self.root.try_clone().map_err(fs_err(path))?;
         for d in dirs {
-            let next = match sys::open_dir(cur.as_fd(), Path::new(d)) {
+            let next = match fsat::open_dir(&cur, Path::new(d)) {
                 Err(Errno::ENOENT) if create => {
-                    sys::mkdir_at(cur.as_fd(), d, 0o755).map_err(fs_err(path))?;
-                    sys::open_dir(cur.as_fd(), Path::new(d))
+                    fsat::mkdir_at(&cur, d, 0o755).map_err(fs_err(path))?;
+                    fsat::open_dir(&cur, Path::new(d))
                 }
                 other => other,
             };
@@ -210,9 +210,9 @@ impl Extractor<'_> {
         let (dirfd, name) = self.parent(&path, true)?;
         let err = fs_err(&path);
         let parent = path.parent().unwrap_or(Path::new("")).to_path_buf();
-        self.last[0] = Some((parent, sys::dup(&dirfd).map_err(&err)?));
-        let dir = dirfd.as_fd();
-        let existing = match sys::stat_at(dir, &name) {
+        self.last[0] = Some((parent, dirfd.try_clone().map_err(&err)?));
+        let dir: &Dir = &dirfd;
+        let existing = match fsat::stat_at(dir, &name) {
             Ok(st) => Some(st.st_mode & libc::S_IFMT),
             Err(Errno::ENOENT) => None,
             Err(e) => return Err(err(e)),
@@ -229,15 +229,15 @@ impl Extractor<'_> {
         match kind {
             k if k.is_dir() => {
                 if existing != Some(libc::S_IFDIR) {
-                    sys::mkdir_at(dir, &name, 0o700).map_err(&err)?;
+                    fsat::mkdir_at(dir, &name, 0o700).map_err(&err)?;
                 }
-                let made = sys::open_dir(dir, Path::new(&name)).map_err(&err)?;
+                let made = fsat::open_dir(dir, Path::new(&name)).map_err(&err)?;
                 self.last[1] = Some((path.clone(), made));
                 self.dirs.push((path.clone(), header, xattrs));
                 return Ok(());
             }
             k if k.is_file() || k == tar::EntryType::Continuous => {
-                let f = sys::open_at(
+                let f = fsat::open_at(
                     dir,
                     &name,
                     OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY,
@@ -254,7 +254,7 @@ impl Extractor<'_> {
                     .link_name()
                     .map_err(TarError::Archive)?
                     .ok_or(TarError::Unsupported(raw.clone()))?;
-                sys::symlink_at(target.as_os_str(), dir, &name).map_err(&err)?;
+                fsat::symlink_at(target.as_os_str(), dir, &name).map_err(&err)?;
             }
             k if k.is_hard_link() => {
                 let target = entry
@@ -265,11 +265,11 @@ impl Extractor<'_> {
                     .map_err(|_| TarError::LinkOutside(path.clone(), target.to_path_buf()))?;
                 let outside = || TarError::LinkOutside(path.clone(), target.to_path_buf());
                 let (tdir, tname) = self.parent(&t, false).map_err(|_| outside())?;
-                match sys::stat_at(tdir.as_fd(), &tname) {
+                match fsat::stat_at(&tdir, &tname) {
                     Ok(st) if st.st_mode & libc::S_IFMT != libc::S_IFDIR => {}
                     _ => return Err(outside()),
                 }
-                sys::link_at(tdir.as_fd(), &tname, dir, &name).map_err(&err)?;
+                fsat::link_at(&tdir, &tname, dir, &name).map_err(&err)?;
                 return Ok(()); // a link shares the target's metadata
             }
             k if k.is_character_special() || k.is_block_special() || k.is_fifo() => {
@@ -282,7 +282,7 @@ impl Extractor<'_> {
                 };
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                sys::mknod_at(dir, &name, t | 0o600, libc::makedev(major, minor)).map_err(&err)?;
+                fsat::mknod_at(dir, &name, t | 0o600, libc::makedev(major, minor)).map_err(&err)?;
             }
             _ => return Err(TarError::Unsupported(raw)),
         }
@@ -307,34 +307,34 @@ fn pax_xattrs<R: Read>(entry: &mut tar::Entry<R>) -> Result<Vec<(OsString, Vec<u
 }
 
 fn set_meta(
-    dir: BorrowedFd,
+    dir: &Dir,
     name: &OsStr,
     h: &tar::Header,
     xattrs: &[(OsString, Vec<u8>)],
     link: bool,
-) -> sys::Result<()> {
-    let fd = sys::open_at(dir, name, OFlag::O_PATH, 0)?;
+) -> fsat::Result<()> {
+    let fd = fsat::open_at(dir, name, OFlag::O_PATH, 0)?;
     // Owner first: a chown clears setuid bits and file capabilities.
     let uid = h.uid().ok().map(|u| u as u32);
     let gid = h.gid().ok().map(|g| g as u32);
-    sys::chown_obj(fd.as_fd(), uid, gid)?;
+    fsat::chown_obj(fd.as_fd(), uid, gid)?;
     if !link {
-        sys::chmod_fd(fd.as_fd(), h.mode().unwrap_or(0o644) & 0o7777)?;
+        fsat::chmod_fd(fd.as_fd(), h.mode().unwrap_or(0o644) & 0o7777)?;
         for (k, v) in xattrs {
-            match sys::set_xattr(fd.as_fd(), k, v, 0) {
+            match fsat::set_xattr(fd.as_fd(), k, v, 0) {
                 Ok(()) | Err(Errno::EOPNOTSUPP | Errno::EPERM) => {}
                 Err(e) => return Err(e),
             }
         }
     }
     let mtime = h.mtime().unwrap_or(0) as i64;
-    sys::utimes_obj(fd.as_fd(), Time::Set(mtime, 0), Time::Set(mtime, 0))
+    fsat::utimes_obj(fd.as_fd(), Time::Set(mtime, 0), Time::Set(mtime, 0))
 }
 
 /// Write the layer directory `root` as a tar to `out`, as it is on disk:
 /// whiteouts stay `.wh.` files, which is the OCI form. Hard links within the
 /// layer stay links; xattrs go in PAX records. The work directory is left out.
-pub fn write_layer(root: BorrowedFd, out: impl Write) -> io::Result<u64> {
+pub fn write_layer(root: &Dir, out: impl Write) -> io::Result<u64> {
     let mut b = tar::Builder::new(out);
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut n = 0;
@@ -344,21 +344,21 @@ pub fn write_layer(root: BorrowedFd, out: impl Write) -> io::Result<u64> {
 }
 
 fn walk<W: Write>(
-    dir: BorrowedFd,
+    dir: &Dir,
     rel: &Path,
     b: &mut tar::Builder<W>,
     links: &mut HashMap<(u64, u64), PathBuf>,
     n: &mut u64,
 ) -> io::Result<()> {
-    let mut entries = sys::read_dir(dir)?;
+    let mut entries = fsat::read_dir(dir)?;
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     for e in entries {
         if rel.as_os_str().is_empty() && e.name == whiteout::WORK_DIR {
             continue;
         }
         let path = rel.join(&e.name);
-        let st = sys::stat_at(dir, &e.name)?;
-        let fd = sys::open_at(dir, &e.name, OFlag::O_PATH, 0)?;
+        let st = fsat::stat_at(dir, &e.name)?;
+        let fd = fsat::open_at(dir, &e.name, OFlag::O_PATH, 0)?;
         let kind = st.st_mode & libc::S_IFMT;
         let mut h = tar::Header::new_gnu();
         h.set_mode(st.st_mode & 0o7777);
@@ -367,7 +367,7 @@ fn walk<W: Write>(
         h.set_mtime(st.st_mtime.max(0) as u64);
         h.set_size(0);
         if kind != libc::S_IFLNK {
-            let xattrs = sys::all_xattrs(fd.as_fd())?;
+            let xattrs = fsat::all_xattrs(fd.as_fd())?;
             if !xattrs.is_empty() {
                 append_pax(b, &xattrs)?;
             }
@@ -377,8 +377,8 @@ fn walk<W: Write>(
             libc::S_IFDIR => {
                 h.set_entry_type(tar::EntryType::Directory);
                 b.append_data(&mut h, &path, io::empty())?;
-                let sub = sys::open_dir(dir, Path::new(&e.name))?;
-                walk(sub.as_fd(), &path, b, links, n)?;
+                let sub = fsat::open_dir(dir, Path::new(&e.name))?;
+                walk(&sub, &path, b, links, n)?;
             }
             libc::S_IFREG => {
                 let key = (st.st_dev, st.st_ino);
@@ -392,12 +392,12 @@ fn walk<W: Write>(
                 }
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(st.st_size as u64);
-                let f = std::fs::File::from(sys::open_at(dir, &e.name, OFlag::O_RDONLY, 0)?);
+                let f = std::fs::File::from(fsat::open_at(dir, &e.name, OFlag::O_RDONLY, 0)?);
                 b.append_data(&mut h, &path, f)?;
             }
             libc::S_IFLNK => {
                 h.set_entry_type(tar::EntryType::Symlink);
-                let target = sys::readlink_obj(fd.as_fd())?;
+                let target = fsat::readlink_obj(fd.as_fd())?;
                 b.append_link(&mut h, &path, target)?;
             }
             _ => {

@@ -195,14 +195,13 @@ fn deep_tar(depth: usize) -> Vec<u8> {
 
 /// A chain of `depth` directories named `a` below `dir/name`, made one fd at a time.
 fn plant_deep(dir: &std::path::Path, name: &str, depth: usize) {
-    use std::os::fd::AsFd;
-    use unionfs::sys;
+    use unionfs::fsat;
     let top = dir.join(name);
     fs::create_dir_all(&top).unwrap();
-    let mut cur = sys::open_dir_nofollow(&top).unwrap();
+    let mut cur = fsat::Dir::open_nofollow(&top).unwrap();
     for _ in 0..depth {
-        sys::mkdir_at(cur.as_fd(), std::ffi::OsStr::new("a"), 0o755).unwrap();
-        cur = sys::open_dir(cur.as_fd(), std::path::Path::new("a")).unwrap();
+        fsat::mkdir_at(&cur, std::ffi::OsStr::new("a"), 0o755).unwrap();
+        cur = fsat::open_dir(&cur, std::path::Path::new("a")).unwrap();
     }
 }
 

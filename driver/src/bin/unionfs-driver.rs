@@ -270,7 +270,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     // Walks of a layer hold an fd per level, and a layer may be as deep as
     // PATH_MAX allows (2048 levels): room for that under any soft limit.
-    unionfs::sys::reserve_fds(2 * unionfs_driver::tar::PATH_MAX as u64);
+    unionfs::fsat::reserve_fds(2 * unionfs_driver::tar::PATH_MAX as u64);
     let cli: Cli = match unionfs::cli::parse("unionfs-driver") {
         Ok(c) => c,
         Err(code) => return code,

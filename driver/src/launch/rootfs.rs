@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use unionfs::sys;
+use unionfs::fsat::{self, Dir};
 
 use super::{Device, LaunchError, Options, Step};
 
@@ -26,13 +26,13 @@ fn step(s: Step) -> impl Fn(Errno) -> LaunchError {
 
 /// The directory `rel` inside the rootfs (created when missing); a symlink
 /// on the way is refused.
-fn dir_in(root: BorrowedFd, rel: &Path, s: Step) -> Result<OwnedFd, LaunchError> {
-    let mut cur = sys::dup(root).map_err(step(s))?;
+fn dir_in(root: &Dir, rel: &Path, s: Step) -> Result<Dir, LaunchError> {
+    let mut cur = root.try_clone().map_err(step(s))?;
     for c in rel.iter() {
-        let next = match sys::open_dir(cur.as_fd(), Path::new(c)) {
+        let next = match fsat::open_dir(&cur, Path::new(c)) {
             Err(Errno::ENOENT) => {
-                sys::mkdir_at(cur.as_fd(), c, 0o755).map_err(step(s))?;
-                sys::open_dir(cur.as_fd(), Path::new(c))
+                fsat::mkdir_at(&cur, c, 0o755).map_err(step(s))?;
+                fsat::open_dir(&cur, Path::new(c))
             }
             other => other,
         };
@@ -66,7 +66,7 @@ const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
     .union(MsFlags::MS_NODEV)
     .union(MsFlags::MS_NOEXEC);
 
-fn proc_fs(root: BorrowedFd) -> Result<(), LaunchError> {
+fn proc_fs(root: &Dir) -> Result<(), LaunchError> {
     let s = Step::MountProc;
     let p = dir_in(root, Path::new("proc"), s)?;
     mnt(
@@ -89,10 +89,10 @@ fn proc_fs(root: BorrowedFd) -> Result<(), LaunchError> {
         "acpi",
         "scsi",
     ] {
-        let Ok(st) = sys::stat_at(p.as_fd(), OsStr::new(name)) else {
+        let Ok(st) = fsat::stat_at(&p, OsStr::new(name)) else {
             continue;
         };
-        let fd = sys::open_at(p.as_fd(), OsStr::new(name), OFlag::O_PATH, 0).map_err(step(s))?;
+        let fd = fsat::open_at(&p, OsStr::new(name), OFlag::O_PATH, 0).map_err(step(s))?;
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             mnt(
                 Some("tmpfs"),
@@ -115,10 +115,10 @@ fn proc_fs(root: BorrowedFd) -> Result<(), LaunchError> {
     }
     // ... and its read-only ones.
     for name in ["asound", "bus", "fs", "irq", "sys", "sysrq-trigger"] {
-        if sys::stat_at(p.as_fd(), OsStr::new(name)).is_err() {
+        if fsat::stat_at(&p, OsStr::new(name)).is_err() {
             continue;
         }
-        let fd = sys::open_at(p.as_fd(), OsStr::new(name), OFlag::O_PATH, 0).map_err(step(s))?;
+        let fd = fsat::open_at(&p, OsStr::new(name), OFlag::O_PATH, 0).map_err(step(s))?;
         let target = fd_path(fd.as_fd());
         mnt(
             Some(target.to_str().unwrap_or_default()),
@@ -128,7 +128,7 @@ fn proc_fs(root: BorrowedFd) -> Result<(), LaunchError> {
             None,
             s,
         )?;
-        let fd = sys::open_at(p.as_fd(), OsStr::new(name), OFlag::O_PATH, 0).map_err(step(s))?;
+        let fd = fsat::open_at(&p, OsStr::new(name), OFlag::O_PATH, 0).map_err(step(s))?;
         mnt(
             None,
             &fd_path(fd.as_fd()),
@@ -141,7 +141,7 @@ fn proc_fs(root: BorrowedFd) -> Result<(), LaunchError> {
     Ok(())
 }
 
-fn dev_fs(root: BorrowedFd, extra: &[Device]) -> Result<(), LaunchError> {
+fn dev_fs(root: &Dir, extra: &[Device]) -> Result<(), LaunchError> {
     let s = Step::MountDev;
     let d = dir_in(root, Path::new("dev"), s)?;
     mnt(
@@ -162,15 +162,15 @@ fn dev_fs(root: BorrowedFd, extra: &[Device]) -> Result<(), LaunchError> {
         ("urandom", 1, 9),
         ("tty", 5, 0),
     ] {
-        sys::mknod_at(
-            d.as_fd(),
+        fsat::mknod_at(
+            &d,
             OsStr::new(name),
             libc::S_IFCHR | 0o666,
             libc::makedev(major, minor),
         )
         .map_err(step(s))?;
-        let fd = sys::open_at(d.as_fd(), OsStr::new(name), OFlag::O_PATH, 0).map_err(step(s))?;
-        sys::chmod_fd(fd.as_fd(), 0o666).map_err(step(s))?;
+        let fd = fsat::open_at(&d, OsStr::new(name), OFlag::O_PATH, 0).map_err(step(s))?;
+        fsat::chmod_fd(fd.as_fd(), 0o666).map_err(step(s))?;
     }
     for (name, target) in [
         ("fd", "/proc/self/fd"),
@@ -179,7 +179,7 @@ fn dev_fs(root: BorrowedFd, extra: &[Device]) -> Result<(), LaunchError> {
         ("stderr", "/proc/self/fd/2"),
         ("ptmx", "pts/ptmx"),
     ] {
-        sys::symlink_at(OsStr::new(target), d.as_fd(), OsStr::new(name)).map_err(step(s))?;
+        fsat::symlink_at(OsStr::new(target), &d, OsStr::new(name)).map_err(step(s))?;
     }
     for dev in extra {
         let rel = dev.path.strip_prefix("/dev").unwrap_or(&dev.path);
@@ -187,13 +187,13 @@ fn dev_fs(root: BorrowedFd, extra: &[Device]) -> Result<(), LaunchError> {
             rel.parent().unwrap_or(Path::new("")),
             rel.file_name().unwrap_or_default(),
         );
-        let pd = dir_in(d.as_fd(), parent, s)?;
-        let _ = sys::unlink_at(pd.as_fd(), name, false);
-        sys::mknod_at(pd.as_fd(), name, dev.kind | 0o600, dev.rdev).map_err(step(s))?;
-        let fd = sys::open_at(pd.as_fd(), name, OFlag::O_PATH, 0).map_err(step(s))?;
-        sys::chmod_fd(fd.as_fd(), dev.mode).map_err(step(s))?;
+        let pd = dir_in(&d, parent, s)?;
+        let _ = fsat::unlink_at(&pd, name, false);
+        fsat::mknod_at(&pd, name, dev.kind | 0o600, dev.rdev).map_err(step(s))?;
+        let fd = fsat::open_at(&pd, name, OFlag::O_PATH, 0).map_err(step(s))?;
+        fsat::chmod_fd(fd.as_fd(), dev.mode).map_err(step(s))?;
     }
-    let pts = dir_in(d.as_fd(), Path::new("pts"), s)?;
+    let pts = dir_in(&d, Path::new("pts"), s)?;
     mnt(
         Some("devpts"),
         &fd_path(pts.as_fd()),
@@ -202,7 +202,7 @@ fn dev_fs(root: BorrowedFd, extra: &[Device]) -> Result<(), LaunchError> {
         Some("newinstance,ptmxmode=0666,mode=0620"),
         s,
     )?;
-    let shm = dir_in(d.as_fd(), Path::new("shm"), s)?;
+    let shm = dir_in(&d, Path::new("shm"), s)?;
     mnt(
         Some("shm"),
         &fd_path(shm.as_fd()),
@@ -244,14 +244,9 @@ pub fn enter(rootfs: &Path, opts: &Options) -> Result<(), LaunchError> {
         None,
         Step::BindRootfs,
     )?;
-    let root = nix::fcntl::open(
-        rootfs,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(step(Step::BindRootfs))?;
-    proc_fs(root.as_fd())?;
-    let sysd = dir_in(root.as_fd(), Path::new("sys"), Step::MountSys)?;
+    let root = Dir::open_root(rootfs).map_err(step(Step::BindRootfs))?;
+    proc_fs(&root)?;
+    let sysd = dir_in(&root, Path::new("sys"), Step::MountSys)?;
     mnt(
         Some("sysfs"),
         &fd_path(sysd.as_fd()),
@@ -260,28 +255,28 @@ pub fn enter(rootfs: &Path, opts: &Options) -> Result<(), LaunchError> {
         None,
         Step::MountSys,
     )?;
-    dev_fs(root.as_fd(), &opts.devices)?;
+    dev_fs(&root, &opts.devices)?;
     for v in &opts.volumes {
         let s = Step::Volume;
         let src = std::fs::canonicalize(&v.src)
             .map_err(|e| LaunchError::Step(s, format!("{}: {e}", v.src.display())))?;
         let rel = v.dst.strip_prefix("/").unwrap_or(&v.dst);
-        let target = if src.is_dir() {
-            dir_in(root.as_fd(), rel, s)?
+        let target: OwnedFd = if src.is_dir() {
+            dir_in(&root, rel, s)?.into()
         } else {
             let (parent, name) = (
                 rel.parent().unwrap_or(Path::new("")),
                 rel.file_name().unwrap_or_default(),
             );
-            let pd = dir_in(root.as_fd(), parent, s)?;
+            let pd = dir_in(&root, parent, s)?;
             // The mount point: made when missing, never opened when there
             // (the image may have put a FIFO or a device node at that name).
             let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY;
-            match sys::open_at(pd.as_fd(), name, flags, 0o644) {
+            match fsat::open_at(&pd, name, flags, 0o644) {
                 Ok(_) | Err(Errno::EEXIST) => {}
                 Err(e) => return Err(LaunchError::Step(s, format!("{}: {e}", v.dst.display()))),
             }
-            sys::open_at(pd.as_fd(), name, OFlag::O_PATH, 0).map_err(step(s))?
+            fsat::open_at(&pd, name, OFlag::O_PATH, 0).map_err(step(s))?
         };
         let t = fd_path(target.as_fd());
         mnt(
@@ -293,7 +288,7 @@ pub fn enter(rootfs: &Path, opts: &Options) -> Result<(), LaunchError> {
             s,
         )?;
         if v.read_only {
-            let target = dir_or_file(root.as_fd(), rel).map_err(step(s))?;
+            let target = dir_or_file(&root, rel).map_err(step(s))?;
             let at = fd_path(target.as_fd());
             // The host mount's nosuid, nodev, noexec stay.
             let kept = kept_flags(&at).map_err(step(s))?;
@@ -347,6 +342,6 @@ fn kept_flags(path: &Path) -> nix::Result<MsFlags> {
 }
 
 /// The mounted object at `rel` (after a bind mount, a fresh handle sees it).
-fn dir_or_file(root: BorrowedFd, rel: &Path) -> nix::Result<OwnedFd> {
-    sys::open_beneath(root, rel, OFlag::O_PATH, 0)
+fn dir_or_file(root: &Dir, rel: &Path) -> nix::Result<OwnedFd> {
+    fsat::open_beneath(root, rel, OFlag::O_PATH, 0)
 }

@@ -15,60 +15,49 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use nix::fcntl::OFlag;
 
+use super::dircache::{DirFds, CACHED, SERIAL};
+use super::nameindex::{NameIndex, INDEX_AFTER};
+use super::node::{Node, ROOT};
+use super::Resolver;
 use crate::branch::BranchSet;
-use crate::inode::{Node, ROOT};
-use crate::nameindex::{NameIndex, INDEX_AFTER};
-use crate::readdir;
-use crate::sys::{self, Errno, Result};
-use crate::union::Union;
+use crate::sys::{self, Dir, Errno, Result};
 
-/// Directory fds held by every cache of this process (fds are a process-wide
-/// resource); no cache grows past the union's `dir_cache` limit.
-static CACHED: AtomicUsize = AtomicUsize::new(0);
-static SERIAL: AtomicU64 = AtomicU64::new(1);
-
-/// The cached instances of one union directory.
-#[derive(Debug, Default)]
-pub struct DirFds {
-    /// Distinct for every emptying of the cache: what was read before it
-    /// must not be stored after it.
-    serial: u64,
-    generation: u64,
-    epoch: u64,
-    layers: Vec<u32>,
-    expires: Option<Instant>,
-    /// (branch id, fd on the directory's instance in that branch)
-    fds: Vec<(u32, Arc<OwnedFd>)>,
-    /// Lookups served since the cache was made, and the index of names in
-    /// read-only branches once there were enough (see nameindex.rs).
-    lookups: u32,
-    index: Option<Arc<NameIndex>>,
-    no_index: bool,
-}
-
-impl Drop for DirFds {
-    fn drop(&mut self) {
-        CACHED.fetch_sub(self.fds.len(), Ordering::Relaxed);
+/// The instances of a union directory in branches `layers` (indices, top
+/// first), each opened by `open`; a branch whose directory is missing is left
+/// out (a lookup there finds nothing either).
+pub fn open_layers(
+    layers: &[usize],
+    open: impl Fn(usize) -> Result<Arc<Dir>>,
+) -> Result<Vec<(usize, Arc<Dir>)>> {
+    let mut out = Vec::with_capacity(layers.len());
+    for &idx in layers {
+        match open(idx) {
+            Ok(fd) => out.push((idx, fd)),
+            Err(Errno::ENOENT | Errno::ENOTDIR) => continue,
+            Err(e) => return Err(e),
+        }
     }
+    Ok(out)
 }
 
-impl DirFds {
-    fn current(&self, generation: u64, epoch: u64, layers: &[u32], now: Instant) -> bool {
-        self.generation == generation
-            && self.epoch == epoch
-            && self.layers == layers
-            && self.expires.is_some_and(|e| now < e)
-    }
+/// [`open_layers`] for the union directory `path`, opened from the branch
+/// roots (for callers that work by path).
+pub fn open_layers_at(
+    bs: &BranchSet,
+    layers: &[usize],
+    path: &Path,
+) -> Result<Vec<(usize, Arc<Dir>)>> {
+    open_layers(layers, |idx| bs.get(idx).dir(path).map(Arc::new))
 }
 
-impl Union {
-    fn cached_dir(&self, bs: &BranchSet, node: &Node, id: u32) -> Option<Arc<OwnedFd>> {
+impl Resolver {
+    fn cached_dir(&self, bs: &BranchSet, node: &Node, id: u32) -> Option<Arc<Dir>> {
         let loc = node.loc.read();
         let c = node.dirfds.lock();
         if !c.current(bs.generation, self.dir_epoch(), &loc.layers, Instant::now()) {
@@ -102,7 +91,7 @@ impl Union {
     }
 
     /// Remember `fd` as the instance of directory `node` in branch `id`.
-    pub(crate) fn cache_dir(&self, bs: &BranchSet, node: &Node, id: u32, fd: Arc<OwnedFd>) {
+    pub(crate) fn cache_dir(&self, bs: &BranchSet, node: &Node, id: u32, fd: Arc<Dir>) {
         if !self.caching() {
             return;
         }
@@ -146,7 +135,7 @@ impl Union {
             c.serial
         };
         // Read the directories without holding the lock.
-        let dirs = readdir::open_layers(&ro, |idx| self.layer_dir(bs, node, idx))?;
+        let dirs = open_layers(&ro, |idx| self.layer_dir(bs, node, idx))?;
         let index = NameIndex::build(&dirs)?.map(Arc::new);
         log::debug!(
             "directory {}: names of {} branches indexed: {}",
@@ -180,12 +169,7 @@ impl Union {
     /// An fd on the instance of the union directory `node` in branch `idx`:
     /// from the cache, else opened from the nearest cached ancestor (or the
     /// branch root) one name at a time, caching each step.
-    pub(crate) fn layer_dir(
-        &self,
-        bs: &BranchSet,
-        node: &Node,
-        idx: usize,
-    ) -> Result<Arc<OwnedFd>> {
+    pub(crate) fn layer_dir(&self, bs: &BranchSet, node: &Node, idx: usize) -> Result<Arc<Dir>> {
         let b = bs.get(idx);
         if node.ino == ROOT {
             return Ok(b.root_fd());
@@ -219,7 +203,7 @@ impl Union {
             }
         };
         for (n, name) in chain.into_iter().rev() {
-            fd = Arc::new(sys::open_dir(fd.as_fd(), Path::new(&name))?);
+            fd = Arc::new(sys::open_dir(&fd, Path::new(&name))?);
             self.cache_dir(bs, n.as_deref().unwrap_or(node), b.id, fd.clone());
         }
         Ok(fd)
@@ -227,12 +211,8 @@ impl Union {
 
     /// The instances of directory `node` that merge into it, as (branch
     /// index, fd), top first; layers whose directory has gone are skipped.
-    pub(crate) fn layer_fds(
-        &self,
-        bs: &BranchSet,
-        node: &Node,
-    ) -> Result<Vec<(usize, Arc<OwnedFd>)>> {
-        readdir::open_layers(&self.dir_layers(bs, node)?, |idx| {
+    pub(crate) fn layer_fds(&self, bs: &BranchSet, node: &Node) -> Result<Vec<(usize, Arc<Dir>)>> {
+        open_layers(&self.dir_layers(bs, node)?, |idx| {
             self.layer_dir(bs, node, idx)
         })
     }
@@ -243,7 +223,7 @@ impl Union {
         bs: &BranchSet,
         node: &Node,
         idx: usize,
-    ) -> Result<(Arc<OwnedFd>, std::ffi::OsString)> {
+    ) -> Result<(Arc<Dir>, std::ffi::OsString)> {
         let (parent, name) = {
             let l = node.loc.read();
             (l.parent, l.name.clone())
@@ -262,13 +242,13 @@ impl Union {
     ) -> Result<T> {
         let idx = self.top_idx(bs, node)?;
         if node.ino == ROOT {
-            return f(sys::Obj::fd(bs.get(idx).root()));
+            return f(sys::Obj::fd(bs.get(idx).root().as_fd()));
         }
         let (dir, name) = self.parent_in(bs, node, idx)?;
-        f(sys::Obj::at(dir.as_fd(), &name))
+        f(sys::Obj::at(&dir, &name))
     }
 
-    /// Like [`Union::on_top`], but through an fd on the instance, after
+    /// Like [`Resolver::on_top`], but through an fd on the instance, after
     /// checking that its name still names this object: for the calls that
     /// change owner, mode, size or xattrs, which a name swapped under the
     /// daemon (for a hard link to someone else's file, say) must never
@@ -280,14 +260,14 @@ impl Union {
         f: impl FnOnce(sys::Obj) -> Result<T>,
     ) -> Result<T> {
         self.on_top(bs, node, |obj| {
-            if obj.name.is_empty() {
+            if obj.name().is_empty() {
                 return f(obj);
             }
-            let fd = sys::open_at(obj.dir, obj.name, OFlag::O_PATH, 0)?;
+            let fd = obj.open(OFlag::O_PATH)?;
             let st = sys::fstat(fd.as_fd())?;
             let dev = bs.get(self.top_idx(bs, node)?).dev;
             if !node.has_key((dev, st.st_ino)) {
-                log::warn!("{:?} was replaced in its branch: not changed", obj.name);
+                log::warn!("{:?} was replaced in its branch: not changed", obj.name());
                 return Err(Errno::ESTALE);
             }
             f(sys::Obj::fd(fd.as_fd()))
@@ -314,7 +294,7 @@ impl Union {
         // Non-blocking until checked: a FIFO renamed over the name must not
         // keep this thread waiting for a writer.
         let asked = flags & !OFlag::O_TRUNC;
-        let fd = sys::open_at(dir.as_fd(), OsStr::new(&name), asked | OFlag::O_NONBLOCK, 0)?;
+        let fd = sys::open_at(&dir, OsStr::new(&name), asked | OFlag::O_NONBLOCK, 0)?;
         let st = sys::fstat(fd.as_fd())?;
         if !node.has_key((bs.get(idx).dev, st.st_ino)) {
             log::warn!("{name:?} was replaced in its branch: not opened");

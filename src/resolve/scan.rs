@@ -3,13 +3,12 @@
 //! a non-directory, or a whiteout.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
+use super::nameindex::Hint;
 use crate::branch::BranchSet;
-use crate::nameindex::Hint;
-use crate::sys::{self, Errno, FileStat, Result};
+use crate::sys::{self, Dir, Errno, FileStat, Result};
 use crate::whiteout;
 
 #[derive(Clone, Debug)]
@@ -20,7 +19,7 @@ pub struct Instance {
     /// A directory holding the opaque marker.
     pub opaque: bool,
     /// Directories: an fd on this instance, opened while checking it.
-    pub dir: Option<Arc<OwnedFd>>,
+    pub dir: Option<Arc<Dir>>,
 }
 
 impl Instance {
@@ -64,7 +63,7 @@ impl Scan {
     }
 
     /// The merging directory instances as (branch index, fd), top first.
-    pub fn layer_fds(&self) -> Vec<(usize, Arc<OwnedFd>)> {
+    pub fn layer_fds(&self) -> Vec<(usize, Arc<Dir>)> {
         self.merging()
             .filter_map(|i| i.dir.clone().map(|d| (i.idx, d)))
             .collect()
@@ -85,7 +84,7 @@ pub fn scan(
     parent_layers: &[usize],
     name: &OsStr,
     full: bool,
-    dir_of: impl Fn(usize) -> Result<Arc<OwnedFd>>,
+    dir_of: impl Fn(usize) -> Result<Arc<Dir>>,
     hint: impl Fn(usize) -> Option<Hint>,
 ) -> Result<Scan> {
     let mut out = Scan::default();
@@ -104,13 +103,13 @@ pub fn scan(
             Err(Errno::ENOENT | Errno::ENOTDIR) => continue,
             Err(e) => return Err(e),
         };
-        let dir = dir.as_fd();
+        let dir: &Dir = &dir;
         // Below a directory instance the name is most likely a directory too:
         // open it at once (the fd is kept) and fstat the fd, rather than a
         // stat by name then an open by name.
         let found = if out.top().is_some_and(|t| t.is_dir()) {
             match sys::open_dir(dir, Path::new(name)) {
-                Ok(sub) => sys::fstat(sub.as_fd()).map(|st| (st, Some(sub))),
+                Ok(sub) => sys::fstat(std::os::fd::AsFd::as_fd(&sub)).map(|st| (st, Some(sub))),
                 Err(Errno::ENOTDIR | Errno::ELOOP) => sys::stat_at(dir, name).map(|st| (st, None)),
                 Err(e) => Err(e),
             }
@@ -131,7 +130,7 @@ pub fn scan(
                             Err(e) => return Err(e),
                         },
                     };
-                    let opaque = sys::exists_at(sub.as_fd(), OsStr::new(whiteout::OPAQUE))?;
+                    let opaque = sys::exists_at(&sub, OsStr::new(whiteout::OPAQUE))?;
                     (Some(Arc::new(sub)), opaque)
                 } else {
                     (None, false)

@@ -10,13 +10,12 @@
 //! process-wide count of indexed names stays under a budget.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use foldhash::{HashSet, HashSetExt};
 
-use crate::sys::{self, Result};
+use crate::sys::{self, Dir, Result};
 use crate::whiteout;
 
 /// Lookups in a directory before it is indexed.
@@ -61,7 +60,7 @@ impl Drop for NameIndex {
 impl NameIndex {
     /// Read the directory instances `dirs` (read-only branches: index, fd).
     /// None when the directory is too large or the budget is spent.
-    pub fn build(dirs: &[(usize, Arc<OwnedFd>)]) -> Result<Option<NameIndex>> {
+    pub fn build(dirs: &[(usize, Arc<Dir>)]) -> Result<Option<NameIndex>> {
         let mut layers = Vec::with_capacity(dirs.len());
         let mut count = 0;
         for (idx, fd) in dirs {
@@ -70,7 +69,7 @@ impl NameIndex {
                 names: HashSet::new(),
                 whiteouts: HashSet::new(),
             };
-            for e in sys::read_dir(fd.as_fd())? {
+            for e in sys::read_dir(fd)? {
                 if whiteout::is_reserved(&e.name) {
                     if let Some(h) = whiteout::hidden_name(&e.name) {
                         l.whiteouts.insert(h.to_os_string());

@@ -1,4 +1,4 @@
-//! The inode table: union inode numbers, where each object lives, lookup counts.
+//! The nodes: union inode numbers, where each object lives, lookup counts.
 //!
 //! A union inode number is allocated the first time an object is seen, keyed
 //! by the (st_dev, st_ino) of its topmost instance. A copy-up adds the new
@@ -14,16 +14,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 
-use crate::dircache::DirFds;
+use super::dircache::DirFds;
 use crate::sys::{Errno, Result};
 
 pub const ROOT: u64 = 1;
 
 pub type Key = (u64, u64);
 
-/// Where a union object lives now.
+/// Where a union object lives now. Only the resolver writes it (see
+/// resolve/mod.rs); everyone else reads copies.
 #[derive(Clone, Debug)]
 pub struct Loc {
     pub parent: u64,
@@ -38,22 +39,56 @@ pub struct Loc {
     pub generation: u64,
 }
 
+/// One at a time: a copy-up of an object is done by one request; others
+/// wait for it, or are told it is under way.
+#[derive(Debug, Default)]
+pub struct OneAtATime {
+    busy: Mutex<bool>,
+    freed: Condvar,
+}
+
+/// The turn of the one request doing it; given back when dropped.
+pub struct Turn<'a>(&'a OneAtATime);
+
+impl OneAtATime {
+    /// Take the turn; when it is someone else's, wait for it (`wait`) or
+    /// answer None at once.
+    pub fn enter(&self, wait: bool) -> Option<Turn<'_>> {
+        let mut busy = self.busy.lock();
+        while *busy {
+            if !wait {
+                return None;
+            }
+            self.freed.wait(&mut busy);
+        }
+        *busy = true;
+        Some(Turn(self))
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        *self.0.busy.lock() = false;
+        self.0.freed.notify_all();
+    }
+}
+
 #[derive(Debug)]
 pub struct Node {
     pub ino: u64,
     /// `S_IFMT` bits.
     pub kind: u32,
-    pub loc: RwLock<Loc>,
+    pub(super) loc: RwLock<Loc>,
     lookups: AtomicU64,
-    /// Held across a copy-up of this object: two writers, one copy-up.
-    pub copyup: Mutex<()>,
+    /// Copy-ups of this object, one at a time.
+    pub(crate) copying: OneAtATime,
     /// Bumped by every copy-up, so handles opened before it re-point.
-    pub generation: AtomicU64,
+    pub(crate) generation: AtomicU64,
     keys: Mutex<Vec<Key>>,
     /// Other names of a hard-linked object, as (parent ino, name).
-    pub aliases: Mutex<Vec<(u64, OsString)>>,
-    /// Directories: fds on their instances (see dircache.rs).
-    pub dirfds: Mutex<DirFds>,
+    pub(super) aliases: Mutex<Vec<(u64, OsString)>>,
+    /// Directories: fds on their instances (see dirs.rs).
+    pub(super) dirfds: Mutex<DirFds>,
 }
 
 impl Node {
@@ -68,6 +103,22 @@ impl Node {
 
     pub fn loc(&self) -> Loc {
         self.loc.read().clone()
+    }
+
+    /// The directory and name the object is known by.
+    pub fn parent_name(&self) -> (u64, OsString) {
+        let l = self.loc.read();
+        (l.parent, l.name.clone())
+    }
+
+    /// The last name is gone (the object lives on through open handles).
+    pub fn is_unlinked(&self) -> bool {
+        self.loc.read().unlinked
+    }
+
+    /// The other names of a hard-linked object.
+    pub fn aliases(&self) -> Vec<(u64, OsString)> {
+        self.aliases.lock().clone()
     }
 }
 
@@ -93,7 +144,7 @@ impl InodeTable {
                 generation: 0,
             }),
             lookups: AtomicU64::new(1),
-            copyup: Mutex::new(()),
+            copying: OneAtATime::default(),
             generation: AtomicU64::new(0),
             keys: Mutex::new(vec![root_key]),
             aliases: Mutex::new(Vec::new()),
@@ -141,7 +192,7 @@ impl InodeTable {
 
     /// Record a name the kernel now knows (a lookup or a create): returns the
     /// node, with one more lookup reference.
-    pub fn found(&self, key: Key, kind: u32, loc: Loc) -> Arc<Node> {
+    pub(super) fn found(&self, key: Key, kind: u32, loc: Loc) -> Arc<Node> {
         let mut ino = self.ino_for(key);
         let mut nodes = self.nodes.write();
         if let Some(node) = nodes.get(&ino) {
@@ -162,7 +213,7 @@ impl InodeTable {
             kind,
             loc: RwLock::new(loc),
             lookups: AtomicU64::new(1),
-            copyup: Mutex::new(()),
+            copying: OneAtATime::default(),
             generation: AtomicU64::new(0),
             keys: Mutex::new(vec![key]),
             aliases: Mutex::new(Vec::new()),
@@ -192,13 +243,13 @@ impl InodeTable {
     }
 
     /// Another key for an existing object (its copy-up).
-    pub fn add_key(&self, node: &Node, key: Key) {
+    pub(super) fn add_key(&self, node: &Node, key: Key) {
         self.keys.lock().insert(key, node.ino);
         node.keys.lock().push(key);
     }
 
     /// The object's last name is gone: its keys may be reused by the branch.
-    pub fn drop_keys(&self, node: &Node) {
+    pub(super) fn drop_keys(&self, node: &Node) {
         let keys = std::mem::take(&mut *node.keys.lock());
         let mut map = self.keys.lock();
         for k in keys {
@@ -208,7 +259,7 @@ impl InodeTable {
         }
     }
 
-    pub fn forget(&self, ino: u64, n: u64) {
+    pub(super) fn forget(&self, ino: u64, n: u64) {
         if ino == ROOT {
             return;
         }

@@ -1,0 +1,122 @@
+//! Changing attributes and xattrs: the object is copied up first, then the
+//! change made through an fd on the instance (see `Resolver::on_top_pinned`).
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+
+use nix::fcntl::OFlag;
+
+use crate::resolve::{Attr, Node};
+use crate::sys::{self, Errno, Result, Time};
+use crate::union::Union;
+
+/// What a setattr changes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Time>,
+    pub mtime: Option<Time>,
+}
+
+impl SetAttr {
+    fn is_empty(&self) -> bool {
+        self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.size.is_none()
+            && self.atime.is_none()
+            && self.mtime.is_none()
+    }
+}
+
+impl Union {
+    pub fn setattr(&self, ino: u64, set: SetAttr, fh: Option<u64>) -> Result<Attr> {
+        let node = self.resolve.node(ino)?;
+        if set.is_empty() {
+            return self.getattr(ino, fh);
+        }
+        if node.is_unlinked() {
+            return self.setattr_unlinked(&node, set, fh);
+        }
+        let data = set.size != Some(0);
+        let bs = self.copy_up(&node, data)?;
+        self.resolve.on_top_pinned(&bs, &node, |obj| {
+            if let Some(size) = set.size {
+                if node.is_dir() {
+                    return Err(Errno::EISDIR);
+                }
+                let w = obj.open(OFlag::O_WRONLY)?;
+                sys::truncate_fd(w.as_fd(), size)?;
+            }
+            if set.uid.is_some() || set.gid.is_some() {
+                obj.chown(set.uid, set.gid)?;
+            }
+            if let Some(mode) = set.mode {
+                if node.kind == libc::S_IFLNK {
+                    return Err(Errno::EOPNOTSUPP);
+                }
+                sys::chmod_obj(obj, mode & 0o7777)?;
+            }
+            if set.atime.is_some() || set.mtime.is_some() {
+                obj.utimes(
+                    set.atime.unwrap_or(Time::Omit),
+                    set.mtime.unwrap_or(Time::Omit),
+                )?;
+            }
+            Ok(Attr {
+                ino: node.ino,
+                st: obj.stat()?,
+            })
+        })
+    }
+
+    /// setattr on an object whose names are all gone: only its open fds reach it.
+    fn setattr_unlinked(&self, node: &Node, set: SetAttr, fh: Option<u64>) -> Result<Attr> {
+        let h = self.handles.file_for(node, fh)?;
+        let f = h.file();
+        if let Some(size) = set.size {
+            sys::truncate_fd(f.as_fd(), size)?;
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            sys::chown_fd(f.as_fd(), set.uid, set.gid)?;
+        }
+        if let Some(mode) = set.mode {
+            sys::chmod_fd(f.as_fd(), mode & 0o7777)?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            sys::futimens(
+                f.as_fd(),
+                set.atime.unwrap_or(Time::Omit),
+                set.mtime.unwrap_or(Time::Omit),
+            )?;
+        }
+        Ok(Attr {
+            ino: node.ino,
+            st: sys::fstat(f.as_fd())?,
+        })
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        let node = self.resolve.node(ino)?;
+        let bs = self.copy_up(&node, true)?;
+        self.resolve.on_top_pinned(&bs, &node, |obj| {
+            sys::set_xattr_obj(obj, name, value, flags)
+        })
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+        let node = self.resolve.node(ino)?;
+        {
+            // Removing an xattr that is not there changes nothing: no copy-up.
+            let bs = self.branches();
+            self.resolve
+                .on_top(&bs, &node, |obj| sys::get_xattr_obj(obj, name, &mut []))?;
+        }
+        let bs = self.copy_up(&node, true)?;
+        self.resolve
+            .on_top_pinned(&bs, &node, |obj| sys::remove_xattr_obj(obj, name))
+    }
+}

@@ -1,0 +1,348 @@
+//! The resolver: the one layer that knows where union objects live. It owns
+//! the branch set, the nodes and their locations, name resolution across
+//! branches (whiteouts, opaque directories), the directory fd cache and name
+//! index, and the per-directory locks. The operation families (create,
+//! delete, rename, copy-up, files, attributes) ask it where things are and
+//! tell it what they changed; none of them writes a location itself.
+
+mod dircache;
+mod dirs;
+mod locks;
+mod nameindex;
+mod node;
+mod scan;
+
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+
+use crate::branch::BranchSet;
+use crate::sys::{self, Errno, FileStat, Result};
+
+pub use dirs::{open_layers, open_layers_at};
+pub use locks::DirGuard;
+pub use nameindex::NameIndex;
+pub use node::{InodeTable, Loc, Negatives, Node, Turn, ROOT};
+pub use scan::{scan, scan_path, Instance, Scan};
+
+/// Attributes of a union object: the topmost instance's, with the union inode number.
+#[derive(Clone, Copy, Debug)]
+pub struct Attr {
+    pub ino: u64,
+    pub st: FileStat,
+}
+
+/// At most this many negative entries are handed to the kernel at a time
+/// (each costs a name in memory until it expires).
+const NEGATIVE_CAP: usize = 65536;
+
+pub struct Resolver {
+    branches: RwLock<Arc<BranchSet>>,
+    pub inodes: InodeTable,
+    /// Names the kernel caches as absent.
+    pub negatives: Negatives,
+    /// One lock per directory for changes to its names.
+    locks: locks::DirLocks,
+    /// How long directory fds are reused, and how many at most (see dirs.rs).
+    cache_ttl: Duration,
+    cache_max: usize,
+    /// Bumped when a directory moves: cached directory fds are dropped.
+    dir_epoch: AtomicU64,
+}
+
+/// Branch ids to indices in `bs` (branches no longer in the set drop out).
+fn indices(bs: &BranchSet, ids: &[u32]) -> Vec<usize> {
+    ids.iter().filter_map(|&id| bs.index_of(id)).collect()
+}
+
+fn ids(bs: &BranchSet, idx: &[usize]) -> Vec<u32> {
+    idx.iter().map(|&i| bs.get(i).id).collect()
+}
+
+impl Resolver {
+    /// A resolver over `bs`; up to `cache_max` directory fds are reused for
+    /// `cache_ttl` (zero: never).
+    pub fn new(bs: BranchSet, cache_ttl: Duration, cache_max: usize) -> Result<Resolver> {
+        if bs.is_empty() {
+            return Err(Errno::EINVAL);
+        }
+        let top = bs.get(0);
+        let st = sys::fstat(std::os::fd::AsFd::as_fd(top.root()))?;
+        let layers = bs.branches.iter().map(|b| b.id).collect();
+        Ok(Resolver {
+            inodes: InodeTable::new((top.dev, st.st_ino), layers),
+            branches: RwLock::new(Arc::new(bs)),
+            negatives: Negatives::new(NEGATIVE_CAP),
+            locks: locks::DirLocks::new(),
+            cache_ttl,
+            cache_max,
+            dir_epoch: AtomicU64::new(0),
+        })
+    }
+
+    /// The branch set a request works on from start to end.
+    pub fn branches(&self) -> Arc<BranchSet> {
+        self.branches.read().clone()
+    }
+
+    /// Swap in a new branch set: the next request works on it.
+    pub fn set_branches(&self, bs: Arc<BranchSet>) {
+        *self.branches.write() = bs;
+    }
+
+    pub fn node(&self, ino: u64) -> Result<Arc<Node>> {
+        self.inodes.get(ino)
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
+    /// Lock directory `ino` for a change to its names.
+    pub fn lock(&self, ino: u64) -> DirGuard<'_> {
+        self.locks.lock(ino)
+    }
+
+    /// Lock two directories (a rename's), in a fixed order.
+    pub fn lock_two(&self, a: u64, b: u64) -> DirGuard<'_> {
+        self.locks.lock_two(a, b)
+    }
+
+    /// The layers of a directory node as indices (the root is in every branch).
+    pub fn dir_layers(&self, bs: &BranchSet, node: &Node) -> Result<Vec<usize>> {
+        if !node.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(self.located(bs, node)?.1)
+    }
+
+    /// The index of the branch holding a node's topmost instance.
+    pub fn top_idx(&self, bs: &BranchSet, node: &Node) -> Result<usize> {
+        Ok(self.located(bs, node)?.0)
+    }
+
+    /// Where `node` lives in `bs`: its topmost branch and (for a directory)
+    /// its layers, as indices. A location computed against another branch set
+    /// (the set changed since) is resolved again, parents first.
+    pub fn located(&self, bs: &BranchSet, node: &Node) -> Result<(usize, Vec<usize>)> {
+        if node.ino == ROOT {
+            return Ok((0, (0..bs.len()).collect()));
+        }
+        let loc = node.loc();
+        if loc.generation == bs.generation {
+            if let Some(top) = bs.index_of(loc.top) {
+                return Ok((top, indices(bs, &loc.layers)));
+            }
+        }
+        if loc.unlinked {
+            return Err(Errno::ESTALE);
+        }
+        let parent = self.inodes.get(loc.parent)?;
+        let (_, players) = self.located(bs, &parent)?;
+        let scan = self.scan_at(bs, &parent, &players, &loc.name, false)?;
+        let top = scan.top().ok_or(Errno::ENOENT)?;
+        let layers = scan.layers();
+        if bs.generation == self.branches().generation {
+            {
+                let mut l = node.loc.write();
+                l.top = bs.get(top.idx).id;
+                l.layers = ids(bs, &layers);
+                l.generation = bs.generation;
+            }
+            // The object now lives (at the top) in that instance too.
+            let key = (bs.get(top.idx).dev, top.stat.st_ino);
+            if !node.has_key(key) {
+                self.inodes.add_key(node, key);
+            }
+        }
+        Ok((top.idx, layers))
+    }
+
+    /// Scan `name` in the directory node `parent`, whose instances are in `layers`.
+    pub fn scan_at(
+        &self,
+        bs: &BranchSet,
+        parent: &Node,
+        layers: &[usize],
+        name: &OsStr,
+        full: bool,
+    ) -> Result<Scan> {
+        let index = self.name_index(bs, parent, layers)?;
+        scan::scan(
+            layers,
+            name,
+            full,
+            |idx| self.layer_dir(bs, parent, idx),
+            |idx| index.as_ref().and_then(|i| i.hint(idx, name)),
+        )
+    }
+
+    /// Scan `name` in the directory node `parent`.
+    pub fn scan_in(&self, bs: &BranchSet, parent: &Node, name: &OsStr, full: bool) -> Result<Scan> {
+        let layers = self.dir_layers(bs, parent)?;
+        self.scan_at(bs, parent, &layers, name, full)
+    }
+
+    /// Register what a scan found as a node the kernel knows (one lookup reference).
+    pub fn remember(
+        &self,
+        bs: &BranchSet,
+        parent: u64,
+        name: &OsStr,
+        scan: &Scan,
+    ) -> Result<(Arc<Node>, Attr)> {
+        let top = scan.top().ok_or(Errno::ENOENT)?;
+        let b = bs.get(top.idx);
+        let loc = Loc {
+            parent,
+            name: name.to_os_string(),
+            top: b.id,
+            layers: ids(bs, &scan.layers()),
+            unlinked: false,
+            generation: bs.generation,
+        };
+        let node = self.inodes.found((b.dev, top.stat.st_ino), top.kind(), loc);
+        // The directory fds the scan opened serve the next lookups inside it.
+        for i in scan.instances.iter() {
+            if let Some(fd) = &i.dir {
+                self.cache_dir(bs, &node, bs.get(i.idx).id, fd.clone());
+            }
+        }
+        let attr = Attr {
+            ino: node.ino,
+            st: top.stat,
+        };
+        Ok((node, attr))
+    }
+
+    // What the operation families changed. These are the only writers of
+    // where a node lives.
+
+    /// An entry just made in branch `idx` (its attributes: `st`): its node,
+    /// with one lookup reference.
+    pub fn created(
+        &self,
+        bs: &BranchSet,
+        idx: usize,
+        parent: u64,
+        name: &OsStr,
+        st: FileStat,
+    ) -> (Arc<Node>, Attr) {
+        let kind = st.st_mode & libc::S_IFMT;
+        let b = bs.get(idx);
+        let loc = Loc {
+            parent,
+            name: name.to_os_string(),
+            top: b.id,
+            layers: if kind == libc::S_IFDIR {
+                vec![b.id]
+            } else {
+                Vec::new()
+            },
+            unlinked: false,
+            generation: bs.generation,
+        };
+        let node = self.inodes.found((b.dev, st.st_ino), kind, loc);
+        let attr = Attr { ino: node.ino, st };
+        (node, attr)
+    }
+
+    /// `parent/name` is a new hard link to `node`.
+    pub fn linked(&self, node: &Node, parent: u64, name: &OsStr) {
+        node.aliases.lock().push((parent, name.to_os_string()));
+    }
+
+    /// A file's topmost instance is now in branch `target` (a copy-up; its
+    /// attributes there: `st`). Handles opened before it re-point.
+    pub fn copied_up(&self, node: &Node, bs: &BranchSet, target: usize, st: &FileStat) {
+        let b = bs.get(target);
+        {
+            let mut loc = node.loc.write();
+            loc.top = b.id;
+            loc.generation = bs.generation;
+            if node.is_dir() && !loc.layers.contains(&b.id) {
+                let mut idx = indices(bs, &loc.layers);
+                idx.push(target);
+                idx.sort_unstable();
+                loc.layers = ids(bs, &idx);
+            }
+        }
+        self.inodes.add_key(node, (b.dev, st.st_ino));
+        node.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// A directory gained an instance in branch `target` (made opaque there:
+    /// the layers below it no longer merge).
+    pub fn dir_gained(
+        &self,
+        node: &Node,
+        bs: &BranchSet,
+        target: usize,
+        st: &FileStat,
+        opaque: bool,
+    ) {
+        {
+            let mut loc = node.loc.write();
+            let mut idx = indices(bs, &loc.layers);
+            if opaque {
+                idx.retain(|&i| i < target);
+            }
+            idx.push(target);
+            idx.sort_unstable();
+            idx.dedup();
+            loc.layers = ids(bs, &idx);
+            loc.top = bs.get(idx[0]).id;
+            loc.generation = bs.generation;
+        }
+        self.inodes.add_key(node, (bs.get(target).dev, st.st_ino));
+    }
+
+    /// A directory is now whole in branch `up` alone (a rename made it so).
+    pub fn made_whole(&self, node: &Node, bs: &BranchSet, up: usize) {
+        node.loc.write().layers = vec![bs.get(up).id];
+    }
+
+    /// `node` is now `newparent/newname`, wholly in branch `up`.
+    pub fn renamed(&self, node: &Node, bs: &BranchSet, newparent: u64, newname: &OsStr, up: usize) {
+        let upid = bs.get(up).id;
+        let mut loc = node.loc.write();
+        loc.parent = newparent;
+        loc.name = newname.to_os_string();
+        loc.top = upid;
+        loc.generation = bs.generation;
+        if node.is_dir() {
+            loc.layers = vec![upid];
+        }
+    }
+
+    /// The name found by a scan (its topmost instance `top`) is gone from
+    /// the union: update the node it named, if the kernel knows one.
+    pub fn name_gone(&self, bs: &BranchSet, top: &Instance, parent: u64, name: &OsStr) {
+        let key = (bs.get(top.idx).dev, top.stat.st_ino);
+        if let Some(node) = self.inodes.node_for(key) {
+            self.unlinked(&node, parent, name);
+        }
+    }
+
+    /// `parent/name` no longer names `node`.
+    pub fn unlinked(&self, node: &Node, parent: u64, name: &OsStr) {
+        let mut loc = node.loc.write();
+        let mut aliases = node.aliases.lock();
+        if loc.parent == parent && loc.name == name {
+            if let Some((p, n)) = aliases.pop() {
+                loc.parent = p;
+                loc.name = n;
+            } else {
+                loc.unlinked = true;
+                drop(aliases);
+                drop(loc);
+                self.inodes.drop_keys(node);
+            }
+        } else {
+            aliases.retain(|(p, n)| !(*p == parent && n == name));
+        }
+    }
+}

@@ -6,21 +6,44 @@
 //! The on-disk format is the OCI image layer format, so an image layer is a
 //! branch and a writable branch is a layer diff.
 //!
-//! The crate is a union model ([`union::Union`]: lookup, copy-up, whiteouts,
-//! merged readdir) with a thin FUSE adapter over it ([`fs::UnionFs`]).
+//! The crate is a union model (the `union` module and the operation families
+//! beside it, over the `resolve` layer) with a thin FUSE adapter over it
+//! (`fs`). Its public face is [`mount`] and what the tools around it need:
+//! branch lists, the unionctl channel, snapmerge, mountinfo, path-based views
+//! and the fd-relative calls of [`fsat`].
 #![deny(unsafe_code)]
 
-pub mod attr;
+// What the binaries, the driver and the tests use.
 pub mod branch;
 pub mod cli;
 pub mod control;
-pub mod copyup;
-pub mod create;
-pub mod delete;
-pub mod file;
-pub mod fs;
 pub mod fsat;
-pub mod handles;
+pub mod mountinfo;
+pub mod options;
+pub mod snapmerge;
+pub mod view;
+pub mod whiteout;
+
+// The union itself: the FUSE adapter over the model.
+mod attr;
+mod copyup;
+mod create;
+mod delete;
+mod file;
+mod fs;
+mod handles;
+mod readdir;
+mod rename;
+mod resolve;
+mod sys;
+mod tree;
+mod union;
+
+/// What the daemon's command needs of the process: forking into the
+/// background, a session of its own, quiet stdio, unmounting.
+pub mod daemon {
+    pub use crate::sys::{detach_stdio, fork, setsid, unmount_retrying, Forked};
+}
 
 /// The internals that benches/internals.rs measures; not an API.
 #[doc(hidden)]
@@ -29,17 +52,6 @@ pub mod internals {
     pub use crate::resolve::{open_layers_at, scan, scan_path, InodeTable, NameIndex};
     pub use crate::sys::Dir;
 }
-pub mod mountinfo;
-pub mod options;
-pub mod readdir;
-pub mod rename;
-pub mod resolve;
-pub mod snapmerge;
-pub mod sys;
-pub mod tree;
-pub mod union;
-pub mod view;
-pub mod whiteout;
 
 use std::path::Path;
 use std::sync::Arc;

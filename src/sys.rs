@@ -190,10 +190,6 @@ pub fn mknod_at(dir: &Dir, name: &OsStr, mode: u32, rdev: u64) -> Result<()> {
     stat::mknodat(dir, name, kind, perm, rdev)
 }
 
-pub fn chown_at(dir: &Dir, name: &OsStr, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
-    chown_in(dir.as_fd(), name, uid, gid)
-}
-
 fn chown_in(dir: BorrowedFd, name: &OsStr, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
     unistd::fchownat(
         dir,
@@ -226,10 +222,6 @@ impl Time {
     }
 }
 
-pub fn utimes_at(dir: &Dir, name: &OsStr, atime: Time, mtime: Time) -> Result<()> {
-    utimes_in(dir.as_fd(), name, atime, mtime)
-}
-
 fn utimes_in(dir: BorrowedFd, name: &OsStr, atime: Time, mtime: Time) -> Result<()> {
     stat::utimensat(
         dir,
@@ -238,10 +230,6 @@ fn utimes_in(dir: BorrowedFd, name: &OsStr, atime: Time, mtime: Time) -> Result<
         &mtime.spec(),
         stat::UtimensatFlags::NoFollowSymlink,
     )
-}
-
-pub fn readlink_at(dir: &Dir, name: &OsStr) -> Result<OsString> {
-    fcntl::readlinkat(dir, name)
 }
 
 /// The `/proc/self/fd/N` name of an fd: the way to reach the inode behind an
@@ -721,10 +709,6 @@ pub fn detach_stdio(keep_stderr: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn getuid() -> u32 {
-    unistd::getuid().as_raw()
-}
-
 /// The daemon's effective uid (it never changes ids: asked once).
 pub fn geteuid() -> u32 {
     static ID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
@@ -735,10 +719,6 @@ pub fn geteuid() -> u32 {
 pub fn getegid() -> u32 {
     static ID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *ID.get_or_init(|| unistd::getegid().as_raw())
-}
-
-pub fn dup(fd: impl AsFd) -> Result<OwnedFd> {
-    unistd::dup(fd)
 }
 
 /// chown the inode behind `fd` (an `O_PATH` fd; symlinks included).

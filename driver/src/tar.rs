@@ -19,7 +19,6 @@ use std::path::{Component, Path, PathBuf};
 use nix::fcntl::OFlag;
 use sha2::{Digest, Sha256};
 use unionfs::fsat::{self, Dir, Errno, Time};
-use unionfs::tree::remove_tree;
 use unionfs::whiteout;
 
 #[derive(Debug, thiserror::Error)]
@@ -221,7 +220,7 @@ impl Extractor<'_> {
         // stays a directory and gets merged into). What was pending for the
         // replaced directory and below it no longer applies.
         if existing.is_some() && !(kind.is_dir() && existing == Some(libc::S_IFDIR)) {
-            remove_tree(dir, &name).map_err(&err)?;
+            fsat::remove_tree(dir, &name).map_err(&err)?;
             self.dirs.retain(|(p, _, _)| !p.starts_with(&path));
             self.last = [None, None];
         }

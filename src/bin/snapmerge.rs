@@ -66,6 +66,9 @@ fn rw_user(base: &Path) -> Result<Option<PathBuf>, String> {
     // Group and other write bits: any user might (their groups are not known here).
     let may_write = |uid: u32| uid == 0 || uid == st.uid() || st.mode() & 0o022 != 0;
     let mounts = mountinfo::read().map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    // Every union is asked: one that uses BASE is the answer, whatever
+    // others could not say.
+    let mut unknown = Vec::new();
     for m in mounts
         .iter()
         .filter(|m| m.fstype == "fuse.unionfs" && may_write(m.fuse_owner().unwrap_or(0)))
@@ -77,16 +80,18 @@ fn rw_user(base: &Path) -> Result<Option<PathBuf>, String> {
                     return Ok(Some(m.mount_point.clone()));
                 }
             }
-            Ok(other) => return Err(format!("the union at {shown} answered {other:?}")),
-            Err(e) => {
-                return Err(format!(
-                    "cannot tell whether the union at {shown} uses {}: {e}",
-                    base.display()
-                ))
-            }
+            Ok(other) => unknown.push(format!("the union at {shown} answered {other:?}")),
+            Err(e) => unknown.push(format!("the union at {shown}: {e}")),
         }
     }
-    Ok(None)
+    if unknown.is_empty() {
+        return Ok(None);
+    }
+    Err(format!(
+        "cannot tell whether a live union uses {}: {}",
+        base.display(),
+        unknown.join("; ")
+    ))
 }
 
 fn main() -> ExitCode {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{ArgAction, Parser};
 use nix::sys::signal::{SigSet, Signal};
-use unionfs::{branch, sys, BranchSet, MountOptions};
+use unionfs::{branch, daemon, BranchSet, MountOptions};
 
 const ABOUT: &str = "Mount a union of directories (branches) with FUSE";
 
@@ -178,12 +178,12 @@ fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => return usage_error(format!("cannot create a pipe: {e}")),
     };
-    match sys::fork() {
+    match daemon::fork() {
         Err(e) => {
             eprintln!("unionfs-mount: fork: {e}");
             ExitCode::from(1)
         }
-        Ok(sys::Forked::Parent) => {
+        Ok(daemon::Forked::Parent) => {
             drop(ready_tx);
             let mut b = [0u8; 1];
             match ready_rx.read(&mut b) {
@@ -191,9 +191,9 @@ fn main() -> ExitCode {
                 _ => ExitCode::from(1),
             }
         }
-        Ok(sys::Forked::Child) => {
+        Ok(daemon::Forked::Child) => {
             drop(ready_rx);
-            let _ = sys::setsid();
+            let _ = daemon::setsid();
             // Do not pin the caller's working directory.
             let _ = std::env::set_current_dir("/");
             serve(branches, &mountpoint, &opts, Some(ready_tx))
@@ -237,7 +237,7 @@ fn serve(
             log::info!("{sig:?}: unmounting");
             // Busy for a moment (a file being closed, say): tried again,
             // then detached; the daemon ends either way.
-            if !sys::unmount_retrying(&target) {
+            if !daemon::unmount_retrying(&target) {
                 log::error!("{}: still busy, detached lazily", target.display());
             }
             std::process::exit(0);
@@ -260,7 +260,7 @@ fn serve(
     }
     if let Some(mut ready) = ready {
         let _ = ready.write_all(b"1");
-        let _ = sys::detach_stdio(std::env::var_os("RUST_LOG").is_some());
+        let _ = daemon::detach_stdio(std::env::var_os("RUST_LOG").is_some());
     }
     // Serving ends when the kernel lets go of the mount (fusermount3 -u,
     // umount, or the signal thread). The background session is never

@@ -22,10 +22,10 @@ use parking_lot::RwLock;
 use crate::branch::BranchSet;
 use crate::sys::{self, Errno, FileStat, Result};
 
-pub use dirs::{open_layers, open_layers_at};
+pub use dirs::open_layers_at;
 pub use locks::DirGuard;
 pub use nameindex::NameIndex;
-pub use node::{InodeTable, Loc, Negatives, Node, Turn, ROOT};
+pub use node::{InodeTable, Loc, Negatives, Node, ROOT};
 pub use scan::{scan, scan_path, Instance, Scan};
 
 /// Attributes of a union object: the topmost instance's, with the union inode number.

@@ -181,6 +181,33 @@ fn copy_rw(src: BorrowedFd, dst: BorrowedFd, mut pos: i64, end: i64) -> Result<(
     Ok(())
 }
 
+thread_local! {
+    /// Whether this thread may wait for another request's copy-up. The
+    /// threads that serve FUSE requests may not: a request that would wait
+    /// answers EINPROGRESS (never passed on to the kernel) and is run again
+    /// on a thread of its own (see fs.rs), so waiters never hold up the rest.
+    static MAY_WAIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Allow waiting for copy-ups on this thread, until the guard is dropped.
+pub(crate) struct MayWait(bool);
+
+impl MayWait {
+    pub fn new() -> MayWait {
+        MayWait(MAY_WAIT.with(|w| w.replace(true)))
+    }
+}
+
+impl Drop for MayWait {
+    fn drop(&mut self) {
+        MAY_WAIT.with(|w| w.set(self.0));
+    }
+}
+
+/// Renames of a copy that find the name changed under them try again this
+/// many times.
+const ATTEMPTS: usize = 8;
+
 impl Union {
     /// Make sure the topmost instance of `node` is on a writable branch;
     /// answers the branch set it worked on. `data: false` skips the file's
@@ -197,7 +224,11 @@ impl Union {
     }
 
     /// Copy `node` up to branch `target` unless its topmost instance is
-    /// already there or higher.
+    /// already there or higher. One copy-up of an object at a time; the
+    /// copy is built with no lock held (other names of the directory stay
+    /// usable meanwhile) and renamed into place under the parent's lock,
+    /// only if the name is still the object's: a name removed meanwhile
+    /// never comes back (ENOENT), one renamed is copied where it is now.
     pub(crate) fn copy_up_to(
         &self,
         bs: &BranchSet,
@@ -205,35 +236,48 @@ impl Union {
         target: usize,
         data: bool,
     ) -> Result<()> {
-        let _turn = node.copying.enter(true);
-        // Another writer may have copied it up while we waited.
-        let idx = self.resolve.top_idx(bs, node)?;
-        if idx <= target {
-            return Ok(());
-        }
-        if node.ino == ROOT {
-            return Err(Errno::EROFS);
-        }
-        let (parent, name) = node.parent_name();
-        let parent = self.resolve.node(parent)?;
-        let pdir = self.dir_in(bs, target, &parent)?;
-        match sys::stat_at(&pdir, &name) {
-            // Already there: copied along with a directory, or made directly.
-            Ok(st) if is_kind(&st, node.kind) => {
-                self.resolve.copied_up(node, bs, target, &st);
+        let Some(_turn) = node.copying.enter(MAY_WAIT.with(|w| w.get())) else {
+            return Err(Errno::EINPROGRESS);
+        };
+        for _ in 0..ATTEMPTS {
+            // Another request may have copied it up while we waited.
+            let idx = self.resolve.top_idx(bs, node)?;
+            if idx <= target {
                 return Ok(());
             }
-            Ok(_) => return Err(Errno::EEXIST),
-            Err(Errno::ENOENT) => {}
-            Err(e) => return Err(e),
+            if node.ino == ROOT {
+                return Err(Errno::EROFS);
+            }
+            let (pino, name) = node.parent_name();
+            let parent = self.resolve.node(pino)?;
+            let pdir = self.dir_in(bs, target, &parent)?;
+            let sdir = self.resolve.layer_dir(bs, &parent, idx)?;
+            let tmp = self.build_copy(bs, target, Obj::at(&sdir, &name), node.kind, data)?;
+            let _lock = self.resolve.lock(pino);
+            if node.is_unlinked() {
+                return Err(Errno::ENOENT);
+            }
+            if node.parent_name() != (pino, name.clone()) {
+                continue;
+            }
+            match sys::stat_at(&pdir, &name) {
+                // Already there: copied along with a directory, or made directly.
+                Ok(st) if is_kind(&st, node.kind) => {
+                    self.resolve.copied_up(node, bs, target, &st);
+                    return Ok(());
+                }
+                Ok(_) => return Err(Errno::EEXIST),
+                Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+            tmp.commit(&pdir, &name, RENAME_NOREPLACE)?;
+            let new = sys::stat_at(&pdir, &name)?;
+            self.resolve.copied_up(node, bs, target, &new);
+            drop(_lock);
+            self.link_aliases(bs, target, node, &pdir, &name);
+            return Ok(());
         }
-        let sdir = self.resolve.layer_dir(bs, &parent, idx)?;
-        let tmp = self.build_copy(bs, target, Obj::at(&sdir, &name), node.kind, data)?;
-        tmp.commit(&pdir, &name, RENAME_NOREPLACE)?;
-        let new = sys::stat_at(&pdir, &name)?;
-        self.link_aliases(bs, target, node, &pdir, &name);
-        self.resolve.copied_up(node, bs, target, &new);
-        Ok(())
+        Err(Errno::EAGAIN)
     }
 
     /// Build a copy of the entry `src` (of the kind `kind`, `S_IFMT` bits)
@@ -293,6 +337,11 @@ impl Union {
                 .node(parent)
                 .and_then(|p| self.dir_in(bs, target, &p))
                 .and_then(|pdir| {
+                    let _lock = self.resolve.lock(parent);
+                    // Still a name of the object?
+                    if !node.aliases().contains(&(parent, alias.clone())) {
+                        return Ok(());
+                    }
                     sys::link_at(dir, name, &pdir, &alias)?;
                     whiteout::remove_whiteout(&pdir, &alias)
                 });
@@ -325,7 +374,13 @@ impl Union {
         let b = bs.get(target);
         let mut fd = b.dir(Path::new(""))?;
         for node in chain.iter().rev() {
-            let name = node.parent_name().1;
+            let (pino, name) = node.parent_name();
+            // Made under the parent's lock, and only for a directory the
+            // union still has there (a removed one must not come back).
+            let _lock = self.resolve.lock(pino);
+            if node.is_unlinked() || node.parent_name() != (pino, name.clone()) {
+                return Err(Errno::ENOENT);
+            }
             match sys::open_dir(&fd, Path::new(&name)) {
                 Ok(sub) => {
                     if !node.loc().layers.contains(&b.id) {

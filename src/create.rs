@@ -37,14 +37,28 @@ impl Union {
         self.check_new_name(name)?;
         let bs = self.branches();
         let pnode = self.resolve.node(parent)?;
+        if self
+            .resolve
+            .scan_in(&bs, &pnode, name, false)?
+            .top()
+            .is_some()
+        {
+            return Err(Errno::EEXIST);
+        }
+        let up = bs.first_writable().ok_or(Errno::EROFS)?;
+        // The parent in the writable branch first (made with no lock held),
+        // then the name, under the parent's lock, checked again.
+        let pdir = self.dir_in(&bs, up, &pnode)?;
+        let pdir: &Dir = &pdir;
+        let _lock = self.resolve.lock(parent);
+        if pnode.is_unlinked() {
+            return Err(Errno::ENOENT);
+        }
         let layers = self.resolve.dir_layers(&bs, &pnode)?;
         let scan = self.resolve.scan_at(&bs, &pnode, &layers, name, false)?;
         if scan.top().is_some() {
             return Err(Errno::EEXIST);
         }
-        let up = bs.first_writable().ok_or(Errno::EROFS)?;
-        let pdir = self.dir_in(&bs, up, &pnode)?;
-        let pdir: &Dir = &pdir;
         let replaces_whiteout = whiteout::has_whiteout(pdir, name)?;
         // Something below may be hidden by a whiteout: a new directory must not reveal it.
         let opaque = replaces_whiteout || scan.whiteout.is_some();
@@ -153,12 +167,20 @@ impl Union {
         }
         let bs = self.copy_up(&node, true)?;
         let idx = self.resolve.top_idx(&bs, &node)?;
+        let (src_fd, src_name) = self.resolve.parent_in(&bs, &node, idx)?;
+        let pdir = self.dir_in(&bs, idx, &pnode)?;
+        let _lock = self.resolve.lock(newparent);
+        let scan = self.resolve.scan_in(&bs, &pnode, newname, false)?;
+        if pnode.is_unlinked() || node.is_unlinked() {
+            return Err(Errno::ENOENT);
+        }
+        if scan.top().is_some() {
+            return Err(Errno::EEXIST);
+        }
         if scan.whiteout.is_some_and(|w| w < idx) {
             // A whiteout above the object's branch would hide the new name.
             return Err(Errno::EXDEV);
         }
-        let (src_fd, src_name) = self.resolve.parent_in(&bs, &node, idx)?;
-        let pdir = self.dir_in(&bs, idx, &pnode)?;
         sys::link_at(&src_fd, &src_name, &pdir, newname)?;
         whiteout::remove_whiteout(&pdir, newname)?;
         self.resolve.linked(&node, newparent, newname);

@@ -45,7 +45,62 @@ impl Union {
         }
         let bs = self.branches();
         let pnode = self.resolve.node(parent)?;
-        let scan = self.resolve.scan_in(&bs, &pnode, name, true)?;
+        for _ in 0..3 {
+            // A first look, with no lock: where a whiteout would go, so that
+            // the parent can be made in that branch beforehand.
+            let first = self.decide(&bs, &pnode, name, dir)?;
+            if let Some(w) = first.1.whiteout {
+                self.dir_in(&bs, w, &pnode)?;
+            }
+            // Then the delete itself, planned again and done under the lock
+            // of the parent (and of the directory removed, against changes
+            // inside it).
+            let victim = self.resolve.node_of(&bs, &first.0).map(|n| n.ino);
+            let _lock = match victim.filter(|_| dir) {
+                Some(v) => self.resolve.lock_two(parent, v),
+                None => self.resolve.lock(parent),
+            };
+            if pnode.is_unlinked() {
+                return Err(Errno::ENOENT);
+            }
+            let (top, plan) = self.decide(&bs, &pnode, name, dir)?;
+            let wdir = match plan.whiteout {
+                None => None,
+                Some(w) => match self.resolve.layer_dir(&bs, &pnode, w) {
+                    Ok(d) => Some(d),
+                    // The plan changed under the first look: again.
+                    Err(Errno::ENOENT) => continue,
+                    Err(e) => return Err(e),
+                },
+            };
+            if let Some(pdir) = wdir {
+                whiteout::create_whiteout(&pdir, name)?;
+            }
+            for idx in plan.remove {
+                let pdir = self.resolve.layer_dir(&bs, &pnode, idx)?;
+                if dir {
+                    clear_whiteouts(&pdir, name)?;
+                }
+                match sys::unlink_at(&pdir, name, dir) {
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.resolve.name_gone(&bs, &top, parent, name);
+            return Ok(());
+        }
+        Err(Errno::EAGAIN)
+    }
+
+    /// What `name` in `parent` is, whether it may go, and how.
+    fn decide(
+        &self,
+        bs: &BranchSet,
+        pnode: &crate::resolve::Node,
+        name: &OsStr,
+        dir: bool,
+    ) -> Result<(Instance, Plan)> {
+        let scan = self.resolve.scan_in(bs, pnode, name, true)?;
         let top = scan.top().ok_or(Errno::ENOENT)?.clone();
         if dir && !top.is_dir() {
             return Err(Errno::ENOTDIR);
@@ -56,23 +111,8 @@ impl Union {
         if dir && !readdir::is_empty(&scan.layer_fds())? {
             return Err(Errno::ENOTEMPTY);
         }
-        let plan = self.plan(&bs, &scan, &top, dir)?;
-        if let Some(w) = plan.whiteout {
-            let pdir = self.dir_in(&bs, w, &pnode)?;
-            whiteout::create_whiteout(&pdir, name)?;
-        }
-        for idx in plan.remove {
-            let pdir = self.resolve.layer_dir(&bs, &pnode, idx)?;
-            if dir {
-                clear_whiteouts(&pdir, name)?;
-            }
-            match sys::unlink_at(&pdir, name, dir) {
-                Ok(()) | Err(Errno::ENOENT) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.resolve.name_gone(&bs, &top, parent, name);
-        Ok(())
+        let plan = self.plan(bs, &scan, &top, dir)?;
+        Ok((top, plan))
     }
 
     fn plan(&self, bs: &BranchSet, scan: &Scan, top: &Instance, dir: bool) -> Result<Plan> {

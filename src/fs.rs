@@ -17,6 +17,7 @@ use fuser::{
 use parking_lot::Mutex;
 
 use crate::attr::SetAttr;
+use crate::copyup::MayWait;
 use crate::create::New;
 use crate::handles::Opened;
 use crate::options::MountOptions;
@@ -33,16 +34,28 @@ struct IoMode {
     backing: Option<Arc<BackingId>>,
 }
 
+/// The I/O mode of every open inode, and of every handle.
+#[derive(Default)]
+struct IoModes {
+    inodes: Mutex<HashMap<u64, IoMode>>,
+    /// fh -> (ino, opened with passthrough)
+    handles: Mutex<HashMap<u64, (u64, bool)>>,
+}
+
+/// How long the kernel may keep what a reply tells it.
+#[derive(Clone, Copy)]
+struct Ttl {
+    entry: Duration,
+    attr: Duration,
+    negative: Duration,
+}
+
 pub struct UnionFs {
     pub union: Arc<Union>,
-    entry_ttl: Duration,
-    attr_ttl: Duration,
-    negative_ttl: Duration,
+    ttl: Ttl,
     passthrough: bool,
     readdirplus: bool,
-    io: Mutex<HashMap<u64, IoMode>>,
-    /// fh -> (ino, opened with passthrough)
-    open_modes: Mutex<HashMap<u64, (u64, bool)>>,
+    io: Arc<IoModes>,
     /// Told when the session has ended (the kernel let go of the mount).
     ended: Option<std::sync::mpsc::Sender<()>>,
 }
@@ -160,55 +173,81 @@ impl UnionFs {
         UnionFs {
             ended,
             union,
-            entry_ttl: opts.entry_timeout,
-            negative_ttl: opts.negative_timeout,
-            attr_ttl: opts.attr_timeout,
+            ttl: Ttl {
+                entry: opts.entry_timeout,
+                negative: opts.negative_timeout,
+                attr: opts.attr_timeout,
+            },
             passthrough: opts.passthrough,
             readdirplus: opts.readdirplus,
-            io: Mutex::new(HashMap::new()),
-            open_modes: Mutex::new(HashMap::new()),
+            io: Arc::default(),
         }
     }
 
-    fn entry(&self, reply: ReplyEntry, res: Result<Attr>) {
-        match res {
-            Ok(a) => reply.entry_with_ttls(
-                &self.attr_ttl,
-                &self.entry_ttl,
-                &file_attr(&a),
-                Generation(0),
-            ),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn attr(&self, reply: ReplyAttr, res: Result<Attr>) {
-        match res {
-            Ok(a) => reply.attr(&self.attr_ttl, &file_attr(&a)),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn empty(reply: ReplyEmpty, res: Result<()>) {
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    /// Decide passthrough or not for a new open of `ino`, and account for it.
-    /// Answers the backing id to reply with, if any.
-    fn choose_io(
+    /// Run `op` (a request that may copy up) and answer with `done`. If it
+    /// would wait for another request's copy-up of the same object, `op`
+    /// answers EINPROGRESS at once and runs again on a thread of its own
+    /// that may wait: a waiter never holds one of the threads that serve
+    /// everything else.
+    fn patiently<T: 'static>(
         &self,
+        op: impl Fn(&Union) -> Result<T> + Send + 'static,
+        done: impl FnOnce(Result<T>) + Send + 'static,
+    ) {
+        match op(&self.union) {
+            Err(Errno::EINPROGRESS) => {
+                let union = self.union.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("unionfs-wait".into())
+                    .spawn(move || {
+                        let _may = MayWait::new();
+                        done(op(&union))
+                    });
+                // The reply, dropped unsent, answers EIO.
+                if let Err(e) = spawned {
+                    log::warn!("no thread to wait for a copy-up on: {e}");
+                }
+            }
+            res => done(res),
+        }
+    }
+}
+
+fn reply_entry(ttl: Ttl, reply: ReplyEntry, res: Result<Attr>) {
+    match res {
+        Ok(a) => reply.entry_with_ttls(&ttl.attr, &ttl.entry, &file_attr(&a), Generation(0)),
+        Err(e) => reply.error(err(e)),
+    }
+}
+
+fn reply_attr(ttl: Ttl, reply: ReplyAttr, res: Result<Attr>) {
+    match res {
+        Ok(a) => reply.attr(&ttl.attr, &file_attr(&a)),
+        Err(e) => reply.error(err(e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, res: Result<()>) {
+    match res {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(err(e)),
+    }
+}
+
+impl IoModes {
+    /// Decide passthrough or not for a new open of `ino`, and account for
+    /// it. Answers the backing id to reply with, if any.
+    fn choose(
+        &self,
+        passthrough: bool,
         ino: u64,
-        fh: u64,
         opened: &Opened,
         open_backing: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
-        let mut io = self.io.lock();
+        let mut io = self.inodes.lock();
         let mode = io.entry(ino).or_default();
         let mut backing = None;
-        if self.passthrough && opened.passthrough_ok && mode.cached == 0 {
+        if passthrough && opened.passthrough_ok && mode.cached == 0 {
             if mode.backing.is_none() {
                 match open_backing(&opened.file) {
                     Ok(id) => mode.backing = Some(Arc::new(id)),
@@ -222,15 +261,17 @@ impl UnionFs {
         } else {
             mode.cached += 1;
         }
-        self.open_modes.lock().insert(fh, (ino, backing.is_some()));
+        self.handles
+            .lock()
+            .insert(opened.fh, (ino, backing.is_some()));
         backing
     }
 
-    fn release_io(&self, fh: u64) {
-        let Some((ino, passthrough)) = self.open_modes.lock().remove(&fh) else {
+    fn release(&self, fh: u64) {
+        let Some((ino, passthrough)) = self.handles.lock().remove(&fh) else {
             return;
         };
-        let mut io = self.io.lock();
+        let mut io = self.inodes.lock();
         if let Some(mode) = io.get_mut(&ino) {
             if passthrough {
                 mode.passthrough -= 1;
@@ -271,7 +312,7 @@ impl Filesystem for UnionFs {
         }
         let _ = config.set_max_background(64);
         // Lookups and readdirs in one directory may run at once (the model
-        // has no per-directory lock); symlink targets never change in place;
+        // locks a directory only to change its names); symlink targets never change in place;
         // a file whose mtime or size changed under the kernel's page cache
         // (directly in a branch) has its cached pages dropped.
         if self.readdirplus {
@@ -293,21 +334,21 @@ impl Filesystem for UnionFs {
         match self.union.lookup(parent.0, name) {
             // A negative entry: the kernel keeps the miss for negative_timeout.
             Err(Errno::ENOENT)
-                if !self.negative_ttl.is_zero()
+                if !self.ttl.negative.is_zero()
                     && self
                         .union
                         .resolve
                         .negatives
-                        .admit(parent.0, name, self.negative_ttl) =>
+                        .admit(parent.0, name, self.ttl.negative) =>
             {
                 reply.entry_with_ttls(
                     &Duration::ZERO,
-                    &self.negative_ttl,
+                    &self.ttl.negative,
                     &absent(),
                     Generation(0),
                 )
             }
-            res => self.entry(reply, res),
+            res => reply_entry(self.ttl, reply, res),
         }
     }
 
@@ -316,7 +357,7 @@ impl Filesystem for UnionFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.attr(reply, self.union.getattr(ino.0, fh.map(|f| f.0)));
+        reply_attr(self.ttl, reply, self.union.getattr(ino.0, fh.map(|f| f.0)));
     }
 
     fn setattr(
@@ -345,7 +386,11 @@ impl Filesystem for UnionFs {
             atime: atime.map(to_time),
             mtime: mtime.map(to_time),
         };
-        self.attr(reply, self.union.setattr(ino.0, set, fh.map(|f| f.0)));
+        let (ttl, fh) = (self.ttl, fh.map(|f| f.0));
+        self.patiently(
+            move |u| u.setattr(ino.0, set, fh),
+            move |res| reply_attr(ttl, reply, res),
+        );
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -376,16 +421,17 @@ impl Filesystem for UnionFs {
                 rdev: rdev as u64,
             }
         };
-        let res = self
-            .union
-            .create(parent.0, name, caller(req), new)
-            .map(|(a, f)| {
+        let (ttl, who, name) = (self.ttl, caller(req), name.to_os_string());
+        self.patiently(
+            move |u| {
+                let (a, f) = u.create(parent.0, &name, who, new)?;
                 if let Some(f) = f {
-                    self.union.release(f.fh);
+                    u.release(f.fh);
                 }
-                a
-            });
-        self.entry(reply, res);
+                Ok(a)
+            },
+            move |res| reply_entry(ttl, reply, res),
+        );
     }
 
     fn mkdir(
@@ -397,18 +443,27 @@ impl Filesystem for UnionFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let res = self
-            .union
-            .create(parent.0, name, caller(req), New::Dir { mode });
-        self.entry(reply, res.map(|(a, _)| a));
+        let (ttl, who, name) = (self.ttl, caller(req), name.to_os_string());
+        self.patiently(
+            move |u| Ok(u.create(parent.0, &name, who, New::Dir { mode })?.0),
+            move |res| reply_entry(ttl, reply, res),
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(reply, self.union.unlink(parent.0, name));
+        let name = name.to_os_string();
+        self.patiently(
+            move |u| u.unlink(parent.0, &name),
+            |res| reply_empty(reply, res),
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(reply, self.union.rmdir(parent.0, name));
+        let name = name.to_os_string();
+        self.patiently(
+            move |u| u.rmdir(parent.0, &name),
+            |res| reply_empty(reply, res),
+        );
     }
 
     fn symlink(
@@ -419,11 +474,15 @@ impl Filesystem for UnionFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let new = New::Symlink {
-            target: target.as_os_str(),
-        };
-        let res = self.union.create(parent.0, link_name, caller(req), new);
-        self.entry(reply, res.map(|(a, _)| a));
+        let (ttl, who) = (self.ttl, caller(req));
+        let (name, target) = (link_name.to_os_string(), target.as_os_str().to_os_string());
+        self.patiently(
+            move |u| {
+                let new = New::Symlink { target: &target };
+                Ok(u.create(parent.0, &name, who, new)?.0)
+            },
+            move |res| reply_entry(ttl, reply, res),
+        );
     }
 
     fn rename(
@@ -436,10 +495,10 @@ impl Filesystem for UnionFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        Self::empty(
-            reply,
-            self.union
-                .rename(parent.0, name, newparent.0, newname, flags.bits()),
+        let (name, newname, flags) = (name.to_os_string(), newname.to_os_string(), flags.bits());
+        self.patiently(
+            move |u| u.rename(parent.0, &name, newparent.0, &newname, flags),
+            |res| reply_empty(reply, res),
         );
     }
 
@@ -451,20 +510,28 @@ impl Filesystem for UnionFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.entry(reply, self.union.link(ino.0, newparent.0, newname));
+        let (ttl, newname) = (self.ttl, newname.to_os_string());
+        self.patiently(
+            move |u| u.link(ino.0, newparent.0, &newname),
+            move |res| reply_entry(ttl, reply, res),
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.union.open(ino.0, flags.0) {
-            Ok(opened) => {
-                let fh = opened.fh;
-                match self.choose_io(ino.0, fh, &opened, |f| reply.open_backing(f)) {
-                    Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
-                    None => reply.opened(FileHandle(fh), cache_flags(&opened)),
+        let (io, passthrough) = (self.io.clone(), self.passthrough);
+        self.patiently(
+            move |u| u.open(ino.0, flags.0),
+            move |res| match res {
+                Ok(opened) => {
+                    let fh = FileHandle(opened.fh);
+                    match io.choose(passthrough, ino.0, &opened, |f| reply.open_backing(f)) {
+                        Some(id) => reply.opened_passthrough(fh, FopenFlags::empty(), &id),
+                        None => reply.opened(fh, cache_flags(&opened)),
+                    }
                 }
-            }
-            Err(e) => reply.error(err(e)),
-        }
+                Err(e) => reply.error(err(e)),
+            },
+        );
     }
 
     fn read(
@@ -530,7 +597,7 @@ impl Filesystem for UnionFs {
         reply: ReplyEmpty,
     ) {
         self.union.release(fh.0);
-        self.release_io(fh.0);
+        self.io.release(fh.0);
         reply.ok();
     }
 
@@ -542,7 +609,7 @@ impl Filesystem for UnionFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        Self::empty(reply, self.union.fsync(fh.0, datasync));
+        reply_empty(reply, self.union.fsync(fh.0, datasync));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -613,7 +680,7 @@ impl Filesystem for UnionFs {
                 continue;
             };
             let fa = file_attr(&attr);
-            if reply.add(fa.ino, off, &e.name, &self.entry_ttl, &fa, Generation(0)) {
+            if reply.add(fa.ino, off, &e.name, &self.ttl.entry, &fa, Generation(0)) {
                 // Not sent: the kernel will not forget it.
                 self.union.forget(attr.ino, 1);
                 break;
@@ -642,7 +709,7 @@ impl Filesystem for UnionFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        Self::empty(reply, self.union.fsyncdir(ino.0));
+        reply_empty(reply, self.union.fsyncdir(ino.0));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -671,7 +738,11 @@ impl Filesystem for UnionFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        Self::empty(reply, self.union.setxattr(ino.0, name, value, flags));
+        let (name, value) = (name.to_os_string(), value.to_vec());
+        self.patiently(
+            move |u| u.setxattr(ino.0, &name, &value, flags),
+            |res| reply_empty(reply, res),
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -683,7 +754,11 @@ impl Filesystem for UnionFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(reply, self.union.removexattr(ino.0, name));
+        let name = name.to_os_string();
+        self.patiently(
+            move |u| u.removexattr(ino.0, &name),
+            |res| reply_empty(reply, res),
+        );
     }
 
     fn create(
@@ -696,34 +771,27 @@ impl Filesystem for UnionFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self
-            .union
-            .create(parent.0, name, caller(req), New::File { mode, flags })
-        {
-            Ok((a, Some(opened))) => {
-                let fh = opened.fh;
-                let attr = file_attr(&a);
-                match self.choose_io(a.ino, fh, &opened, |f| reply.open_backing(f)) {
-                    Some(id) => reply.created_passthrough(
-                        &self.entry_ttl,
-                        &attr,
-                        Generation(0),
-                        FileHandle(fh),
-                        FopenFlags::empty(),
-                        &id,
-                    ),
-                    None => reply.created(
-                        &self.entry_ttl,
-                        &attr,
-                        Generation(0),
-                        FileHandle(fh),
-                        cache_flags(&opened),
-                    ),
+        let (ttl, who, name) = (self.ttl, caller(req), name.to_os_string());
+        let (io, passthrough) = (self.io.clone(), self.passthrough);
+        self.patiently(
+            move |u| u.create(parent.0, &name, who, New::File { mode, flags }),
+            move |res| match res {
+                Ok((a, Some(opened))) => {
+                    let (fh, attr) = (FileHandle(opened.fh), file_attr(&a));
+                    let backing = io.choose(passthrough, a.ino, &opened, |f| reply.open_backing(f));
+                    let gen = Generation(0);
+                    match backing {
+                        Some(id) => {
+                            let flags = FopenFlags::empty();
+                            reply.created_passthrough(&ttl.entry, &attr, gen, fh, flags, &id)
+                        }
+                        None => reply.created(&ttl.entry, &attr, gen, fh, cache_flags(&opened)),
+                    }
                 }
-            }
-            Ok((_, None)) => reply.error(FErrno::EIO),
-            Err(e) => reply.error(err(e)),
-        }
+                Ok((_, None)) => reply.error(FErrno::EIO),
+                Err(e) => reply.error(err(e)),
+            },
+        );
     }
 
     fn fallocate(
@@ -736,7 +804,7 @@ impl Filesystem for UnionFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        Self::empty(reply, self.union.fallocate(fh.0, offset, length, mode));
+        reply_empty(reply, self.union.fallocate(fh.0, offset, length, mode));
     }
 
     fn lseek(

@@ -3,22 +3,76 @@
 //! with whiteouts. A directory with lower parts is first made whole in the
 //! writable branch and opaque, so a renamed directory keeps its contents and
 //! the union never answers EXDEV.
+//!
+//! In two phases: first, with no lock held, everything the rename needs is
+//! brought into the writable branch (copy-ups, which may take long); then,
+//! under the locks of both parents, the names are looked at again, the rename
+//! is planned, and only a plan that can be done is carried out, in an order
+//! in which each step can be taken back if a later one fails.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::branch::BranchSet;
-use crate::resolve::{self, Node, Scan};
-use crate::sys::{self, Errno, Obj, Result};
+use crate::resolve::{self, Instance, Node, Scan};
+use crate::sys::{self, Dir, Errno, Obj, Result};
 use crate::union::Union;
 use crate::{readdir, whiteout};
 
 const NOREPLACE: u32 = libc::RENAME_NOREPLACE;
 const EXCHANGE: u32 = libc::RENAME_EXCHANGE;
 
+/// A node held for the rename (one lookup reference, given back when dropped).
+struct Held<'a> {
+    union: &'a Union,
+    node: Arc<Node>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.union.resolve.forget(self.node.ino, 1);
+    }
+}
+
+/// What the rename will do, decided under the locks before anything is done.
+struct Plan {
+    /// Lower instances of the source stay below: a whiteout hides them.
+    whiteout_source: bool,
+    /// The target name has a whiteout in the writable branch (it goes).
+    target_whiteout: bool,
+    /// Directories to mark opaque (they are whole in the writable branch,
+    /// so the marker changes nothing of what they show).
+    opaque_source: bool,
+    opaque_target: bool,
+    /// Whiteouts inside the writable instance of a target directory that
+    /// the union shows as empty: removed so the rename can replace it.
+    target_leftovers: Vec<OsString>,
+}
+
+/// Phase two found other objects than phase one planned for (a racing
+/// change): the rename starts over. (ERESTART never comes from a syscall.)
+const AGAIN: Errno = Errno::ERESTART;
+
 impl Union {
     pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        for _ in 0..8 {
+            match self.rename_once(parent, name, newparent, newname, flags) {
+                Err(AGAIN) => continue,
+                other => return other,
+            }
+        }
+        Err(Errno::EBUSY)
+    }
+
+    fn rename_once(
         &self,
         parent: u64,
         name: &OsStr,
@@ -37,13 +91,98 @@ impl Union {
         let bs = self.branches();
         let sp = self.resolve.node(parent)?;
         let dp = self.resolve.node(newparent)?;
+        // Phase one: what is there, and everything the rename needs in the
+        // writable branch.
         let sscan = self.resolve.scan_in(&bs, &sp, name, true)?;
         let dscan = self.resolve.scan_in(&bs, &dp, newname, true)?;
-        let src = sscan.top().ok_or(Errno::ENOENT)?.clone();
-        let dst = dscan.top().cloned();
         if parent == newparent && name == newname {
+            sscan.top().ok_or(Errno::ENOENT)?;
             return Ok(());
         }
+        let Some((src, dst)) = self.rename_check(&bs, &sscan, &dscan, flags)? else {
+            return Ok(());
+        };
+        let up = bs.first_writable().ok_or(Errno::EROFS)?;
+        if src.idx < up || dst.as_ref().is_some_and(|d| d.idx < up) {
+            return Err(Errno::EROFS);
+        }
+        let snode = self.hold(&bs, parent, name, &sscan)?;
+        let dnode = match &dst {
+            Some(_) => Some(self.hold(&bs, newparent, newname, &dscan)?),
+            None => None,
+        };
+        self.bring_up(&bs, up, &snode.node)?;
+        if exchange {
+            if let Some(d) = &dnode {
+                self.bring_up(&bs, up, &d.node)?;
+            }
+        }
+        let sdir = self.dir_in(&bs, up, &sp)?;
+        let ddir = self.dir_in(&bs, up, &dp)?;
+        // Phase two, under both parents' locks: the names again, the plan,
+        // and the rename.
+        let _locks = self.resolve.lock_two(parent, newparent);
+        if sp.is_unlinked() || dp.is_unlinked() || snode.node.is_unlinked() {
+            return Err(Errno::ENOENT);
+        }
+        let sscan = self.resolve.scan_in(&bs, &sp, name, true)?;
+        let dscan = self.resolve.scan_in(&bs, &dp, newname, true)?;
+        let Some((src, dst)) = self.rename_check(&bs, &sscan, &dscan, flags)? else {
+            return Ok(());
+        };
+        // The same objects as in phase one, now whole in the writable branch.
+        let same = |i: &Instance, n: &Node| n.has_key((bs.get(i.idx).dev, i.stat.st_ino));
+        let dnode = match (&dst, dnode) {
+            (None, None) => None,
+            (Some(d), Some(h)) if same(d, &h.node) => Some(h),
+            _ => return Err(AGAIN),
+        };
+        if !same(&src, &snode.node) || src.idx != up {
+            return Err(AGAIN);
+        }
+        if exchange && dst.as_ref().is_some_and(|d| d.idx != up) {
+            return Err(AGAIN);
+        }
+        let plan = self.rename_plan(
+            &sscan,
+            &dscan,
+            &ddir,
+            newname,
+            up,
+            exchange,
+            &snode.node,
+            &dnode,
+        )?;
+        self.rename_apply(&plan, &sdir, name, &ddir, newname, flags)?;
+        let moved_dir = snode.node.is_dir() || dnode.as_ref().is_some_and(|d| d.node.is_dir());
+        if moved_dir {
+            self.resolve.dir_moved();
+        }
+        if exchange {
+            if let Some(d) = &dnode {
+                self.resolve.renamed(&d.node, &bs, parent, name, up);
+            }
+        } else if let Some(d) = &dnode {
+            self.resolve.unlinked(&d.node, newparent, newname);
+        }
+        self.resolve
+            .renamed(&snode.node, &bs, newparent, newname, up);
+        Ok(())
+    }
+
+    /// The source and target instances, if rename(2) allows the rename:
+    /// Some(None) target when there is none; None when there is nothing to
+    /// do (two names of one object).
+    fn rename_check(
+        &self,
+        bs: &BranchSet,
+        sscan: &Scan,
+        dscan: &Scan,
+        flags: u32,
+    ) -> Result<Option<(Instance, Option<Instance>)>> {
+        let exchange = flags & EXCHANGE != 0;
+        let src = sscan.top().ok_or(Errno::ENOENT)?.clone();
+        let dst = dscan.top().cloned();
         match &dst {
             None if exchange => return Err(Errno::ENOENT),
             Some(_) if flags & NOREPLACE != 0 => return Err(Errno::EEXIST),
@@ -56,7 +195,7 @@ impl Union {
                 }
                 if bs.get(src.idx).dev == bs.get(d.idx).dev && src.stat.st_ino == d.stat.st_ino {
                     // Two names of one object: rename(2) does nothing.
-                    return Ok(());
+                    return Ok(None);
                 }
                 if d.is_dir() && !readdir::is_empty(&dscan.layer_fds())? {
                     return Err(Errno::ENOTEMPTY);
@@ -64,80 +203,105 @@ impl Union {
             }
             _ => {}
         }
-        let up = bs.first_writable().ok_or(Errno::EROFS)?;
-        if src.idx < up || dst.as_ref().is_some_and(|d| d.idx < up) {
-            return Err(Errno::EROFS);
-        }
-        let snode = self.node_of(&bs, parent, name, &sscan)?;
-        let dnode = match &dst {
-            Some(_) => Some(self.node_of(&bs, newparent, newname, &dscan)?),
-            None => None,
-        };
-        self.bring_up(&bs, up, &snode)?;
-        if exchange {
-            if let Some(d) = &dnode {
-                self.bring_up(&bs, up, d)?;
-            }
-        }
-        let sdir = self.dir_in(&bs, up, &sp)?;
-        let ddir = self.dir_in(&bs, up, &dp)?;
+        Ok(Some((src, dst)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rename_plan(
+        &self,
+        sscan: &Scan,
+        dscan: &Scan,
+        ddir: &Dir,
+        newname: &OsStr,
+        up: usize,
+        exchange: bool,
+        snode: &Node,
+        dnode: &Option<Held>,
+    ) -> Result<Plan> {
         let below = |scan: &Scan| {
             scan.instances.iter().any(|i| i.idx > up) || scan.whiteout.is_some_and(|w| w > up)
         };
-        if !exchange && sscan.instances.iter().any(|i| i.idx > up) {
-            whiteout::create_whiteout(&sdir, name)?;
-        }
-        let dst_whiteout = whiteout::has_whiteout(&ddir, newname)?;
-        if snode.is_dir() && (exchange || below(&dscan) || dst_whiteout) {
-            let d = sys::open_dir(&sdir, Path::new(name))?;
-            whiteout::make_opaque(&d)?;
-        }
-        if exchange {
-            if dnode.as_ref().is_some_and(|d| d.is_dir()) {
-                let fd = sys::open_dir(&ddir, Path::new(newname))?;
-                whiteout::make_opaque(&fd)?;
+        let target_whiteout = whiteout::has_whiteout(ddir, newname)?;
+        let target_is_dir = dscan.top().is_some_and(|d| d.is_dir());
+        let mut target_leftovers = Vec::new();
+        if !exchange && target_is_dir {
+            if let Ok(fd) = sys::open_dir(ddir, Path::new(newname)) {
+                target_leftovers = sys::read_dir(&fd)?
+                    .into_iter()
+                    .map(|e| e.name)
+                    .filter(|n| whiteout::is_reserved(n))
+                    .collect();
             }
-        } else if dst.as_ref().is_some_and(|d| d.is_dir()) {
-            // The writable instance of the target may hold whiteouts only
-            // (the union directory is empty): clear them so rename can replace it.
-            if let Ok(fd) = sys::open_dir(&ddir, Path::new(newname)) {
-                for e in sys::read_dir(&fd)? {
-                    if whiteout::is_reserved(&e.name) {
-                        sys::unlink_at(&fd, &e.name, false)?;
-                    }
+        }
+        Ok(Plan {
+            whiteout_source: !exchange && sscan.instances.iter().any(|i| i.idx > up),
+            target_whiteout: !exchange && target_whiteout,
+            opaque_source: snode.is_dir() && (exchange || below(dscan) || target_whiteout),
+            opaque_target: exchange && dnode.as_ref().is_some_and(|d| d.node.is_dir()),
+            target_leftovers,
+        })
+    }
+
+    /// Carry out `plan`; a step that fails takes back the ones before it.
+    fn rename_apply(
+        &self,
+        plan: &Plan,
+        sdir: &Dir,
+        name: &OsStr,
+        ddir: &Dir,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        if plan.opaque_source {
+            whiteout::make_opaque(&sys::open_dir(sdir, Path::new(name))?)?;
+        }
+        if plan.opaque_target {
+            whiteout::make_opaque(&sys::open_dir(ddir, Path::new(newname))?)?;
+        }
+        let leftovers = match plan.target_leftovers.is_empty() {
+            true => None,
+            false => Some(sys::open_dir(ddir, Path::new(newname))?),
+        };
+        let restore = |upto: usize| {
+            if let Some(fd) = &leftovers {
+                for n in &plan.target_leftovers[..upto] {
+                    let _ = whiteout::create_marker(fd, n);
+                }
+            }
+        };
+        if let Some(fd) = &leftovers {
+            for (i, n) in plan.target_leftovers.iter().enumerate() {
+                if let Err(e) = sys::unlink_at(fd, n, false) {
+                    restore(i);
+                    return Err(e);
                 }
             }
         }
-        sys::rename_at(&sdir, name, &ddir, newname, flags)?;
-        if snode.is_dir() || dnode.as_ref().is_some_and(|d| d.is_dir()) {
-            self.resolve.dir_moved();
+        if let Err(e) = sys::rename_at(sdir, name, ddir, newname, flags) {
+            restore(plan.target_leftovers.len());
+            return Err(e);
         }
-        if !exchange && dst_whiteout {
-            whiteout::remove_whiteout(&ddir, newname)?;
-        }
-        if exchange {
-            if let Some(d) = &dnode {
-                self.resolve.renamed(d, &bs, parent, name, up);
+        if plan.whiteout_source {
+            if let Err(e) = whiteout::create_whiteout(sdir, name) {
+                // Back where it was: the source must not vanish half-moved.
+                let _ = sys::rename_at(ddir, newname, sdir, name, NOREPLACE);
+                restore(plan.target_leftovers.len());
+                return Err(e);
             }
-        } else if let Some(d) = &dnode {
-            self.resolve.unlinked(d, newparent, newname);
         }
-        self.resolve.renamed(&snode, &bs, newparent, newname, up);
-        self.release_node(&snode);
-        if let Some(d) = &dnode {
-            self.release_node(d);
+        if plan.target_whiteout {
+            // Beside the name it is harmless (the name shows): not worth a failure.
+            if let Err(e) = whiteout::remove_whiteout(ddir, newname) {
+                log::warn!("whiteout of {newname:?} stays beside it: {e}");
+            }
         }
         Ok(())
     }
 
-    /// The node a scan found, with a lookup reference the caller gives back
-    /// with [`release_node`].
-    fn node_of(&self, bs: &BranchSet, parent: u64, name: &OsStr, scan: &Scan) -> Result<Arc<Node>> {
-        Ok(self.resolve.remember(bs, parent, name, scan)?.0)
-    }
-
-    fn release_node(&self, node: &Node) {
-        self.resolve.forget(node.ino, 1);
+    /// The node a scan found, held for the rename.
+    fn hold(&self, bs: &BranchSet, parent: u64, name: &OsStr, scan: &Scan) -> Result<Held<'_>> {
+        let node = self.resolve.remember(bs, parent, name, scan)?.0;
+        Ok(Held { union: self, node })
     }
 
     /// Put the whole object in branch `up`: a copy-up for files; for
@@ -153,7 +317,8 @@ impl Union {
             return Ok(());
         }
         let path = self.resolve.inodes.path(node.ino)?;
-        self.merge_into(bs, up, &layers, &path)?;
+        self.merge_into(bs, up, &layers, &path, Some(node.ino))?;
+        let _lock = self.resolve.lock(node.ino);
         let fd = bs.get(up).dir(&path)?;
         whiteout::make_opaque(&fd)?;
         self.resolve.made_whole(node, bs, up);
@@ -161,8 +326,18 @@ impl Union {
     }
 
     /// Copy into branch `up` every entry of the union directory `path`
-    /// (instances in `layers`) that `up` does not hold yet, recursively.
-    fn merge_into(&self, bs: &BranchSet, up: usize, layers: &[usize], path: &Path) -> Result<()> {
+    /// (instances in `layers`) that `up` does not hold yet, recursively. Each
+    /// copy is built unlocked and renamed in under the directory's lock
+    /// (`dir`, the directory's node if it has one); one that someone made
+    /// there meanwhile is left as it is.
+    fn merge_into(
+        &self,
+        bs: &BranchSet,
+        up: usize,
+        layers: &[usize],
+        path: &Path,
+        dir: Option<u64>,
+    ) -> Result<()> {
         let updir = bs.get(up).dir(path)?;
         let dirs = resolve::open_layers_at(bs, layers, path)?;
         for e in readdir::merged(bs, &dirs, &self.resolve.inodes)? {
@@ -172,7 +347,15 @@ impl Union {
             if top.idx != up {
                 let src = bs.get(top.idx).dir(path)?;
                 let tmp = self.build_copy(bs, up, Obj::at(&src, &e.name), top.kind(), true)?;
-                tmp.commit(&updir, &e.name, NOREPLACE)?;
+                let _lock = dir.map(|d| self.resolve.lock(d));
+                // Removed or renamed away meanwhile: it must not come back.
+                if whiteout::has_whiteout(&updir, &e.name)? {
+                    continue;
+                }
+                match tmp.commit(&updir, &e.name, NOREPLACE) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(e),
+                }
             }
             if top.is_dir() {
                 let mut sub = scan.layers();
@@ -180,7 +363,8 @@ impl Union {
                     sub.insert(0, up);
                 }
                 if sub != [up] {
-                    self.merge_into(bs, up, &sub, &child)?;
+                    let node = self.resolve.node_of(bs, top).map(|n| n.ino);
+                    self.merge_into(bs, up, &sub, &child, node)?;
                 }
             }
         }

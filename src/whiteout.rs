@@ -58,7 +58,7 @@ pub fn is_opaque(dir: &Dir, name: &OsStr) -> Result<bool> {
 }
 
 /// An empty file named `name` in `dir`, mode 0 (as OCI layers carry them).
-fn create_marker(dir: &Dir, name: &OsStr) -> Result<()> {
+pub fn create_marker(dir: &Dir, name: &OsStr) -> Result<()> {
     match sys::open_at(
         dir,
         name,

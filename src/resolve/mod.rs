@@ -318,6 +318,11 @@ impl Resolver {
         }
     }
 
+    /// The node the kernel knows for the instance `top` found by a scan.
+    pub fn node_of(&self, bs: &BranchSet, top: &Instance) -> Option<Arc<Node>> {
+        self.inodes.node_for((bs.get(top.idx).dev, top.stat.st_ino))
+    }
+
     /// The name found by a scan (its topmost instance `top`) is gone from
     /// the union: update the node it named, if the kernel knows one.
     pub fn name_gone(&self, bs: &BranchSet, top: &Instance, parent: u64, name: &OsStr) {

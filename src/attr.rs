@@ -1,5 +1,5 @@
 //! Changing attributes and xattrs: the object is copied up first, then the
-//! change made through an fd on the instance (see `Resolver::on_top_pinned`).
+//! change made through an fd on the instance (see `Resolver::on_top_checked`).
 
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
@@ -43,7 +43,8 @@ impl Union {
         }
         let data = set.size != Some(0);
         let bs = self.copy_up(&node, data)?;
-        self.resolve.on_top_pinned(&bs, &node, |obj| {
+        let _steady = self.resolve.steady(&bs)?;
+        self.resolve.on_top_checked(&bs, &node, |obj| {
             if let Some(size) = set.size {
                 if node.is_dir() {
                     return Err(Errno::EISDIR);
@@ -76,6 +77,15 @@ impl Union {
     /// setattr on an object whose names are all gone: only its open fds reach it.
     fn setattr_unlinked(&self, node: &Node, set: SetAttr, fh: Option<u64>) -> Result<Attr> {
         let h = self.handles.file_for(node, fh)?;
+        let bs = self.branches();
+        if bs
+            .index_of(h.on_branch())
+            .is_some_and(|i| !bs.get(i).writable())
+        {
+            // Its copy is on a read-only branch (a snapshot's, say).
+            return Err(Errno::EROFS);
+        }
+        let _steady = self.resolve.steady(&bs)?;
         let f = h.file();
         if let Some(size) = set.size {
             sys::truncate_fd(f.as_fd(), size)?;
@@ -102,7 +112,8 @@ impl Union {
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         let node = self.resolve.node(ino)?;
         let bs = self.copy_up(&node, true)?;
-        self.resolve.on_top_pinned(&bs, &node, |obj| {
+        let _steady = self.resolve.steady(&bs)?;
+        self.resolve.on_top_checked(&bs, &node, |obj| {
             sys::set_xattr_obj(obj, name, value, flags)
         })
     }
@@ -116,7 +127,8 @@ impl Union {
                 .on_top(&bs, &node, |obj| sys::get_xattr_obj(obj, name, &mut []))?;
         }
         let bs = self.copy_up(&node, true)?;
+        let _steady = self.resolve.steady(&bs)?;
         self.resolve
-            .on_top_pinned(&bs, &node, |obj| sys::remove_xattr_obj(obj, name))
+            .on_top_checked(&bs, &node, |obj| sys::remove_xattr_obj(obj, name))
     }
 }

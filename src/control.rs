@@ -56,9 +56,15 @@ pub enum Request {
     SetMode {
         branch: PathBuf,
         mode: Mode,
+        /// Make it read-only even with files open for writing on it.
+        #[serde(default)]
+        force: bool,
     },
     Snapshot {
         dir: PathBuf,
+        /// Freeze the branches even with files open for writing on them.
+        #[serde(default)]
+        force: bool,
     },
     /// Which branches hold PATH (relative to the union root).
     Query {
@@ -403,6 +409,12 @@ impl Server {
     }
     fn change(&self, req: Request) -> Result<Arc<BranchSet>, Response> {
         let _serial = self.union.change_lock.lock();
+        let force = match &req {
+            Request::Remove { force, .. }
+            | Request::SetMode { force, .. }
+            | Request::Snapshot { force, .. } => *force,
+            _ => false,
+        };
         let old = self.union.branches();
         let mut next: Vec<(Option<Arc<Branch>>, BranchSpec)> = old
             .branches
@@ -452,18 +464,7 @@ impl Server {
                 if next.len() == 1 {
                     return Err(error(Errno::EBUSY, "cannot remove the only branch"));
                 }
-                let id = next[at].0.as_ref().map(|b| b.id).unwrap_or(0);
                 if !force {
-                    let open = self.union.handles.files_on(id);
-                    if open > 0 {
-                        return Err(error(
-                            Errno::EBUSY,
-                            format!(
-                                "{} has {open} open file(s) (--force removes it anyway)",
-                                branch.display()
-                            ),
-                        ));
-                    }
                     let writable = next.iter().filter(|(_, s)| s.mode == Mode::Rw).count();
                     if next[at].1.mode == Mode::Rw && writable == 1 {
                         return Err(error(
@@ -477,11 +478,11 @@ impl Server {
                 }
                 next.remove(at);
             }
-            Request::SetMode { branch, mode } => {
+            Request::SetMode { branch, mode, .. } => {
                 let at = find(&next, &branch)?;
                 next[at].1.mode = mode;
             }
-            Request::Snapshot { dir } => {
+            Request::Snapshot { dir, .. } => {
                 for (_, s) in next.iter_mut() {
                     s.mode = Mode::Ro;
                 }
@@ -502,10 +503,98 @@ impl Server {
             branches.push(b);
         }
         let bs = Arc::new(BranchSet::new(branches));
-        self.union.resolve.set_branches(bs.clone());
+        self.union
+            .resolve
+            .set_branches(bs.clone(), || self.open_files_allow(&old, &bs, force))?;
         (self.invalidate)(&self.union);
         log::info!("branches now: {:?}", list(&bs));
         Ok(bs)
+    }
+}
+
+impl Server {
+    /// Whether the open files allow the change from `old` to `new` (run with
+    /// no request changing anything meanwhile). A branch removed must have
+    /// no open files; one made read-only, none open for writing: they would
+    /// go on writing into a branch the union no longer writes to, and a
+    /// snapshot would not hold what it was taken with. With `force`, files
+    /// on a removed branch keep working on it, and files open for writing on
+    /// a frozen one are pinned to it (see handles.rs).
+    fn open_files_allow(
+        &self,
+        old: &BranchSet,
+        new: &BranchSet,
+        force: bool,
+    ) -> Result<(), Response> {
+        let in_new = |id: u32| new.index_of(id).map(|i| new.get(i));
+        let removed: Vec<u32> = old
+            .branches
+            .iter()
+            .map(|b| b.id)
+            .filter(|&id| in_new(id).is_none())
+            .collect();
+        let frozen: Vec<u32> = old
+            .branches
+            .iter()
+            .filter(|b| b.writable() && in_new(b.id).is_some_and(|n| !n.writable()))
+            .map(|b| b.id)
+            .collect();
+        let handles = &self.union.handles;
+        if force {
+            for h in handles.files_on(&frozen, true) {
+                handles.pin(h.node.ino, h.on_branch());
+            }
+            return Ok(());
+        }
+        let busy = |id: u32, writers: bool| {
+            let open = handles.files_on(&[id], writers);
+            if open.is_empty() {
+                return Ok(());
+            }
+            let path = old.get(old.index_of(id).unwrap_or(0)).path.display();
+            let what = match writers {
+                true => "files open for writing",
+                false => "open files",
+            };
+            let names = self.names_of(&open);
+            Err(error(
+                Errno::EBUSY,
+                format!("{path} has {what}: {names} (close them first, or --force)"),
+            ))
+        };
+        for id in removed {
+            busy(id, false)?;
+        }
+        for id in frozen {
+            busy(id, true)?;
+        }
+        Ok(())
+    }
+
+    /// The union paths of open files, for a message: a few, then how many more.
+    fn names_of(&self, open: &[Arc<crate::handles::FileHandle>]) -> String {
+        const SHOWN: usize = 5;
+        let mut names: Vec<String> = open
+            .iter()
+            .map(|h| {
+                let path = self.union.resolve.inodes.path(h.node.ino);
+                let path = path.map(|p| format!("/{}", p.display()));
+                match (path, h.node.is_unlinked()) {
+                    (Ok(p), false) => p,
+                    (Ok(p), true) => format!("{p} (removed)"),
+                    (Err(_), _) => format!("(a removed file, inode {})", h.node.ino),
+                }
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        let more = names.len().saturating_sub(SHOWN);
+        names.truncate(SHOWN);
+        let mut s = names.join(", ");
+        if more > 0 {
+            s += &format!(" and {more} more");
+        }
+        s
     }
 }
 

@@ -214,6 +214,11 @@ impl Union {
     /// contents (it is about to be truncated to zero).
     pub(crate) fn copy_up(&self, node: &Node, data: bool) -> Result<Arc<BranchSet>> {
         let bs = self.branches();
+        if self.handles.pinned(node.ino).is_some() {
+            // Changed where it is, on its frozen branch, until its writers
+            // close (see handles.rs).
+            return Ok(bs);
+        }
         let idx = self.resolve.top_idx(&bs, node)?;
         if bs.get(idx).writable() {
             return Ok(bs);
@@ -236,6 +241,9 @@ impl Union {
         target: usize,
         data: bool,
     ) -> Result<()> {
+        if self.handles.pinned(node.ino).is_some() {
+            return Err(Errno::EBUSY);
+        }
         let Some(_turn) = node.copying.enter(MAY_WAIT.with(|w| w.get())) else {
             return Err(Errno::EINPROGRESS);
         };
@@ -253,7 +261,7 @@ impl Union {
             let pdir = self.dir_in(bs, target, &parent)?;
             let sdir = self.resolve.layer_dir(bs, &parent, idx)?;
             let tmp = self.build_copy(bs, target, Obj::at(&sdir, &name), node.kind, data)?;
-            let _lock = self.resolve.lock(pino);
+            let _lock = self.resolve.lock(bs, pino)?;
             if node.is_unlinked() {
                 return Err(Errno::ENOENT);
             }
@@ -337,7 +345,7 @@ impl Union {
                 .node(parent)
                 .and_then(|p| self.dir_in(bs, target, &p))
                 .and_then(|pdir| {
-                    let _lock = self.resolve.lock(parent);
+                    let _lock = self.resolve.lock(bs, parent)?;
                     // Still a name of the object?
                     if !node.aliases().contains(&(parent, alias.clone())) {
                         return Ok(());
@@ -377,7 +385,7 @@ impl Union {
             let (pino, name) = node.parent_name();
             // Made under the parent's lock, and only for a directory the
             // union still has there (a removed one must not come back).
-            let _lock = self.resolve.lock(pino);
+            let _lock = self.resolve.lock(bs, pino)?;
             if node.is_unlinked() || node.parent_name() != (pino, name.clone()) {
                 return Err(Errno::ENOENT);
             }

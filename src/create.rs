@@ -50,7 +50,7 @@ impl Union {
         // then the name, under the parent's lock, checked again.
         let pdir = self.dir_in(&bs, up, &pnode)?;
         let pdir: &Dir = &pdir;
-        let _lock = self.resolve.lock(parent);
+        let _lock = self.resolve.lock(&bs, parent)?;
         if pnode.is_unlinked() {
             return Err(Errno::ENOENT);
         }
@@ -142,7 +142,8 @@ impl Union {
         let (node, attr) = self.resolve.created(&bs, up, parent, name, st);
         let id = bs.get(up).id;
         let opened = file.map(|(fd, flags)| {
-            let mut o = self.handles.add_file(node, sys::into_file(fd), flags, id);
+            let file = sys::into_file(fd);
+            let mut o = self.handles.add_file(node, file, flags, id, bs.generation);
             // On a writable branch: no copy-up can move it under the handle.
             o.passthrough_ok = true;
             o
@@ -165,11 +166,15 @@ impl Union {
         if scan.top().is_some() {
             return Err(Errno::EEXIST);
         }
+        if self.handles.pinned(node.ino).is_some() {
+            // Kept on a read-only branch until its writers close.
+            return Err(Errno::EBUSY);
+        }
         let bs = self.copy_up(&node, true)?;
         let idx = self.resolve.top_idx(&bs, &node)?;
         let (src_fd, src_name) = self.resolve.parent_in(&bs, &node, idx)?;
         let pdir = self.dir_in(&bs, idx, &pnode)?;
-        let _lock = self.resolve.lock(newparent);
+        let _lock = self.resolve.lock(&bs, newparent)?;
         let scan = self.resolve.scan_in(&bs, &pnode, newname, false)?;
         if pnode.is_unlinked() || node.is_unlinked() {
             return Err(Errno::ENOENT);

@@ -57,8 +57,8 @@ impl Union {
             // inside it).
             let victim = self.resolve.node_of(&bs, &first.0).map(|n| n.ino);
             let _lock = match victim.filter(|_| dir) {
-                Some(v) => self.resolve.lock_two(parent, v),
-                None => self.resolve.lock(parent),
+                Some(v) => self.resolve.lock_two(&bs, parent, v)?,
+                None => self.resolve.lock(&bs, parent)?,
             };
             if pnode.is_unlinked() {
                 return Err(Errno::ENOENT);

@@ -3,7 +3,8 @@
 //! A file handle holds the backing fd opened at `open`; data never goes
 //! through a path lookup. A read-only handle opened before a copy-up notices
 //! the object's new generation and re-opens the copied-up instance, so it sees
-//! writes made after the copy-up (as overlayfs re-points such files).
+//! writes made after the copy-up (as overlayfs re-points such files); one
+//! opened before a branch change keeps reading what its branch holds.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -45,10 +46,24 @@ impl Union {
             self.branches()
         };
         let idx = self.resolve.top_idx(&bs, &node)?;
+        let top = bs.get(idx).id;
+        if self.handles.older_elsewhere(node.ino, bs.generation, top) {
+            // Files opened before a branch change keep what their branch
+            // holds; this open, on another copy, must not share their
+            // kernel inode (nor its page cache): the name gets a new node,
+            // and ESTALE makes the kernel look it up again.
+            let (parent, _) = node.parent_name();
+            let _lock = self.resolve.lock(&bs, parent)?;
+            self.resolve.detached(&node);
+            return Err(Errno::ESTALE);
+        }
+        // Opened, truncated and counted on a steady branch set: a branch
+        // change either sees this handle or is seen by it.
+        let _steady = self.resolve.steady(&bs)?;
         let fd = self.resolve.open_in(&bs, &node, idx, oflags)?;
-        let mut opened = self
-            .handles
-            .add_file(node, sys::into_file(fd), oflags, bs.get(idx).id);
+        let mut opened =
+            self.handles
+                .add_file(node, sys::into_file(fd), oflags, top, bs.generation);
         opened.passthrough_ok = bs.get(idx).writable() || bs.writable_above(idx).is_none();
         opened.keep_cache = !bs.get(idx).writable();
         Ok(opened)
@@ -62,6 +77,10 @@ impl Union {
             return Ok(h.file());
         }
         let bs = self.branches();
+        if h.branches.load(Ordering::Acquire) != bs.generation {
+            // Opened before a branch change: it reads what its branch holds.
+            return Ok(h.file());
+        }
         let idx = self.resolve.top_idx(&bs, &h.node)?;
         let fd = self
             .resolve

@@ -21,7 +21,7 @@ use crate::copyup::MayWait;
 use crate::create::New;
 use crate::handles::Opened;
 use crate::options::MountOptions;
-use crate::resolve::Attr;
+use crate::resolve::{Attr, BRANCHES_CHANGED};
 use crate::sys::{Errno, FileStat, Result, Time};
 use crate::union::{Caller, Union};
 
@@ -31,7 +31,13 @@ use crate::union::{Caller, Union};
 struct IoMode {
     cached: u32,
     passthrough: u32,
-    backing: Option<Arc<BackingId>>,
+    /// The backing file, and its (st_dev, st_ino).
+    backing: Option<(Arc<BackingId>, (u64, u64))>,
+}
+
+fn identity(f: &std::fs::File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    f.metadata().ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// The I/O mode of every open inode, and of every handle.
@@ -194,14 +200,14 @@ impl UnionFs {
         op: impl Fn(&Union) -> Result<T> + Send + 'static,
         done: impl FnOnce(Result<T>) + Send + 'static,
     ) {
-        match op(&self.union) {
+        match settled(&op, &self.union) {
             Err(Errno::EINPROGRESS) => {
                 let union = self.union.clone();
                 let spawned = std::thread::Builder::new()
                     .name("unionfs-wait".into())
                     .spawn(move || {
                         let _may = MayWait::new();
-                        done(op(&union))
+                        done(settled(&op, &union))
                     });
                 // The reply, dropped unsent, answers EIO.
                 if let Err(e) = spawned {
@@ -211,6 +217,18 @@ impl UnionFs {
             res => done(res),
         }
     }
+}
+
+/// Run `op` until it ran on one branch set from start to end (a branch
+/// change that came between makes it start again on the new set).
+fn settled<T>(op: &impl Fn(&Union) -> Result<T>, union: &Union) -> Result<T> {
+    for _ in 0..16 {
+        match op(union) {
+            Err(BRANCHES_CHANGED) => continue,
+            res => return res,
+        }
+    }
+    Err(Errno::EBUSY)
 }
 
 fn reply_entry(ttl: Ttl, reply: ReplyEntry, res: Result<Attr>) {
@@ -236,25 +254,34 @@ fn reply_empty(reply: ReplyEmpty, res: Result<()>) {
 
 impl IoModes {
     /// Decide passthrough or not for a new open of `ino`, and account for
-    /// it. Answers the backing id to reply with, if any.
+    /// it. Answers the backing id to reply with, if any; EIO for an open on
+    /// another file than the inode's passthrough opens (the kernel takes
+    /// none while it has a backing file, and the union never makes one:
+    /// such an open gets a node of its own, see file.rs).
     fn choose(
         &self,
         passthrough: bool,
         ino: u64,
         opened: &Opened,
         open_backing: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
-    ) -> Option<Arc<BackingId>> {
+    ) -> Result<Option<Arc<BackingId>>> {
         let mut io = self.inodes.lock();
         let mode = io.entry(ino).or_default();
         let mut backing = None;
-        if passthrough && opened.passthrough_ok && mode.cached == 0 {
-            if mode.backing.is_none() {
-                match open_backing(&opened.file) {
-                    Ok(id) => mode.backing = Some(Arc::new(id)),
-                    Err(e) => log::debug!("no passthrough for inode {ino}: {e}"),
-                }
+        if let Some((id, file)) = &mode.backing {
+            if identity(&opened.file) != Some(*file) {
+                log::error!("inode {ino}: an open on another file than its passthrough opens'");
+                return Err(Errno::EIO);
             }
-            backing = mode.backing.clone();
+            backing = Some(id.clone());
+        } else if passthrough && opened.passthrough_ok && mode.cached == 0 {
+            let file = identity(&opened.file);
+            match (open_backing(&opened.file), file) {
+                (Ok(id), Some(file)) => mode.backing = Some((Arc::new(id), file)),
+                (Err(e), _) => log::debug!("no passthrough for inode {ino}: {e}"),
+                (Ok(_), None) => {}
+            }
+            backing = mode.backing.as_ref().map(|(id, _)| id.clone());
         }
         if backing.is_some() {
             mode.passthrough += 1;
@@ -264,7 +291,7 @@ impl IoModes {
         self.handles
             .lock()
             .insert(opened.fh, (ino, backing.is_some()));
-        backing
+        Ok(backing)
     }
 
     fn release(&self, fh: u64) {
@@ -518,15 +545,19 @@ impl Filesystem for UnionFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let (io, passthrough) = (self.io.clone(), self.passthrough);
+        let (io, passthrough, union) = (self.io.clone(), self.passthrough, self.union.clone());
         self.patiently(
             move |u| u.open(ino.0, flags.0),
             move |res| match res {
                 Ok(opened) => {
                     let fh = FileHandle(opened.fh);
                     match io.choose(passthrough, ino.0, &opened, |f| reply.open_backing(f)) {
-                        Some(id) => reply.opened_passthrough(fh, FopenFlags::empty(), &id),
-                        None => reply.opened(fh, cache_flags(&opened)),
+                        Ok(Some(id)) => reply.opened_passthrough(fh, FopenFlags::empty(), &id),
+                        Ok(None) => reply.opened(fh, cache_flags(&opened)),
+                        Err(e) => {
+                            union.release(opened.fh);
+                            reply.error(err(e))
+                        }
                     }
                 }
                 Err(e) => reply.error(err(e)),
@@ -772,7 +803,7 @@ impl Filesystem for UnionFs {
         reply: ReplyCreate,
     ) {
         let (ttl, who, name) = (self.ttl, caller(req), name.to_os_string());
-        let (io, passthrough) = (self.io.clone(), self.passthrough);
+        let (io, passthrough, union) = (self.io.clone(), self.passthrough, self.union.clone());
         self.patiently(
             move |u| u.create(parent.0, &name, who, New::File { mode, flags }),
             move |res| match res {
@@ -781,11 +812,15 @@ impl Filesystem for UnionFs {
                     let backing = io.choose(passthrough, a.ino, &opened, |f| reply.open_backing(f));
                     let gen = Generation(0);
                     match backing {
-                        Some(id) => {
+                        Ok(Some(id)) => {
                             let flags = FopenFlags::empty();
                             reply.created_passthrough(&ttl.entry, &attr, gen, fh, flags, &id)
                         }
-                        None => reply.created(&ttl.entry, &attr, gen, fh, cache_flags(&opened)),
+                        Ok(None) => reply.created(&ttl.entry, &attr, gen, fh, cache_flags(&opened)),
+                        Err(e) => {
+                            union.release(opened.fh);
+                            reply.error(err(e))
+                        }
                     }
                 }
                 Ok((_, None)) => reply.error(FErrno::EIO),

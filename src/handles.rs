@@ -19,6 +19,10 @@ pub struct FileHandle {
     pub(crate) file: RwLock<Arc<File>>,
     /// The node's copy-up generation the backing file belongs to.
     pub(crate) generation: AtomicU64,
+    /// The generation of the branch set the backing file was chosen in: a
+    /// read-only handle re-points to a copy-up only within it (after a
+    /// branch change, it keeps what its branch holds).
+    pub(crate) branches: AtomicU64,
     pub writable: bool,
     pub(crate) flags: OFlag,
     /// Id of the branch the backing file is on.
@@ -28,6 +32,11 @@ pub struct FileHandle {
 impl FileHandle {
     pub fn file(&self) -> Arc<File> {
         self.file.read().clone()
+    }
+
+    /// Id of the branch the backing file is on.
+    pub fn on_branch(&self) -> u32 {
+        self.branch.load(Ordering::Relaxed)
     }
 }
 
@@ -50,10 +59,32 @@ pub struct Opened {
     pub keep_cache: bool,
 }
 
+#[derive(Default)]
+struct Files {
+    by_fh: HashMap<u64, Arc<FileHandle>>,
+    /// The handles open on each node.
+    by_node: HashMap<u64, Vec<u64>>,
+    /// Nodes pinned to the branch (by id) their open files are on: a branch
+    /// change froze it with --force while they were open for writing. Until
+    /// the last handle on that branch closes, every open of the node uses
+    /// that one copy and none is copied up.
+    pinned: HashMap<u64, u32>,
+}
+
+impl Files {
+    fn of(&self, ino: u64) -> impl Iterator<Item = &Arc<FileHandle>> {
+        self.by_node
+            .get(&ino)
+            .into_iter()
+            .flatten()
+            .filter_map(|fh| self.by_fh.get(fh))
+    }
+}
+
 /// Every open handle, by number.
 #[derive(Default)]
 pub struct Handles {
-    files: Mutex<HashMap<u64, Arc<FileHandle>>>,
+    files: Mutex<Files>,
     dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
     next: AtomicU64,
 }
@@ -63,21 +94,33 @@ impl Handles {
         self.next.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// A new handle on `file`, the backing file of `node` on branch `branch`.
-    pub fn add_file(&self, node: Arc<Node>, file: File, flags: OFlag, branch: u32) -> Opened {
+    /// A new handle on `file`, the backing file of `node` on branch `branch`
+    /// of the branch set of generation `branches`.
+    pub fn add_file(
+        &self,
+        node: Arc<Node>,
+        file: File,
+        flags: OFlag,
+        branch: u32,
+        branches: u64,
+    ) -> Opened {
         let fh = self.number();
         let file = Arc::new(file);
         let writable = flags & OFlag::O_ACCMODE != OFlag::O_RDONLY;
         let generation = node.generation.load(Ordering::Acquire);
+        let ino = node.ino;
         let h = FileHandle {
             node,
             file: RwLock::new(file.clone()),
             generation: generation.into(),
+            branches: branches.into(),
             writable,
             flags,
             branch: branch.into(),
         };
-        self.files.lock().insert(fh, Arc::new(h));
+        let mut files = self.files.lock();
+        files.by_fh.insert(fh, Arc::new(h));
+        files.by_node.entry(ino).or_default().push(fh);
         Opened {
             fh,
             file,
@@ -87,33 +130,73 @@ impl Handles {
     }
 
     pub fn file(&self, fh: u64) -> Result<Arc<FileHandle>> {
-        self.files.lock().get(&fh).cloned().ok_or(Errno::EBADF)
+        self.files
+            .lock()
+            .by_fh
+            .get(&fh)
+            .cloned()
+            .ok_or(Errno::EBADF)
     }
 
     /// The handle `fh` if given, else any open handle of `node`.
     pub fn file_for(&self, node: &Node, fh: Option<u64>) -> Result<Arc<FileHandle>> {
         let files = self.files.lock();
-        if let Some(h) = fh.and_then(|fh| files.get(&fh)) {
+        if let Some(h) = fh.and_then(|fh| files.by_fh.get(&fh)) {
             return Ok(h.clone());
         }
-        files
-            .values()
-            .find(|h| h.node.ino == node.ino)
-            .cloned()
-            .ok_or(Errno::ENOENT)
+        let any = files.of(node.ino).next().cloned();
+        any.ok_or(Errno::ENOENT)
     }
 
-    /// How many open files have their backing file on branch `id`.
-    pub fn files_on(&self, id: u32) -> usize {
+    /// The open files with their backing file on one of the branches `ids`
+    /// (only those open for writing: `writers`).
+    pub fn files_on(&self, ids: &[u32], writers: bool) -> Vec<Arc<FileHandle>> {
         self.files
             .lock()
+            .by_fh
             .values()
-            .filter(|h| h.branch.load(Ordering::Relaxed) == id)
-            .count()
+            .filter(|h| ids.contains(&h.on_branch()) && (h.writable || !writers))
+            .cloned()
+            .collect()
+    }
+
+    /// Pin `ino` to branch `id` (see `Files::pinned`).
+    pub fn pin(&self, ino: u64, id: u32) {
+        self.files.lock().pinned.insert(ino, id);
+    }
+
+    /// The branch `ino` is pinned to, if it is.
+    pub fn pinned(&self, ino: u64) -> Option<u32> {
+        self.files.lock().pinned.get(&ino).copied()
+    }
+
+    /// Whether a handle of `ino` opened before the branch set of generation
+    /// `branches` keeps a file on another branch than `top` (it reads what
+    /// its branch held: a later open must not share the kernel inode).
+    pub fn older_elsewhere(&self, ino: u64, branches: u64, top: u32) -> bool {
+        self.files
+            .lock()
+            .of(ino)
+            .any(|h| h.branches.load(Ordering::Relaxed) != branches && h.on_branch() != top)
     }
 
     pub fn close_file(&self, fh: u64) {
-        self.files.lock().remove(&fh);
+        let mut files = self.files.lock();
+        let Some(h) = files.by_fh.remove(&fh) else {
+            return;
+        };
+        let ino = h.node.ino;
+        if let Some(list) = files.by_node.get_mut(&ino) {
+            list.retain(|&f| f != fh);
+            if list.is_empty() {
+                files.by_node.remove(&ino);
+            }
+        }
+        if let Some(&id) = files.pinned.get(&ino) {
+            if !files.of(ino).any(|h| h.on_branch() == id) {
+                files.pinned.remove(&ino);
+            }
+        }
     }
 
     /// A new directory stream on `node`.

@@ -121,9 +121,13 @@ impl Union {
         let ddir = self.dir_in(&bs, up, &dp)?;
         // Phase two, under both parents' locks: the names again, the plan,
         // and the rename.
-        let _locks = self.resolve.lock_two(parent, newparent);
-        if sp.is_unlinked() || dp.is_unlinked() || snode.node.is_unlinked() {
+        let _locks = self.resolve.lock_two(&bs, parent, newparent)?;
+        if sp.is_unlinked() || dp.is_unlinked() {
             return Err(Errno::ENOENT);
+        }
+        if snode.node.is_unlinked() {
+            // Removed, or its names given to a new node: look again.
+            return Err(AGAIN);
         }
         let sscan = self.resolve.scan_in(&bs, &sp, name, true)?;
         let dscan = self.resolve.scan_in(&bs, &dp, newname, true)?;
@@ -318,7 +322,7 @@ impl Union {
         }
         let path = self.resolve.inodes.path(node.ino)?;
         self.merge_into(bs, up, &layers, &path, Some(node.ino))?;
-        let _lock = self.resolve.lock(node.ino);
+        let _lock = self.resolve.lock(bs, node.ino)?;
         let fd = bs.get(up).dir(&path)?;
         whiteout::make_opaque(&fd)?;
         self.resolve.made_whole(node, bs, up);
@@ -347,7 +351,7 @@ impl Union {
             if top.idx != up {
                 let src = bs.get(top.idx).dir(path)?;
                 let tmp = self.build_copy(bs, up, Obj::at(&src, &e.name), top.kind(), true)?;
-                let _lock = dir.map(|d| self.resolve.lock(d));
+                let _lock = dir.map(|d| self.resolve.lock(bs, d)).transpose()?;
                 // Removed or renamed away meanwhile: it must not come back.
                 if whiteout::has_whiteout(&updir, &e.name)? {
                     continue;

@@ -7,7 +7,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 const UNIONCTL: &str = env!("CARGO_BIN_EXE_unionctl");
@@ -49,6 +49,30 @@ fn list(u: &Union) -> Vec<String> {
 
 fn p(u: &Union, b: &str) -> String {
     u.b(b).display().to_string()
+}
+
+/// `--snapshot` to branch `b` while writers open and close files: a
+/// snapshot is refused (EBUSY, naming the file) while one is open for
+/// writing, so retry until it lands between two writes.
+fn snapshot_between_writes(u: &Union, b: &str) {
+    for _ in 0..2000 {
+        let out = ctl(&[u.mnt.as_os_str(), "--snapshot".as_ref(), u.b(b).as_os_str()]);
+        if out.status.success() {
+            return;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("has files open for writing"), "{err}");
+    }
+    panic!("--snapshot {b} never found a moment without writers");
+}
+
+/// Poll a condition another thread makes true (no fixed sleeps).
+fn wait_for(done: impl Fn() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !done() {
+        assert!(t0.elapsed().as_secs() < 60, "condition never became true");
+        std::thread::yield_now();
+    }
 }
 
 /// Long kernel caches: only the invalidation can make changes visible at once.
@@ -162,12 +186,17 @@ fn only_root_or_the_mounting_user_may_change_branches() {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(u.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
     u.mount("rw=rw:ro=ro", &["allow_other"]);
+    // The user runs a copy of unionctl: the checkout may be closed to them
+    // (a clone under /root is 0700).
+    let bin = u.tmp.path().join("unionctl");
+    fs::copy(UNIONCTL, &bin).unwrap();
+    let (uid, gid) = attacker();
     let as_user = |args: &[&str]| {
-        Command::new(UNIONCTL)
+        Command::new(&bin)
             .arg(&u.mnt)
             .args(args)
-            .uid(1000)
-            .gid(1000)
+            .uid(uid)
+            .gid(gid)
             .output()
             .unwrap()
     };
@@ -244,22 +273,23 @@ fn snapshot_is_one_atomic_change() {
     assert_eq!(read(u.b("s0/f")), "v2");
     // a writer running during the next snapshot never sees an error
     let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU32::new(0));
     let mnt = u.mnt.clone();
-    let s = stop.clone();
+    let (s, w) = (stop.clone(), written.clone());
     let writer = std::thread::spawn(move || {
-        let mut n = 0u32;
         while !s.load(Ordering::Relaxed) {
+            let n = w.load(Ordering::Relaxed);
             fs::write(mnt.join(format!("w{}", n % 50)), n.to_string())
                 .expect("write during snapshot");
-            n += 1;
+            w.fetch_add(1, Ordering::Relaxed);
         }
-        n
     });
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    ctl_ok(&u, &["--snapshot", &p(&u, "s1")]);
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    wait_for(|| written.load(Ordering::Relaxed) > 0);
+    snapshot_between_writes(&u, "s1");
+    let after = written.load(Ordering::Relaxed);
+    wait_for(|| written.load(Ordering::Relaxed) > after + 10);
     stop.store(true, Ordering::Relaxed);
-    assert!(writer.join().unwrap() > 0);
+    writer.join().unwrap();
     assert_eq!(list(&u), vec!["/s1 (rw)", "/s0 (ro)", "/base (ro)"]);
     assert_eq!(read(u.m("f")), "v2");
     write(u.m("f"), "v3");

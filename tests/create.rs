@@ -70,6 +70,7 @@ fn created_files_belong_to_the_caller() {
             u.mnt.display()
         ))
         .uid(1000)
+        .current_dir("/")
         .gid(1000)
         .status()
         .unwrap();

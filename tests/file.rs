@@ -288,6 +288,7 @@ fn default_permissions_are_checked_by_the_kernel() {
             u.mnt.display()
         ))
         .uid(1000)
+        .current_dir("/")
         .gid(1000)
         .output()
         .unwrap();

@@ -14,8 +14,8 @@ USAGE:
     unionctl MOUNTPOINT --list
     unionctl MOUNTPOINT --add [--before BRANCH | --after BRANCH] [--mode rw|ro] DIR
     unionctl MOUNTPOINT --remove BRANCH [--force]
-    unionctl MOUNTPOINT --mode BRANCH rw|ro
-    unionctl MOUNTPOINT --snapshot DIR
+    unionctl MOUNTPOINT --mode BRANCH rw|ro [--force]
+    unionctl MOUNTPOINT --snapshot DIR [--force]
     unionctl PATH --query
 
 DESCRIPTION:
@@ -27,14 +27,26 @@ DESCRIPTION:
     --list       One branch per line in precedence order: PATH (rw) or PATH (ro).
     --add DIR    Add DIR as a branch: on top by default, or just above (--before)
                  or below (--after) an existing branch; rw unless --mode ro.
-    --remove B   Remove branch B. Refused (EBUSY) while files on it are open or
-                 when it is the only writable branch, unless --force; files
-                 already open on it keep working.
-    --mode B M   Make branch B read-write (rw) or read-only (ro).
+    --remove B   Remove branch B. Refused (EBUSY, naming the files) while files
+                 on it are open or when it is the only writable branch, unless
+                 --force; files already open on it keep working, on it.
+    --mode B M   Make branch B read-write (rw) or read-only (ro). Making it ro
+                 is refused (EBUSY, naming the files) while files on it are
+                 open for writing, unless --force (see below).
     --snapshot DIR
                  Add DIR as the new top rw branch and make every other branch ro,
                  as one atomic change. The branches below now hold the state of
-                 the union at the time of the snapshot.
+                 the union at the time of the snapshot, and nothing more is
+                 written to them. Refused (EBUSY, naming the files) while files
+                 are open for writing on a branch it would freeze: close them
+                 and try again, or --force.
+    --force      With --mode ro or --snapshot: a file open for writing stays
+                 pinned to its branch until the last handle on it closes; its
+                 writers, and every open of it meanwhile, write that one copy
+                 (nothing is lost from the union's view, but the frozen branch
+                 is not frozen for those files). Files opened for reading
+                 before a change keep reading what their branch holds; opens
+                 after it see the new branches.
     --query      Which branches hold PATH, topmost first, with whiteouts and
                  opaque directories marked.
 
@@ -195,11 +207,12 @@ fn parse(args: &[String]) -> Result<(String, Request), String> {
         Some("mode") => Request::SetMode {
             branch: branch_path(&branch.unwrap_or_default()),
             mode: mode.unwrap_or(Mode::Ro),
+            force,
         },
         Some("snapshot") => {
             let d = dir.unwrap_or_default();
             let dir = std::fs::canonicalize(&d).map_err(|e| format!("{d}: {e}"))?;
-            Request::Snapshot { dir }
+            Request::Snapshot { dir, force }
         }
         Some(v) => unreachable!("verb {v}"),
     };

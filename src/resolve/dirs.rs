@@ -253,7 +253,7 @@ impl Resolver {
     /// change owner, mode, size or xattrs, which a name swapped under the
     /// daemon (for a hard link to someone else's file, say) must never
     /// redirect. A name that now holds another object is ESTALE.
-    pub(crate) fn on_top_pinned<T>(
+    pub(crate) fn on_top_checked<T>(
         &self,
         bs: &BranchSet,
         node: &Node,

@@ -17,13 +17,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::RwLock;
+use parking_lot::{RwLock, RwLockReadGuard};
 
 use crate::branch::BranchSet;
 use crate::sys::{self, Errno, FileStat, Result};
 
 pub use dirs::open_layers_at;
-pub use locks::DirGuard;
+use locks::DirGuard;
 pub use nameindex::NameIndex;
 pub use node::{InodeTable, Loc, Negatives, Node, ROOT};
 pub use scan::{scan, scan_path, Instance, Scan};
@@ -33,6 +33,24 @@ pub use scan::{scan, scan_path, Instance, Scan};
 pub struct Attr {
     pub ino: u64,
     pub st: FileStat,
+}
+
+/// What a change answers when the branch set it was planned on is no longer
+/// the union's (a branch change came between): the request starts again on
+/// the new set (see fs.rs). No filesystem call answers this errno.
+pub const BRANCHES_CHANGED: Errno = Errno::ECHRNG;
+
+/// While held, the branch set stays the one a change was planned on: a
+/// branch change waits for it (a change is a few syscalls long).
+pub struct Steady<'a> {
+    _held: RwLockReadGuard<'a, Arc<BranchSet>>,
+}
+
+/// Directory locks taken on a steady branch set (released in that order:
+/// the directories, then the branch set).
+pub struct Locked<'a> {
+    _dirs: DirGuard<'a>,
+    _steady: Steady<'a>,
 }
 
 /// At most this many negative entries are handed to the kernel at a time
@@ -83,14 +101,34 @@ impl Resolver {
         })
     }
 
-    /// The branch set a request works on from start to end.
+    /// The branch set a request works on from start to end. (Recursive:
+    /// never waits behind a branch change while a `Steady` is held.)
     pub fn branches(&self) -> Arc<BranchSet> {
-        self.branches.read().clone()
+        self.branches.read_recursive().clone()
     }
 
-    /// Swap in a new branch set: the next request works on it.
-    pub fn set_branches(&self, bs: Arc<BranchSet>) {
-        *self.branches.write() = bs;
+    /// Swap in a new branch set once `ready` agrees, with no change to any
+    /// branch under way meanwhile: what `ready` sees of open files and
+    /// commits stays true until the next request runs on `bs`.
+    pub fn set_branches<E>(
+        &self,
+        bs: Arc<BranchSet>,
+        ready: impl FnOnce() -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let mut current = self.branches.write();
+        ready()?;
+        *current = bs;
+        Ok(())
+    }
+
+    /// Hold the branch set `bs` steady for a change planned on it;
+    /// BRANCHES_CHANGED if it is no longer the union's.
+    pub fn steady(&self, bs: &BranchSet) -> Result<Steady<'_>> {
+        let current = self.branches.read_recursive();
+        if current.generation != bs.generation {
+            return Err(BRANCHES_CHANGED);
+        }
+        Ok(Steady { _held: current })
     }
 
     pub fn node(&self, ino: u64) -> Result<Arc<Node>> {
@@ -101,14 +139,22 @@ impl Resolver {
         self.inodes.forget(ino, n);
     }
 
-    /// Lock directory `ino` for a change to its names.
-    pub fn lock(&self, ino: u64) -> DirGuard<'_> {
-        self.locks.lock(ino)
+    /// Lock directory `ino` for a change to its names planned on `bs`.
+    pub fn lock(&self, bs: &BranchSet, ino: u64) -> Result<Locked<'_>> {
+        let steady = self.steady(bs)?;
+        Ok(Locked {
+            _dirs: self.locks.lock(ino),
+            _steady: steady,
+        })
     }
 
     /// Lock two directories (a rename's), in a fixed order.
-    pub fn lock_two(&self, a: u64, b: u64) -> DirGuard<'_> {
-        self.locks.lock_two(a, b)
+    pub fn lock_two(&self, bs: &BranchSet, a: u64, b: u64) -> Result<Locked<'_>> {
+        let steady = self.steady(bs)?;
+        Ok(Locked {
+            _dirs: self.locks.lock_two(a, b),
+            _steady: steady,
+        })
     }
 
     /// The layers of a directory node as indices (the root is in every branch).
@@ -330,6 +376,14 @@ impl Resolver {
         if let Some(node) = self.inodes.node_for(key) {
             self.unlinked(&node, parent, name);
         }
+    }
+
+    /// `node` gives up its names (the next lookup makes a new node for
+    /// them): it lives on only for the handles open on it.
+    pub fn detached(&self, node: &Node) {
+        node.loc.write().unlinked = true;
+        node.aliases.lock().clear();
+        self.inodes.drop_keys(node);
     }
 
     /// `parent/name` no longer names `node`.

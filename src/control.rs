@@ -490,6 +490,28 @@ impl Server {
             }
             Request::List | Request::Query { .. } => unreachable!("not a change"),
         }
+        // The branches kept, with their new writability.
+        let kept: Vec<(u32, bool)> = next
+            .iter()
+            .filter_map(|(b, s)| b.as_ref().map(|b| (b.id, s.mode == Mode::Rw)))
+            .collect();
+        // Writers that open and close files all the time (an appended log)
+        // leave a change that freezes their branch only brief moments:
+        // new opens for writing wait while the open ones close.
+        let frozen: Vec<u32> = old
+            .branches
+            .iter()
+            .filter(|b| b.writable() && kept.contains(&(b.id, false)))
+            .map(|b| b.id)
+            .collect();
+        let drained =
+            (!force && !frozen.is_empty()).then(|| self.union.handles.drain(&frozen, DRAIN));
+        if !force {
+            // Before a new branch is opened (which makes its work
+            // directory): a refused change writes nothing. Checked again
+            // when the change is made.
+            self.open_files_allow(&old, &kept, false)?;
+        }
         let specs: Vec<BranchSpec> = next.iter().map(|(_, s)| s.clone()).collect();
         let checked = branch::resolve(&specs, Some(&self.mountpoint))
             .map_err(|e| error(Errno::EINVAL, e.to_string()))?;
@@ -505,28 +527,36 @@ impl Server {
         let bs = Arc::new(BranchSet::new(branches));
         self.union
             .resolve
-            .set_branches(bs.clone(), || self.open_files_allow(&old, &bs, force))?;
+            .set_branches(bs.clone(), || self.open_files_allow(&old, &kept, force))?;
+        // Before the invalidation: a held open may hold the kernel's lock of
+        // a directory the invalidation needs.
+        drop(drained);
         (self.invalidate)(&self.union);
         log::info!("branches now: {:?}", list(&bs));
         Ok(bs)
     }
 }
 
+/// How long a change that freezes a branch waits for its files open for
+/// writing to close before it is refused.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Server {
-    /// Whether the open files allow the change from `old` to `new` (run with
-    /// no request changing anything meanwhile). A branch removed must have
-    /// no open files; one made read-only, none open for writing: they would
-    /// go on writing into a branch the union no longer writes to, and a
-    /// snapshot would not hold what it was taken with. With `force`, files
-    /// on a removed branch keep working on it, and files open for writing on
-    /// a frozen one are pinned to it (see handles.rs).
+    /// Whether the open files allow the change from `old` to a set that
+    /// keeps the branches `kept` (id, writable) (run with no request
+    /// changing anything meanwhile). A branch removed must have no open
+    /// files; one made read-only, none open for writing: they would go on
+    /// writing into a branch the union no longer writes to, and a snapshot
+    /// would not hold what it was taken with. With `force`, files on a
+    /// removed branch keep working on it, and files open for writing on a
+    /// frozen one are pinned to it (see handles.rs).
     fn open_files_allow(
         &self,
         old: &BranchSet,
-        new: &BranchSet,
+        kept: &[(u32, bool)],
         force: bool,
     ) -> Result<(), Response> {
-        let in_new = |id: u32| new.index_of(id).map(|i| new.get(i));
+        let in_new = |id: u32| kept.iter().find(|k| k.0 == id).map(|k| k.1);
         let removed: Vec<u32> = old
             .branches
             .iter()
@@ -536,7 +566,7 @@ impl Server {
         let frozen: Vec<u32> = old
             .branches
             .iter()
-            .filter(|b| b.writable() && in_new(b.id).is_some_and(|n| !n.writable()))
+            .filter(|b| b.writable() && in_new(b.id) == Some(false))
             .map(|b| b.id)
             .collect();
         let handles = &self.union.handles;

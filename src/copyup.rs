@@ -189,6 +189,11 @@ thread_local! {
     static MAY_WAIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// Whether this thread may wait for another request (see `MAY_WAIT`).
+pub(crate) fn may_wait() -> bool {
+    MAY_WAIT.with(|w| w.get())
+}
+
 /// Allow waiting for copy-ups on this thread, until the guard is dropped.
 pub(crate) struct MayWait(bool);
 
@@ -244,7 +249,7 @@ impl Union {
         if self.handles.pinned(node.ino).is_some() {
             return Err(Errno::EBUSY);
         }
-        let Some(_turn) = node.copying.enter(MAY_WAIT.with(|w| w.get())) else {
+        let Some(_turn) = node.copying.enter(may_wait()) else {
             return Err(Errno::EINPROGRESS);
         };
         for _ in 0..ATTEMPTS {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use nix::fcntl::OFlag;
 
+use crate::copyup::may_wait;
 use crate::handles::{FileHandle, Opened};
 use crate::readdir::{self, Entry};
 use crate::sys::{self, Errno, Result};
@@ -40,6 +41,10 @@ impl Union {
         let oflags = backing_flags(flags);
         let writable = oflags & OFlag::O_ACCMODE != OFlag::O_RDONLY;
         let trunc = oflags.contains(OFlag::O_TRUNC);
+        let _admitted = match writable || trunc {
+            true => Some(self.handles.admit_writer(may_wait())?),
+            false => None,
+        };
         let bs = if writable || trunc {
             self.copy_up(&node, !trunc)?
         } else {

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::readdir::Entry;
 use crate::resolve::Node;
@@ -69,6 +70,11 @@ struct Files {
     /// the last handle on that branch closes, every open of the node uses
     /// that one copy and none is copied up.
     pinned: HashMap<u64, u32>,
+    /// A branch change is waiting for the files open for writing on the
+    /// branches it freezes to close; new opens for writing wait for it.
+    draining: bool,
+    /// Opens for writing admitted and not yet finished (see `admit_writer`).
+    entering: usize,
 }
 
 impl Files {
@@ -81,10 +87,35 @@ impl Files {
     }
 }
 
+/// New opens for writing are held until this is dropped (see `drain`).
+pub struct Drained<'a>(&'a Handles);
+
+impl Drop for Drained<'_> {
+    fn drop(&mut self) {
+        self.0.files.lock().draining = false;
+        self.0.closed.notify_all();
+    }
+}
+
+/// An open for writing on its way to a handle (see `admit_writer`).
+pub struct Admitted<'a>(&'a Handles);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        let mut files = self.0.files.lock();
+        files.entering -= 1;
+        if files.draining {
+            self.0.closed.notify_all();
+        }
+    }
+}
+
 /// Every open handle, by number.
 #[derive(Default)]
 pub struct Handles {
     files: Mutex<Files>,
+    /// Signalled when a file handle closes and when a drain ends.
+    closed: Condvar,
     dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
     next: AtomicU64,
 }
@@ -160,6 +191,42 @@ impl Handles {
             .collect()
     }
 
+    /// Hold new opens for writing (see `admit_writer`) and wait, `within`
+    /// at most, for the files open for writing on branches `ids` to close;
+    /// the hold ends when the answer is dropped. A snapshot taken while
+    /// writers open and close their files one line at a time finds its
+    /// moment this way instead of being refused again and again.
+    pub fn drain(&self, ids: &[u32], within: Duration) -> Drained<'_> {
+        let deadline = Instant::now() + within;
+        let mut files = self.files.lock();
+        files.draining = true;
+        let busy = |f: &Files| {
+            f.entering > 0
+                || f.by_fh
+                    .values()
+                    .any(|h| h.writable && ids.contains(&h.on_branch()))
+        };
+        while busy(&files) && !self.closed.wait_until(&mut files, deadline).timed_out() {}
+        Drained(self)
+    }
+
+    /// Whether a new open for writing may go on: not while a drain is under
+    /// way. With `may_wait`, waits for it to end; without, answers
+    /// EINPROGRESS (the request is run again on a thread that may wait).
+    /// Hold the answer until the open has its handle (or failed): a drain
+    /// also waits for the opens admitted before it.
+    pub fn admit_writer(&self, may_wait: bool) -> Result<Admitted<'_>> {
+        let mut files = self.files.lock();
+        while files.draining {
+            if !may_wait {
+                return Err(Errno::EINPROGRESS);
+            }
+            self.closed.wait(&mut files);
+        }
+        files.entering += 1;
+        Ok(Admitted(self))
+    }
+
     /// Pin `ino` to branch `id` (see `Files::pinned`).
     pub fn pin(&self, ino: u64, id: u32) {
         self.files.lock().pinned.insert(ino, id);
@@ -196,6 +263,9 @@ impl Handles {
             if !files.of(ino).any(|h| h.on_branch() == id) {
                 files.pinned.remove(&ino);
             }
+        }
+        if files.draining {
+            self.closed.notify_all();
         }
     }
 

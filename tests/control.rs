@@ -10,8 +10,6 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
-const UNIONCTL: &str = env!("CARGO_BIN_EXE_unionctl");
-
 fn ctl(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(UNIONCTL).args(args).output().unwrap()
 }
@@ -49,30 +47,6 @@ fn list(u: &Union) -> Vec<String> {
 
 fn p(u: &Union, b: &str) -> String {
     u.b(b).display().to_string()
-}
-
-/// `--snapshot` to branch `b` while writers open and close files: a
-/// snapshot is refused (EBUSY, naming the file) while one is open for
-/// writing, so retry until it lands between two writes.
-fn snapshot_between_writes(u: &Union, b: &str) {
-    for _ in 0..2000 {
-        let out = ctl(&[u.mnt.as_os_str(), "--snapshot".as_ref(), u.b(b).as_os_str()]);
-        if out.status.success() {
-            return;
-        }
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("has files open for writing"), "{err}");
-    }
-    panic!("--snapshot {b} never found a moment without writers");
-}
-
-/// Poll a condition another thread makes true (no fixed sleeps).
-fn wait_for(done: impl Fn() -> bool) {
-    let t0 = std::time::Instant::now();
-    while !done() {
-        assert!(t0.elapsed().as_secs() < 60, "condition never became true");
-        std::thread::yield_now();
-    }
 }
 
 /// Long kernel caches: only the invalidation can make changes visible at once.
@@ -284,10 +258,12 @@ fn snapshot_is_one_atomic_change() {
             w.fetch_add(1, Ordering::Relaxed);
         }
     });
-    wait_for(|| written.load(Ordering::Relaxed) > 0);
+    wait_for("a first write", || written.load(Ordering::Relaxed) > 0);
     snapshot_between_writes(&u, "s1");
     let after = written.load(Ordering::Relaxed);
-    wait_for(|| written.load(Ordering::Relaxed) > after + 10);
+    wait_for("writes after the snapshot", || {
+        written.load(Ordering::Relaxed) > after + 10
+    });
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
     assert_eq!(list(&u), vec!["/s1 (rw)", "/s0 (ro)", "/base (ro)"]);

@@ -14,7 +14,6 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 /// Large enough that copying it takes a while on any disk.
 const BIG_MIB: usize = 384;
@@ -25,19 +24,6 @@ fn big(p: &Path, mib: usize) {
     let mut f = File::create(p).unwrap();
     for _ in 0..mib {
         f.write_all(&chunk).unwrap();
-    }
-}
-
-/// Poll `cond` until it holds (a minute at most).
-#[track_caller]
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "never saw {what}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

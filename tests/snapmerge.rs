@@ -10,7 +10,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const SNAPMERGE: &str = env!("CARGO_BIN_EXE_snapmerge");
-const UNIONCTL: &str = env!("CARGO_BIN_EXE_unionctl");
 
 /// A listing of a tree: path, type, mode, owner; for non-directories also
 /// size, link count, symlink target and contents. The daemon's work

@@ -12,6 +12,21 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_unionfs-mount");
+pub const UNIONCTL: &str = env!("CARGO_BIN_EXE_unionctl");
+
+/// Poll `cond` (made true by another thread or process) until it holds, a
+/// minute at most: tests wait for events, never for a fixed time.
+#[track_caller]
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never saw {what}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
 
 /// Tests need root and /dev/fuse. Where they are missing the test fails and
 /// says so, unless UNIONFS_SKIP_FUSE_TESTS=1 asks to skip (loudly).
@@ -298,4 +313,28 @@ pub fn daemon_umask(mnt: &Path) -> u32 {
         .find_map(|l| l.strip_prefix("Umask:"))
         .expect("Umask in /proc/PID/status");
     u32::from_str_radix(line.trim(), 8).unwrap()
+}
+
+/// `unionctl MNT ARGS...`; its output.
+pub fn unionctl(mnt: &Path, args: &[&str]) -> Output {
+    Command::new(UNIONCTL).arg(mnt).args(args).output().unwrap()
+}
+
+/// `--snapshot` to branch `b` while writers open and close files: a
+/// snapshot is refused (EBUSY, naming the file) while one is open for
+/// writing, so retry until it lands between two writes.
+pub fn snapshot_between_writes(u: &Union, b: &str) {
+    let to = u.b(b).display().to_string();
+    wait_for(
+        &format!("a moment without writers for --snapshot {b}"),
+        || {
+            let out = unionctl(&u.mnt, &["--snapshot", &to]);
+            let refused = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() || refused.contains("has files open for writing"),
+                "{refused}"
+            );
+            out.status.success()
+        },
+    );
 }

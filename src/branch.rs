@@ -386,6 +386,15 @@ impl Branch {
     }
 }
 
+impl Branch {
+    /// Remove the work directory `open` made, if it is still empty (a
+    /// branch change that opened this branch was refused).
+    pub fn discard_work(&self) {
+        *self.work.lock() = None;
+        let _ = sys::unlink_at(self.root(), OsStr::new(WORK_DIR), true);
+    }
+}
+
 /// A fresh name for a temporary entry in a work directory.
 pub fn temp_name() -> OsString {
     // getpid(2) is a syscall each time; the daemon forks before it names anything.

@@ -495,6 +495,31 @@ impl Server {
             .iter()
             .filter_map(|(b, s)| b.as_ref().map(|b| (b.id, s.mode == Mode::Rw)))
             .collect();
+        // Every path syscall first: while the drain below holds an open,
+        // the kernel may hold the lock of a directory of the mount, which a
+        // path resolving through the mount would wait for.
+        let specs: Vec<BranchSpec> = next.iter().map(|(_, s)| s.clone()).collect();
+        let checked = branch::resolve(&specs, Some(&self.mountpoint))
+            .map_err(|e| error(Errno::EINVAL, e.to_string()))?;
+        let mut branches = Vec::new();
+        let mut added = Vec::new();
+        for ((existing, spec), canon) in next.into_iter().zip(checked) {
+            let b = match existing {
+                Some(b) if b.mode == spec.mode => b,
+                Some(b) => Arc::new(b.with_mode(spec.mode).map_err(io_error)?),
+                None => {
+                    let b = Arc::new(Branch::open(&canon).map_err(io_error)?);
+                    added.push(b.clone());
+                    b
+                }
+            };
+            branches.push(b);
+        }
+        // A refused change leaves nothing behind in the branches it added.
+        let refused = |e: Response| {
+            added.iter().for_each(|b| b.discard_work());
+            e
+        };
         // Writers that open and close files all the time (an appended log)
         // leave a change that freezes their branch only brief moments:
         // new opens for writing wait while the open ones close.
@@ -506,28 +531,11 @@ impl Server {
             .collect();
         let drained =
             (!force && !frozen.is_empty()).then(|| self.union.handles.drain(&frozen, DRAIN));
-        if !force {
-            // Before a new branch is opened (which makes its work
-            // directory): a refused change writes nothing. Checked again
-            // when the change is made.
-            self.open_files_allow(&old, &kept, false)?;
-        }
-        let specs: Vec<BranchSpec> = next.iter().map(|(_, s)| s.clone()).collect();
-        let checked = branch::resolve(&specs, Some(&self.mountpoint))
-            .map_err(|e| error(Errno::EINVAL, e.to_string()))?;
-        let mut branches = Vec::new();
-        for ((existing, spec), canon) in next.into_iter().zip(checked) {
-            let b = match existing {
-                Some(b) if b.mode == spec.mode => b,
-                Some(b) => Arc::new(b.with_mode(spec.mode).map_err(io_error)?),
-                None => Arc::new(Branch::open(&canon).map_err(io_error)?),
-            };
-            branches.push(b);
-        }
         let bs = Arc::new(BranchSet::new(branches));
         self.union
             .resolve
-            .set_branches(bs.clone(), || self.open_files_allow(&old, &kept, force))?;
+            .set_branches(bs.clone(), || self.open_files_allow(&old, &kept, force))
+            .map_err(refused)?;
         // Before the invalidation: a held open may hold the kernel's lock of
         // a directory the invalidation needs.
         drop(drained);
@@ -571,9 +579,7 @@ impl Server {
             .collect();
         let handles = &self.union.handles;
         if force {
-            for h in handles.files_on(&frozen, true) {
-                handles.pin(h.node.ino, h.on_branch());
-            }
+            handles.pin_writers(&frozen);
             return Ok(());
         }
         let busy = |id: u32, writers: bool| {

@@ -277,6 +277,7 @@ impl Union {
                 // Already there: copied along with a directory, or made directly.
                 Ok(st) if is_kind(&st, node.kind) => {
                     self.resolve.copied_up(node, bs, target, &st);
+                    self.repoint_readers(bs, node, target);
                     return Ok(());
                 }
                 Ok(_) => return Err(Errno::EEXIST),
@@ -286,6 +287,7 @@ impl Union {
             tmp.commit(&pdir, &name, RENAME_NOREPLACE)?;
             let new = sys::stat_at(&pdir, &name)?;
             self.resolve.copied_up(node, bs, target, &new);
+            self.repoint_readers(bs, node, target);
             drop(_lock);
             self.link_aliases(bs, target, node, &pdir, &name);
             return Ok(());

@@ -15,9 +15,11 @@ use std::sync::Arc;
 
 use nix::fcntl::OFlag;
 
+use crate::branch::BranchSet;
 use crate::copyup::may_wait;
 use crate::handles::{FileHandle, Opened};
 use crate::readdir::{self, Entry};
+use crate::resolve::Node;
 use crate::sys::{self, Errno, Result};
 use crate::union::Union;
 
@@ -45,22 +47,33 @@ impl Union {
             true => Some(self.handles.admit_writer(may_wait())?),
             false => None,
         };
+        // Where this open will find the file: its copy-up target if it
+        // copies up. Files opened before a branch change keep what their
+        // branch holds; an open of another copy must not share their
+        // kernel inode (nor its page cache, nor re-point the readers that
+        // share it): the name gets a new node before anything is copied,
+        // and ESTALE makes the kernel look it up again.
+        let bs = self.branches();
+        let idx = self.resolve.top_idx(&bs, &node)?;
+        let moves = (writable || trunc)
+            && !bs.get(idx).writable()
+            && self.handles.pinned(node.ino).is_none();
+        let dest = match moves {
+            true => bs.writable_above(idx).map(|t| bs.get(t).id),
+            false => Some(bs.get(idx).id),
+        };
+        if dest.is_some_and(|d| self.handles.older_elsewhere(node.ino, bs.generation, d)) {
+            return self.detach(&bs, &node);
+        }
         let bs = if writable || trunc {
             self.copy_up(&node, !trunc)?
         } else {
-            self.branches()
+            bs
         };
         let idx = self.resolve.top_idx(&bs, &node)?;
         let top = bs.get(idx).id;
         if self.handles.older_elsewhere(node.ino, bs.generation, top) {
-            // Files opened before a branch change keep what their branch
-            // holds; this open, on another copy, must not share their
-            // kernel inode (nor its page cache): the name gets a new node,
-            // and ESTALE makes the kernel look it up again.
-            let (parent, _) = node.parent_name();
-            let _lock = self.resolve.lock(&bs, parent)?;
-            self.resolve.detached(&node);
-            return Err(Errno::ESTALE);
+            return self.detach(&bs, &node);
         }
         // Opened, truncated and counted on a steady branch set: a branch
         // change either sees this handle or is seen by it.
@@ -72,6 +85,39 @@ impl Union {
         opened.passthrough_ok = bs.get(idx).writable() || bs.writable_above(idx).is_none();
         opened.keep_cache = !bs.get(idx).writable();
         Ok(opened)
+    }
+
+    /// Give the name of `node` a new node (see `open`); answers ESTALE.
+    fn detach<T>(&self, bs: &BranchSet, node: &Node) -> Result<T> {
+        let (parent, _) = node.parent_name();
+        let _lock = self.resolve.lock(bs, parent)?;
+        self.resolve.detached(node);
+        Err(Errno::ESTALE)
+    }
+
+    /// Right after a copy-up of `node` into branch `target` (under its
+    /// parent's lock, so on a steady branch set): the read-only handles
+    /// opened in this branch set move to the copy at once, so a branch
+    /// change coming later cannot leave them on the version below the
+    /// copy (which would hide from them a write made before a snapshot).
+    pub(crate) fn repoint_readers(&self, bs: &BranchSet, node: &Node, target: usize) {
+        let generation = node.generation.load(Ordering::Acquire);
+        for h in self.handles.files_of(node.ino) {
+            if h.writable
+                || h.branches.load(Ordering::Acquire) != bs.generation
+                || h.generation.load(Ordering::Acquire) == generation
+            {
+                continue;
+            }
+            match self
+                .resolve
+                .open_in(bs, node, target, h.flags & !OFlag::O_TRUNC)
+            {
+                Ok(fd) => h.repoint(sys::into_file(fd), generation, bs.get(target).id),
+                // It tries again at its next read (see `current`).
+                Err(e) => log::debug!("re-pointing a reader of inode {}: {e}", node.ino),
+            }
+        }
     }
 
     /// The backing file of a handle, re-opened on the copied-up instance if
@@ -86,15 +132,19 @@ impl Union {
             // Opened before a branch change: it reads what its branch holds.
             return Ok(h.file());
         }
-        let idx = self.resolve.top_idx(&bs, &h.node)?;
-        let fd = self
+        let Ok(idx) = self.resolve.top_idx(&bs, &h.node) else {
+            return Ok(h.file());
+        };
+        match self
             .resolve
-            .open_in(&bs, &h.node, idx, h.flags & !OFlag::O_TRUNC)?;
-        let file = Arc::new(sys::into_file(fd));
-        *h.file.write() = file.clone();
-        h.generation.store(generation, Ordering::Release);
-        h.branch.store(bs.get(idx).id, Ordering::Relaxed);
-        Ok(file)
+            .open_in(&bs, &h.node, idx, h.flags & !OFlag::O_TRUNC)
+        {
+            Ok(fd) => h.repoint(sys::into_file(fd), generation, bs.get(idx).id),
+            // Removed or detached meanwhile (see `open`): the handle keeps
+            // what it has, as a file open on a removed name does.
+            Err(e) => log::debug!("re-pointing a reader of inode {}: {e}", h.node.ino),
+        }
+        Ok(h.file())
     }
 
     /// Read up to `size` bytes at `offset` and hand them to `reply`. The

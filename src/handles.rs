@@ -35,6 +35,14 @@ impl FileHandle {
         self.file.read().clone()
     }
 
+    /// Move a read-only handle to `file`, the copy of copy-up generation
+    /// `generation` on branch `branch`.
+    pub(crate) fn repoint(&self, file: File, generation: u64, branch: u32) {
+        *self.file.write() = Arc::new(file);
+        self.generation.store(generation, Ordering::Release);
+        self.branch.store(branch, Ordering::Relaxed);
+    }
+
     /// Id of the branch the backing file is on.
     pub fn on_branch(&self) -> u32 {
         self.branch.load(Ordering::Relaxed)
@@ -227,9 +235,28 @@ impl Handles {
         Ok(Admitted(self))
     }
 
-    /// Pin `ino` to branch `id` (see `Files::pinned`).
-    pub fn pin(&self, ino: u64, id: u32) {
-        self.files.lock().pinned.insert(ino, id);
+    /// The nodes pinned to a branch.
+    pub fn pinned_files(&self) -> Vec<u64> {
+        self.files.lock().pinned.keys().copied().collect()
+    }
+
+    /// The open files of `ino`.
+    pub fn files_of(&self, ino: u64) -> Vec<Arc<FileHandle>> {
+        self.files.lock().of(ino).cloned().collect()
+    }
+
+    /// Pin every file open for writing on one of the branches `ids` to its
+    /// branch (see `Files::pinned`). One lock for finding and pinning: a
+    /// handle closing meanwhile would leave a pin nothing ever removes.
+    pub fn pin_writers(&self, ids: &[u32]) {
+        let mut files = self.files.lock();
+        let pins: Vec<(u64, u32)> = files
+            .by_fh
+            .values()
+            .filter(|h| h.writable && ids.contains(&h.on_branch()))
+            .map(|h| (h.node.ino, h.on_branch()))
+            .collect();
+        files.pinned.extend(pins);
     }
 
     /// The branch `ino` is pinned to, if it is.

@@ -315,6 +315,10 @@ impl Union {
         if !node.is_dir() {
             return self.copy_up_to(bs, node, up, true);
         }
+        if self.holds_pinned(node.ino) {
+            // Its copy would take a pinned file away from its writers.
+            return Err(Errno::EBUSY);
+        }
         self.ensure_dirs(bs, up, node)?;
         let layers = self.resolve.dir_layers(bs, node)?;
         if layers == [up] {
@@ -327,6 +331,24 @@ impl Union {
         whiteout::make_opaque(&fd)?;
         self.resolve.made_whole(node, bs, up);
         Ok(())
+    }
+
+    /// Whether a file pinned to its branch (see handles.rs) lies under the
+    /// directory `dir`.
+    fn holds_pinned(&self, dir: u64) -> bool {
+        let pinned = self.handles.pinned_files();
+        if pinned.is_empty() {
+            return false;
+        }
+        let Ok(top) = self.resolve.inodes.path(dir) else {
+            return false;
+        };
+        pinned.into_iter().any(|ino| {
+            self.resolve
+                .inodes
+                .path(ino)
+                .is_ok_and(|p| p.starts_with(&top))
+        })
     }
 
     /// Copy into branch `up` every entry of the union directory `path`
@@ -351,13 +373,29 @@ impl Union {
             if top.idx != up {
                 let src = bs.get(top.idx).dir(path)?;
                 let tmp = self.build_copy(bs, up, Obj::at(&src, &e.name), top.kind(), true)?;
+                // A directory no node stands for has no names the kernel
+                // knows to race with, but the branch set must hold still.
+                let _steady = self.resolve.steady(bs)?;
                 let _lock = dir.map(|d| self.resolve.lock(bs, d)).transpose()?;
                 // Removed or renamed away meanwhile: it must not come back.
                 if whiteout::has_whiteout(&updir, &e.name)? {
                     continue;
                 }
                 match tmp.commit(&updir, &e.name, NOREPLACE) {
-                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Ok(()) => {
+                        // A node the kernel knows for the entry lives in
+                        // `up` now (its dentry moves with the directory).
+                        if let Some(node) = self.resolve.node_of(bs, top) {
+                            let st = sys::stat_at(&updir, &e.name)?;
+                            if node.is_dir() {
+                                self.resolve.dir_gained(&node, bs, up, &st, false);
+                            } else {
+                                self.resolve.copied_up(&node, bs, up, &st);
+                                self.repoint_readers(bs, &node, up);
+                            }
+                        }
+                    }
+                    Err(Errno::EEXIST) => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -367,8 +405,12 @@ impl Union {
                     sub.insert(0, up);
                 }
                 if sub != [up] {
-                    let node = self.resolve.node_of(bs, top).map(|n| n.ino);
-                    self.merge_into(bs, up, &sub, &child, node)?;
+                    let node = self.resolve.node_of(bs, top);
+                    self.merge_into(bs, up, &sub, &child, node.as_ref().map(|n| n.ino))?;
+                    if let Some(node) = node {
+                        let _lock = self.resolve.lock(bs, node.ino)?;
+                        self.resolve.made_whole(&node, bs, up);
+                    }
                 }
             }
         }

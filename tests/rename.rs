@@ -170,3 +170,30 @@ fn no_writable_branch_above_means_erofs() {
     assert_eq!(read(u.b("rw/low2")), "l");
     assert_eq!(read(u.b("ro/top")), "t");
 }
+
+#[test]
+fn names_looked_up_in_a_lower_directory_work_after_it_is_renamed() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    write(u.b("ro/d/f"), "f data");
+    write(u.b("ro/d/sub/g"), "g data");
+    u.mount("rw=rw:ro=ro", &[]);
+    // The kernel keeps these dentries, and moves them with the directory.
+    assert_eq!(read(u.m("d/f")), "f data");
+    assert_eq!(read(u.m("d/sub/g")), "g data");
+    let mut reader = fs::File::open(u.m("d/f")).unwrap();
+    fs::rename(u.m("d"), u.m("e")).unwrap();
+    assert_eq!(read(u.m("e/f")), "f data");
+    assert_eq!(read(u.m("e/sub/g")), "g data");
+    write(u.m("e/f"), "new");
+    assert_eq!(read(u.b("rw/e/f")), "new");
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut s).unwrap();
+    assert_eq!(
+        s, "new",
+        "a reader opened before the move sees later writes"
+    );
+    fs::write(u.m("e/sub/h"), "h").unwrap();
+    assert_eq!(ls(u.m("e/sub")), ["g", "h"]);
+    assert_errno(fs::metadata(u.m("d")), libc::ENOENT);
+}

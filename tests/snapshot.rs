@@ -275,3 +275,70 @@ fn a_reader_opened_before_a_snapshot_keeps_the_frozen_version() {
         assert_eq!(read(u.b("base/f")), "frozen", "{pt}");
     }
 }
+
+#[test]
+fn readers_see_what_was_written_before_a_snapshot_and_keep_it() {
+    need_fuse!();
+    for pt in PASSTHROUGH {
+        let mut u = Union::new(&["rw", "ro", "s0"]);
+        write(u.b("ro/f"), "old ");
+        write(u.b("ro/g"), "frozen");
+        u.mount("rw=rw:ro=ro", &[pt]);
+        // A reader of a lower file, then a write that copies it up, then a
+        // snapshot: the reader has what was written before the snapshot.
+        let mut early = fs::File::open(u.m("f")).unwrap();
+        append(&u.m("f"), "new");
+        // Opened before the snapshot; another opened after it.
+        let mut before = fs::File::open(u.m("g")).unwrap();
+        let out = unionctl(&u.mnt, &["--snapshot", &u.b("s0").display().to_string()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut after = fs::File::open(u.m("g")).unwrap();
+        append(&u.m("f"), " newest");
+        append(&u.m("g"), " changed");
+        let text = |f: &mut fs::File| {
+            let mut s = String::new();
+            f.rewind().unwrap();
+            f.read_to_string(&mut s).map(|_| s)
+        };
+        assert_eq!(text(&mut early).unwrap(), "old new", "{pt}");
+        assert_eq!(text(&mut before).unwrap(), "frozen", "{pt}");
+        // Opened after the snapshot but sharing the earlier reader's file:
+        // keeps that version (one kernel inode, one page cache).
+        assert_eq!(text(&mut after).unwrap(), "frozen", "{pt}");
+        assert_eq!(read(u.m("g")), "frozen changed", "{pt}");
+        assert_eq!(read(u.b("rw/f")), "old new", "{pt}: the frozen branch");
+    }
+}
+
+#[test]
+fn a_directory_holding_a_pinned_file_cannot_be_moved() {
+    need_fuse!();
+    let mut u = Union::new(&["base", "s0"]);
+    u.mount("base", &[]);
+    fs::create_dir(u.m("d")).unwrap();
+    let mut held = fs::File::create(u.m("d/f")).unwrap();
+    held.write_all(b"A1 ").unwrap();
+    let out = unionctl(
+        &u.mnt,
+        &["--snapshot", &u.b("s0").display().to_string(), "--force"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Moving d would copy f away from its writer into the new branch.
+    assert_errno(fs::rename(u.m("d"), u.m("e")), libc::EBUSY);
+    held.write_all(b"A2").unwrap();
+    assert_eq!(read(u.m("d/f")), "A1 A2");
+    drop(held);
+    wait_for("the daemon to release d/f", || {
+        !daemon_holds(&u, &u.b("base/d/f"))
+    });
+    fs::rename(u.m("d"), u.m("e")).unwrap();
+    assert_eq!(read(u.m("e/f")), "A1 A2");
+}

@@ -216,14 +216,17 @@ impl Resolver {
         name: &OsStr,
         full: bool,
     ) -> Result<Scan> {
+        let seen = self.inodes.seen();
         let index = self.name_index(bs, parent, layers)?;
-        scan::scan(
+        let mut scan = scan::scan(
             layers,
             name,
             full,
             |idx| self.layer_dir(bs, parent, idx),
             |idx| index.as_ref().and_then(|i| i.hint(idx, name)),
-        )
+        )?;
+        scan.seen = seen;
+        Ok(scan)
     }
 
     /// Scan `name` in the directory node `parent`.
@@ -249,8 +252,11 @@ impl Resolver {
             layers: ids(bs, &scan.layers()),
             unlinked: false,
             generation: bs.generation,
+            moved: 0,
         };
-        let node = self.inodes.found((b.dev, top.stat.st_ino), top.kind(), loc);
+        let node = self
+            .inodes
+            .found((b.dev, top.stat.st_ino), top.kind(), loc, scan.seen);
         // The directory fds the scan opened serve the next lookups inside it.
         for i in scan.instances.iter() {
             if let Some(fd) = &i.dir {
@@ -290,8 +296,9 @@ impl Resolver {
             },
             unlinked: false,
             generation: bs.generation,
+            moved: 0,
         };
-        let node = self.inodes.found((b.dev, st.st_ino), kind, loc);
+        let node = self.inodes.found((b.dev, st.st_ino), kind, loc, u64::MAX);
         let attr = Attr { ino: node.ino, st };
         (node, attr)
     }
@@ -307,6 +314,7 @@ impl Resolver {
         let b = bs.get(target);
         {
             let mut loc = node.loc.write();
+            loc.moved = self.inodes.tick();
             loc.top = b.id;
             loc.generation = bs.generation;
             if node.is_dir() && !loc.layers.contains(&b.id) {
@@ -332,6 +340,7 @@ impl Resolver {
     ) {
         {
             let mut loc = node.loc.write();
+            loc.moved = self.inodes.tick();
             let mut idx = indices(bs, &loc.layers);
             if opaque {
                 idx.retain(|&i| i < target);
@@ -348,13 +357,16 @@ impl Resolver {
 
     /// A directory is now whole in branch `up` alone (a rename made it so).
     pub fn made_whole(&self, node: &Node, bs: &BranchSet, up: usize) {
-        node.loc.write().layers = vec![bs.get(up).id];
+        let mut loc = node.loc.write();
+        loc.moved = self.inodes.tick();
+        loc.layers = vec![bs.get(up).id];
     }
 
     /// `node` is now `newparent/newname`, wholly in branch `up`.
     pub fn renamed(&self, node: &Node, bs: &BranchSet, newparent: u64, newname: &OsStr, up: usize) {
         let upid = bs.get(up).id;
         let mut loc = node.loc.write();
+        loc.moved = self.inodes.tick();
         loc.parent = newparent;
         loc.name = newname.to_os_string();
         loc.top = upid;
@@ -381,7 +393,11 @@ impl Resolver {
     /// `node` gives up its names (the next lookup makes a new node for
     /// them): it lives on only for the handles open on it.
     pub fn detached(&self, node: &Node) {
-        node.loc.write().unlinked = true;
+        {
+            let mut loc = node.loc.write();
+            loc.moved = self.inodes.tick();
+            loc.unlinked = true;
+        }
         node.aliases.lock().clear();
         self.inodes.drop_keys(node);
     }
@@ -389,6 +405,7 @@ impl Resolver {
     /// `parent/name` no longer names `node`.
     pub fn unlinked(&self, node: &Node, parent: u64, name: &OsStr) {
         let mut loc = node.loc.write();
+        loc.moved = self.inodes.tick();
         let mut aliases = node.aliases.lock();
         if loc.parent == parent && loc.name == name {
             if let Some((p, n)) = aliases.pop() {

@@ -37,6 +37,10 @@ pub struct Loc {
     pub unlinked: bool,
     /// The branch set generation `top` and `layers` were computed in.
     pub generation: u64,
+    /// When an operation holding the directory lock last moved it (a tick
+    /// of `InodeTable::moves`): a lookup whose scan started before that
+    /// may have seen the old state and must not write it back.
+    pub moved: u64,
 }
 
 /// One at a time: a copy-up of an object is done by one request; others
@@ -127,6 +131,8 @@ pub struct InodeTable {
     nodes: RwLock<HashMap<u64, Arc<Node>>>,
     keys: Mutex<HashMap<Key, u64>>,
     next: AtomicU64,
+    /// Ticks of location changes made under directory locks (see `Loc::moved`).
+    moves: AtomicU64,
 }
 
 impl InodeTable {
@@ -142,6 +148,7 @@ impl InodeTable {
                 layers: root_layers,
                 unlinked: false,
                 generation: 0,
+                moved: 0,
             }),
             lookups: AtomicU64::new(1),
             copying: OneAtATime::default(),
@@ -160,6 +167,7 @@ impl InodeTable {
             }),
             keys: Mutex::new(keys),
             next: AtomicU64::new(ROOT + 1),
+            moves: AtomicU64::new(0),
         }
     }
 
@@ -192,7 +200,19 @@ impl InodeTable {
 
     /// Record a name the kernel now knows (a lookup or a create): returns the
     /// node, with one more lookup reference.
-    pub(super) fn found(&self, key: Key, kind: u32, loc: Loc) -> Arc<Node> {
+    /// The tick a scan starting now records (see `Loc::moved`).
+    pub(super) fn seen(&self) -> u64 {
+        self.moves.load(Ordering::Acquire)
+    }
+
+    /// A new tick for a location change made under a directory lock.
+    pub(super) fn tick(&self) -> u64 {
+        self.moves.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The node for `key`, made or refreshed with `loc` from a scan that
+    /// began at tick `seen` (`u64::MAX`: made under the directory lock).
+    pub(super) fn found(&self, key: Key, kind: u32, loc: Loc, seen: u64) -> Arc<Node> {
         let mut ino = self.ino_for(key);
         let mut nodes = self.nodes.write();
         if let Some(node) = nodes.get(&ino) {
@@ -201,7 +221,7 @@ impl InodeTable {
                 // Counted under the table lock, so a racing forget cannot drop it.
                 node.lookups.fetch_add(1, Ordering::Relaxed);
                 drop(nodes);
-                self.refresh(&node, loc);
+                self.refresh(&node, loc, seen);
                 return node;
             }
             // The key was reused by the branch for an object of another type.
@@ -225,8 +245,13 @@ impl InodeTable {
 
     /// A fresh lookup of a known node: its location may have changed; a hard
     /// link seen under a second name becomes an alias.
-    fn refresh(&self, node: &Node, new: Loc) {
+    fn refresh(&self, node: &Node, mut new: Loc, seen: u64) {
         let mut loc = node.loc.write();
+        if loc.moved > seen {
+            // Moved after the scan began: what it saw may be gone.
+            return;
+        }
+        new.moved = loc.moved;
         let same_name = loc.parent == new.parent && loc.name == new.name;
         if !same_name && !loc.unlinked && !node.is_dir() {
             let mut aliases = node.aliases.lock();

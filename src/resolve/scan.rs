@@ -38,6 +38,8 @@ pub struct Scan {
     pub instances: Vec<Instance>,
     /// Index of the branch whose whiteout ended the scan.
     pub whiteout: Option<usize>,
+    /// The location tick when the scan began (see `Loc::moved`).
+    pub seen: u64,
 }
 
 impl Scan {

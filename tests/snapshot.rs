@@ -30,6 +30,22 @@ fn list(u: &Union) -> Vec<String> {
         .collect()
 }
 
+/// `unionctl --snapshot` to branch `to` (with `--force`), which must succeed.
+#[track_caller]
+fn snapshot(u: &Union, to: &str, force: bool) {
+    let to = u.b(to).display().to_string();
+    let mut args = vec!["--snapshot", &to];
+    if force {
+        args.push("--force");
+    }
+    let out = unionctl(&u.mnt, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Whether the daemon of `u` has a file descriptor open on `path`.
 fn daemon_holds(u: &Union, path: &std::path::Path) -> bool {
     let fds = format!("/proc/{}/fd", daemon_pid(&u.mnt));
@@ -182,12 +198,7 @@ fn a_file_open_for_writing_makes_a_snapshot_busy_and_names_it() {
         );
         drop(w);
         // Readers alone do not hold a snapshot up.
-        let out = unionctl(&u.mnt, &["--snapshot", &u.b("s0").display().to_string()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        snapshot(&u, "s0", false);
         assert_eq!(list(&u), ["/s0 (rw)", "/base (ro)"]);
     }
 }
@@ -204,15 +215,7 @@ fn with_force_a_held_writer_keeps_its_file_on_the_frozen_branch() {
             .open(u.m("f"))
             .unwrap();
         held.write_all(b"A1 ").unwrap();
-        let out = unionctl(
-            &u.mnt,
-            &["--snapshot", &u.b("s0").display().to_string(), "--force"],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        snapshot(&u, "s0", true);
         assert_eq!(list(&u), ["/s0 (rw)", "/base (ro)"]);
         // A new open sees and writes the one copy the held writer writes.
         assert_eq!(read(u.m("f")), "A1 ", "{pt}");
@@ -250,12 +253,7 @@ fn a_reader_opened_before_a_snapshot_keeps_the_frozen_version() {
         write(u.b("base/f"), "frozen");
         u.mount("base", &[pt]);
         let mut reader = fs::File::open(u.m("f")).unwrap();
-        let out = unionctl(&u.mnt, &["--snapshot", &u.b("s0").display().to_string()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        snapshot(&u, "s0", false);
         // A write after the snapshot goes to the new top, never to base.
         fs::write(u.m("f"), "new").unwrap();
         assert_eq!(
@@ -290,12 +288,7 @@ fn readers_see_what_was_written_before_a_snapshot_and_keep_it() {
         append(&u.m("f"), "new");
         // Opened before the snapshot; another opened after it.
         let mut before = fs::File::open(u.m("g")).unwrap();
-        let out = unionctl(&u.mnt, &["--snapshot", &u.b("s0").display().to_string()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        snapshot(&u, "s0", false);
         let mut after = fs::File::open(u.m("g")).unwrap();
         append(&u.m("f"), " newest");
         append(&u.m("g"), " changed");
@@ -322,15 +315,7 @@ fn a_directory_holding_a_pinned_file_cannot_be_moved() {
     fs::create_dir(u.m("d")).unwrap();
     let mut held = fs::File::create(u.m("d/f")).unwrap();
     held.write_all(b"A1 ").unwrap();
-    let out = unionctl(
-        &u.mnt,
-        &["--snapshot", &u.b("s0").display().to_string(), "--force"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    snapshot(&u, "s0", true);
     // Moving d would copy f away from its writer into the new branch.
     assert_errno(fs::rename(u.m("d"), u.m("e")), libc::EBUSY);
     held.write_all(b"A2").unwrap();

@@ -37,9 +37,10 @@ DESCRIPTION:
                  Add DIR as the new top rw branch and make every other branch ro,
                  as one atomic change. The branches below now hold the state of
                  the union at the time of the snapshot, and nothing more is
-                 written to them. Refused (EBUSY, naming the files) while files
-                 are open for writing on a branch it would freeze: close them
-                 and try again, or --force.
+                 written to them. Files open for writing on a branch it would
+                 freeze are waited for, up to a second (new opens for writing
+                 wait meanwhile); still open then: refused (EBUSY, naming the
+                 files); close them and try again, or --force.
     --force      With --mode ro or --snapshot: a file open for writing stays
                  pinned to its branch until the last handle on it closes; its
                  writers, and every open of it meanwhile, write that one copy

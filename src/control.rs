@@ -490,11 +490,7 @@ impl Server {
             }
             Request::List | Request::Query { .. } => unreachable!("not a change"),
         }
-        // The branches kept, with their new writability.
-        let kept: Vec<(u32, bool)> = next
-            .iter()
-            .filter_map(|(b, s)| b.as_ref().map(|b| (b.id, s.mode == Mode::Rw)))
-            .collect();
+        let losing = Losing::between(&old, &next);
         // Every path syscall first: while the drain below holds an open,
         // the kernel may hold the lock of a directory of the mount, which a
         // path resolving through the mount would wait for.
@@ -523,18 +519,12 @@ impl Server {
         // Writers that open and close files all the time (an appended log)
         // leave a change that freezes their branch only brief moments:
         // new opens for writing wait while the open ones close.
-        let frozen: Vec<u32> = old
-            .branches
-            .iter()
-            .filter(|b| b.writable() && kept.contains(&(b.id, false)))
-            .map(|b| b.id)
-            .collect();
-        let drained =
-            (!force && !frozen.is_empty()).then(|| self.union.handles.drain(&frozen, DRAIN));
+        let drained = (!force && !losing.frozen.is_empty())
+            .then(|| self.union.handles.drain(&losing.frozen, DRAIN));
         let bs = Arc::new(BranchSet::new(branches));
         self.union
             .resolve
-            .set_branches(bs.clone(), || self.open_files_allow(&old, &kept, force))
+            .set_branches(bs.clone(), || self.open_files_allow(&old, &losing, force))
             .map_err(refused)?;
         // Before the invalidation: a held open may hold the kernel's lock of
         // a directory the invalidation needs.
@@ -549,37 +539,55 @@ impl Server {
 /// writing to close before it is refused.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// What a change takes from the branches of the old set (ids).
+struct Losing {
+    /// Branches the new set no longer has.
+    removed: Vec<u32>,
+    /// Writable branches the new set keeps read-only.
+    frozen: Vec<u32>,
+}
+
+impl Losing {
+    /// From `old` to `next` (the kept branches carry their old `Branch`).
+    fn between(old: &BranchSet, next: &[(Option<Arc<Branch>>, BranchSpec)]) -> Losing {
+        let mode_in_next = |id: u32| {
+            next.iter()
+                .find(|(b, _)| b.as_ref().is_some_and(|b| b.id == id))
+                .map(|(_, s)| s.mode)
+        };
+        let mut losing = Losing {
+            removed: Vec::new(),
+            frozen: Vec::new(),
+        };
+        for b in &old.branches {
+            match mode_in_next(b.id) {
+                None => losing.removed.push(b.id),
+                Some(Mode::Ro) if b.writable() => losing.frozen.push(b.id),
+                Some(_) => {}
+            }
+        }
+        losing
+    }
+}
+
 impl Server {
-    /// Whether the open files allow the change from `old` to a set that
-    /// keeps the branches `kept` (id, writable) (run with no request
-    /// changing anything meanwhile). A branch removed must have no open
-    /// files; one made read-only, none open for writing: they would go on
-    /// writing into a branch the union no longer writes to, and a snapshot
-    /// would not hold what it was taken with. With `force`, files on a
-    /// removed branch keep working on it, and files open for writing on a
-    /// frozen one are pinned to it (see handles.rs).
+    /// Whether the open files allow the change from `old` that loses
+    /// `losing` (run with no request changing anything meanwhile). A
+    /// branch removed must have no open files; one made read-only, none
+    /// open for writing: they would go on writing into a branch the union
+    /// no longer writes to, and a snapshot would not hold what it was
+    /// taken with. With `force`, files on a removed branch keep working on
+    /// it, and files open for writing on a frozen one are pinned to it
+    /// (see handles.rs).
     fn open_files_allow(
         &self,
         old: &BranchSet,
-        kept: &[(u32, bool)],
+        losing: &Losing,
         force: bool,
     ) -> Result<(), Response> {
-        let in_new = |id: u32| kept.iter().find(|k| k.0 == id).map(|k| k.1);
-        let removed: Vec<u32> = old
-            .branches
-            .iter()
-            .map(|b| b.id)
-            .filter(|&id| in_new(id).is_none())
-            .collect();
-        let frozen: Vec<u32> = old
-            .branches
-            .iter()
-            .filter(|b| b.writable() && in_new(b.id) == Some(false))
-            .map(|b| b.id)
-            .collect();
         let handles = &self.union.handles;
         if force {
-            handles.pin_writers(&frozen);
+            handles.pin_writers(&losing.frozen);
             return Ok(());
         }
         let busy = |id: u32, writers: bool| {
@@ -598,10 +606,10 @@ impl Server {
                 format!("{path} has {what}: {names} (close them first, or --force)"),
             ))
         };
-        for id in removed {
+        for &id in &losing.removed {
             busy(id, false)?;
         }
-        for id in frozen {
+        for &id in &losing.frozen {
             busy(id, true)?;
         }
         Ok(())

@@ -72,6 +72,8 @@ impl Union {
         };
         let idx = self.resolve.top_idx(&bs, &node)?;
         let top = bs.get(idx).id;
+        // Again: a copy-up (this one, or another request's) or a branch
+        // change may have moved the file meanwhile.
         if self.handles.older_elsewhere(node.ino, bs.generation, top) {
             return self.detach(&bs, &node);
         }

@@ -86,6 +86,18 @@ struct Files {
 }
 
 impl Files {
+    /// The handles with their backing file on one of the branches `ids`
+    /// (only those open for writing: `writers`).
+    fn on<'a>(
+        &'a self,
+        ids: &'a [u32],
+        writers: bool,
+    ) -> impl Iterator<Item = &'a Arc<FileHandle>> {
+        self.by_fh
+            .values()
+            .filter(move |h| ids.contains(&h.on_branch()) && (h.writable || !writers))
+    }
+
     fn of(&self, ino: u64) -> impl Iterator<Item = &Arc<FileHandle>> {
         self.by_node
             .get(&ino)
@@ -190,13 +202,7 @@ impl Handles {
     /// The open files with their backing file on one of the branches `ids`
     /// (only those open for writing: `writers`).
     pub fn files_on(&self, ids: &[u32], writers: bool) -> Vec<Arc<FileHandle>> {
-        self.files
-            .lock()
-            .by_fh
-            .values()
-            .filter(|h| ids.contains(&h.on_branch()) && (h.writable || !writers))
-            .cloned()
-            .collect()
+        self.files.lock().on(ids, writers).cloned().collect()
     }
 
     /// Hold new opens for writing (see `admit_writer`) and wait, `within`
@@ -208,12 +214,7 @@ impl Handles {
         let deadline = Instant::now() + within;
         let mut files = self.files.lock();
         files.draining = true;
-        let busy = |f: &Files| {
-            f.entering > 0
-                || f.by_fh
-                    .values()
-                    .any(|h| h.writable && ids.contains(&h.on_branch()))
-        };
+        let busy = |f: &Files| f.entering > 0 || f.on(ids, true).next().is_some();
         while busy(&files) && !self.closed.wait_until(&mut files, deadline).timed_out() {}
         Drained(self)
     }
@@ -251,9 +252,7 @@ impl Handles {
     pub fn pin_writers(&self, ids: &[u32]) {
         let mut files = self.files.lock();
         let pins: Vec<(u64, u32)> = files
-            .by_fh
-            .values()
-            .filter(|h| h.writable && ids.contains(&h.on_branch()))
+            .on(ids, true)
             .map(|h| (h.node.ino, h.on_branch()))
             .collect();
         files.pinned.extend(pins);

@@ -38,6 +38,17 @@ fn ctl_fails(u: &Union, args: &[&str], code: i32, needle: &str) {
     assert!(err.contains(needle), "{err:?} lacks {needle:?}");
 }
 
+/// `unionctl MNT --list`, killed after `secs` seconds if no answer came.
+fn list_within(u: &Union, secs: u32) -> Output {
+    Command::new("timeout")
+        .arg(secs.to_string())
+        .arg(UNIONCTL)
+        .arg(&u.mnt)
+        .arg("--list")
+        .output()
+        .unwrap()
+}
+
 fn list(u: &Union) -> Vec<String> {
     ctl_ok(u, &["--list"])
         .lines()
@@ -480,13 +491,7 @@ fn a_stalled_client_delays_no_one_and_is_cut_off() {
     let mut stalled = std::os::unix::net::UnixStream::connect(&sock).unwrap();
     stalled.write_all(b"{\"op\":").unwrap();
     let start = std::time::Instant::now();
-    let out = Command::new("timeout")
-        .arg("3")
-        .arg(UNIONCTL)
-        .arg(&u.mnt)
-        .arg("--list")
-        .output()
-        .unwrap();
+    let out = list_within(&u, 3);
     assert!(out.status.success(), "--list waited for a stalled client");
     assert!(start.elapsed() < std::time::Duration::from_secs(3));
     // The stalled one is answered with an error at the deadline and closed.
@@ -566,13 +571,7 @@ fn a_user_who_hoards_connections_blocks_only_themselves() {
     .unwrap();
     assert!(line.contains("too many connections"), "{line}");
     // Root, meanwhile, is served at once.
-    let out = Command::new("timeout")
-        .arg("3")
-        .arg(UNIONCTL)
-        .arg(&u.mnt)
-        .arg("--list")
-        .output()
-        .unwrap();
+    let out = list_within(&u, 3);
     drop(hoarder.stdin.take());
     let _ = hoarder.wait();
     assert!(
@@ -590,13 +589,7 @@ fn a_daemon_that_answers_a_byte_at_a_time_holds_up_no_client() {
     // Root's own uid: trusted, and still not waited for forever.
     let mut fake = fake_server(&socket_of(&u), 0, "trickle");
     let start = std::time::Instant::now();
-    let out = Command::new("timeout")
-        .arg("30")
-        .arg(UNIONCTL)
-        .arg(&u.mnt)
-        .arg("--list")
-        .output()
-        .unwrap();
+    let out = list_within(&u, 30);
     fake.kill().unwrap();
     let _ = fake.wait();
     let err = String::from_utf8_lossy(&out.stderr);

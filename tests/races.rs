@@ -75,10 +75,6 @@ impl CopyUp {
 }
 
 /// Names in a branch directory, with the daemon's work directory left out.
-fn names(p: &Path) -> Vec<String> {
-    ls_branch(p)
-}
-
 #[test]
 fn a_file_removed_during_its_copy_up_stays_removed() {
     need_fuse!();
@@ -92,8 +88,8 @@ fn a_file_removed_during_its_copy_up_stays_removed() {
     assert_errno(copy.finish(), libc::ENOENT);
     assert!(!exists(u.m("f")), "a removed name came back");
     assert_eq!(ls(&u.mnt), Vec::<String>::new());
-    assert_eq!(names(&u.b("rw")), [".wh.f"]);
-    assert_eq!(names(&work(&u)), Vec::<String>::new(), "a copy was left");
+    assert_eq!(ls_branch(u.b("rw")), [".wh.f"]);
+    assert_eq!(ls_branch(work(&u)), Vec::<String>::new(), "a copy was left");
     u.remount("rw=rw:ro=ro", &[]);
     assert!(
         !exists(u.m("f")),
@@ -124,9 +120,9 @@ fn a_file_renamed_during_its_copy_up_moves_once_with_its_data() {
     assert_eq!(ls(&u.mnt), ["g"]);
     let size = (BIG_MIB << 20) as u64 + 8;
     assert_eq!(fs::metadata(u.m("g")).unwrap().len(), size);
-    assert_eq!(names(&u.b("rw")), [".wh.f", "g"]);
+    assert_eq!(ls_branch(u.b("rw")), [".wh.f", "g"]);
     assert_eq!(fs::metadata(u.b("rw/g")).unwrap().len(), size);
-    assert_eq!(names(&work(&u)), Vec::<String>::new(), "a copy was left");
+    assert_eq!(ls_branch(work(&u)), Vec::<String>::new(), "a copy was left");
     u.remount("rw=rw:ro=ro", &[]);
     assert_eq!(ls(&u.mnt), ["g"]);
     assert_eq!(fs::metadata(u.m("g")).unwrap().len(), size);
@@ -145,8 +141,8 @@ fn rm_rf_of_the_parent_during_a_copy_up_leaves_nothing() {
     copy.assert_running("rm -rf");
     assert_errno(copy.finish(), libc::ENOENT);
     assert_eq!(ls(&u.mnt), Vec::<String>::new(), "a removed tree came back");
-    assert_eq!(names(&u.b("rw")), [".wh.d"]);
-    assert_eq!(names(&work(&u)), Vec::<String>::new(), "a copy was left");
+    assert_eq!(ls_branch(u.b("rw")), [".wh.d"]);
+    assert_eq!(ls_branch(work(&u)), Vec::<String>::new(), "a copy was left");
     u.remount("rw=rw:ro=ro", &[]);
     assert_eq!(ls(&u.mnt), Vec::<String>::new());
 }
@@ -197,7 +193,7 @@ fn a_directory_stays_usable_while_a_large_copy_up_in_it_runs() {
     for w in waiters {
         w.join().unwrap().unwrap();
     }
-    assert_eq!(names(&u.b("rw/d")), [".wh.gone", "big", "renamed"]);
+    assert_eq!(ls_branch(u.b("rw/d")), [".wh.gone", "big", "renamed"]);
     wait_for("the waiting threads to end", || {
         waiting_threads(&u.mnt) == 0
     });
@@ -315,7 +311,7 @@ fn racing_creates_unlinks_renames_and_copy_ups_agree_with_a_remount() {
             &oci_view(&branches, d),
             "union and branches disagree in {d}"
         );
-        let files: Vec<String> = names(&u.b("rw").join(d));
+        let files: Vec<String> = ls_branch(u.b("rw").join(d));
         for n in &files {
             if let Some(w) = n.strip_prefix(".wh.") {
                 assert!(
@@ -337,7 +333,7 @@ fn racing_creates_unlinks_renames_and_copy_ups_agree_with_a_remount() {
         let count = files.iter().filter(|n| !n.starts_with(".wh.")).count();
         assert_eq!(inodes.len(), count, "one file under two names in {d}");
     }
-    assert_eq!(names(&work(&u)), Vec::<String>::new(), "a copy was left");
+    assert_eq!(ls_branch(work(&u)), Vec::<String>::new(), "a copy was left");
     u.remount("rw=rw:ro=ro", &[]);
     for (d, seen) in dirs.iter().zip(&seen) {
         assert_eq!(

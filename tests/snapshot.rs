@@ -46,6 +46,13 @@ fn snapshot(u: &Union, to: &str, force: bool) {
     );
 }
 
+/// All of an open file, read from its start.
+fn from_start(f: &mut fs::File) -> std::io::Result<String> {
+    let mut s = String::new();
+    f.rewind()?;
+    f.read_to_string(&mut s).map(|_| s)
+}
+
 /// Whether the daemon of `u` has a file descriptor open on `path`.
 fn daemon_holds(u: &Union, path: &std::path::Path) -> bool {
     let fds = format!("/proc/{}/fd", daemon_pid(&u.mnt));
@@ -263,10 +270,11 @@ fn a_reader_opened_before_a_snapshot_keeps_the_frozen_version() {
         );
         assert_eq!(read(u.b("s0/f")), "new", "{pt}");
         assert_eq!(read(u.m("f")), "new", "{pt}");
-        let mut s = String::new();
-        reader.rewind().unwrap();
-        reader.read_to_string(&mut s).unwrap();
-        assert_eq!(s, "frozen", "{pt}: the reader left its branch");
+        assert_eq!(
+            from_start(&mut reader).unwrap(),
+            "frozen",
+            "{pt}: the reader left its branch"
+        );
         // Appending through a new open after the snapshot too.
         append(&u.m("f"), "er");
         assert_eq!(read(u.m("f")), "newer", "{pt}");
@@ -292,16 +300,11 @@ fn readers_see_what_was_written_before_a_snapshot_and_keep_it() {
         let mut after = fs::File::open(u.m("g")).unwrap();
         append(&u.m("f"), " newest");
         append(&u.m("g"), " changed");
-        let text = |f: &mut fs::File| {
-            let mut s = String::new();
-            f.rewind().unwrap();
-            f.read_to_string(&mut s).map(|_| s)
-        };
-        assert_eq!(text(&mut early).unwrap(), "old new", "{pt}");
-        assert_eq!(text(&mut before).unwrap(), "frozen", "{pt}");
+        assert_eq!(from_start(&mut early).unwrap(), "old new", "{pt}");
+        assert_eq!(from_start(&mut before).unwrap(), "frozen", "{pt}");
         // Opened after the snapshot but sharing the earlier reader's file:
         // keeps that version (one kernel inode, one page cache).
-        assert_eq!(text(&mut after).unwrap(), "frozen", "{pt}");
+        assert_eq!(from_start(&mut after).unwrap(), "frozen", "{pt}");
         assert_eq!(read(u.m("g")), "frozen changed", "{pt}");
         assert_eq!(read(u.b("rw/f")), "old new", "{pt}: the frozen branch");
     }

@@ -232,6 +232,13 @@ fn changes_follow_the_branch_rules_and_bad_requests_change_nothing() {
         1,
         "is not a branch",
     );
+    ctl_fails(
+        &u,
+        &["--add", &p(&u, "extra"), "--force"],
+        2,
+        "--force goes with",
+    );
+    ctl_fails(&u, &["--list", "--force"], 2, "--force goes with");
     ctl_fails(&u, &["--frobnicate"], 2, "unknown option");
     ctl_fails(&u, &[], 2, "no action");
     assert_eq!(list(&u), before);

@@ -176,6 +176,9 @@ fn parse(args: &[String]) -> Result<(String, Request), String> {
             s => return Err(format!("unexpected argument '{s}'")),
         }
     }
+    if force && !matches!(verb, Some("remove" | "mode" | "snapshot")) {
+        return Err("--force goes with --remove, --mode or --snapshot".into());
+    }
     let req = match verb {
         None => {
             return Err(

@@ -627,8 +627,11 @@ impl Filesystem for UnionFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.union.release(fh.0);
+        // The I/O mode first: an open racing this release either still sees
+        // the handle (and, on another copy, gets a node of its own) or finds
+        // neither it nor its passthrough backing.
         self.io.release(fh.0);
+        self.union.release(fh.0);
         reply.ok();
     }
 

@@ -4,21 +4,16 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use fuser::{
-    BackingId, Errno as FErrno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
-};
 use parking_lot::Mutex;
 
 use crate::attr::SetAttr;
 use crate::copyup::MayWait;
 use crate::create::New;
+use crate::fuse::abi::{self, EntryOut};
+use crate::fuse::{Backing, Backings, Conn, DirBuf, Dispatch, Op, Reply, Request, SetTime};
 use crate::handles::Opened;
 use crate::options::MountOptions;
 use crate::resolve::{Attr, BRANCHES_CHANGED};
@@ -32,7 +27,7 @@ struct IoMode {
     cached: u32,
     passthrough: u32,
     /// The backing file, and its (st_dev, st_ino).
-    backing: Option<(Arc<BackingId>, (u64, u64))>,
+    backing: Option<(Arc<Backing>, (u64, u64))>,
 }
 
 fn identity(f: &std::fs::File) -> Option<(u64, u64)> {
@@ -59,49 +54,24 @@ struct Ttl {
 pub struct UnionFs {
     pub union: Arc<Union>,
     ttl: Ttl,
-    passthrough: bool,
-    readdirplus: bool,
+    /// Where passthrough opens get their backing ids; None: no passthrough.
+    backings: Option<Backings>,
     io: Arc<IoModes>,
-    /// Told when the session has ended (the kernel let go of the mount).
-    ended: Option<std::sync::mpsc::Sender<()>>,
 }
 
-fn err(e: Errno) -> FErrno {
-    FErrno::from_i32(e as i32)
-}
-
-fn time(s: i64, ns: i64) -> SystemTime {
-    if s >= 0 {
-        UNIX_EPOCH + Duration::new(s as u64, ns as u32)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(s.unsigned_abs()) + Duration::from_nanos(ns as u64)
-    }
-}
-
-fn kind(mode: u32) -> FileType {
-    match mode & libc::S_IFMT {
-        libc::S_IFDIR => FileType::Directory,
-        libc::S_IFLNK => FileType::Symlink,
-        libc::S_IFIFO => FileType::NamedPipe,
-        libc::S_IFCHR => FileType::CharDevice,
-        libc::S_IFBLK => FileType::BlockDevice,
-        libc::S_IFSOCK => FileType::Socket,
-        _ => FileType::RegularFile,
-    }
-}
-
-fn file_attr(a: &Attr) -> FileAttr {
+fn attr_out(a: &Attr) -> abi::Attr {
     let st: &FileStat = &a.st;
-    FileAttr {
-        ino: INodeNo(a.ino),
+    abi::Attr {
+        ino: a.ino,
         size: st.st_size as u64,
         blocks: st.st_blocks as u64,
-        atime: time(st.st_atime, st.st_atime_nsec),
-        mtime: time(st.st_mtime, st.st_mtime_nsec),
-        ctime: time(st.st_ctime, st.st_ctime_nsec),
-        crtime: time(st.st_ctime, st.st_ctime_nsec),
-        kind: kind(st.st_mode),
-        perm: (st.st_mode & 0o7777) as u16,
+        atime: st.st_atime as u64,
+        mtime: st.st_mtime as u64,
+        ctime: st.st_ctime as u64,
+        atimensec: st.st_atime_nsec as u32,
+        mtimensec: st.st_mtime_nsec as u32,
+        ctimensec: st.st_ctime_nsec as u32,
+        mode: st.st_mode,
         nlink: st.st_nlink as u32,
         uid: st.st_uid,
         gid: st.st_gid,
@@ -111,24 +81,24 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-/// The attributes of a negative entry: node id 0 means "no such name".
-fn absent() -> FileAttr {
-    FileAttr {
-        ino: INodeNo(0),
-        size: 0,
-        blocks: 0,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        crtime: UNIX_EPOCH,
-        kind: FileType::RegularFile,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 0,
-        flags: 0,
+fn entry_out(ttl: Ttl, a: &Attr) -> EntryOut {
+    EntryOut {
+        nodeid: a.ino,
+        generation: 0,
+        entry_valid: ttl.entry.as_secs(),
+        attr_valid: ttl.attr.as_secs(),
+        entry_valid_nsec: ttl.entry.subsec_nanos(),
+        attr_valid_nsec: ttl.attr.subsec_nanos(),
+        attr: attr_out(a),
+    }
+}
+
+/// A negative entry: node id 0 means "no such name", kept for `negative`.
+fn absent(negative: Duration) -> EntryOut {
+    EntryOut {
+        entry_valid: negative.as_secs(),
+        entry_valid_nsec: negative.subsec_nanos(),
+        ..Default::default()
     }
 }
 
@@ -137,55 +107,55 @@ fn absent() -> FileAttr {
 /// changes only by a copy-up, which copies it as it is; writes after that go
 /// through this same cache, since an inode with cached opens gets no
 /// passthrough ones).
-fn cache_flags(opened: &Opened) -> FopenFlags {
-    if opened.keep_cache {
-        FopenFlags::FOPEN_KEEP_CACHE
-    } else {
-        FopenFlags::empty()
+fn open_out(opened: &Opened, backing: Option<&Backing>) -> abi::OpenOut {
+    match backing {
+        Some(b) => abi::OpenOut {
+            fh: opened.fh,
+            open_flags: abi::FOPEN_PASSTHROUGH,
+            backing_id: b.id as i32,
+        },
+        None => abi::OpenOut {
+            fh: opened.fh,
+            open_flags: if opened.keep_cache {
+                abi::FOPEN_KEEP_CACHE
+            } else {
+                0
+            },
+            backing_id: 0,
+        },
     }
 }
 
-fn to_time(t: TimeOrNow) -> Time {
+fn to_time(t: SetTime) -> Time {
     match t {
-        TimeOrNow::Now => Time::Now,
-        TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => Time::Set(d.as_secs() as i64, d.subsec_nanos() as i64),
-            Err(e) => {
-                let d = e.duration();
-                let (s, ns) = (d.as_secs() as i64, d.subsec_nanos() as i64);
-                if ns == 0 {
-                    Time::Set(-s, 0)
-                } else {
-                    Time::Set(-s - 1, 1_000_000_000 - ns)
-                }
-            }
-        },
+        SetTime::Now => Time::Now,
+        SetTime::At(s, ns) => Time::Set(s, ns as i64),
     }
 }
 
 fn caller(req: &Request) -> Caller {
     Caller {
-        uid: req.uid(),
-        gid: req.gid(),
+        uid: req.uid,
+        gid: req.gid,
     }
 }
 
 impl UnionFs {
-    pub fn new(
-        union: Arc<Union>,
-        opts: &MountOptions,
-        ended: Option<std::sync::mpsc::Sender<()>>,
-    ) -> UnionFs {
+    /// The adapter for a connection INIT settled as `conn`; passthrough
+    /// when the options ask for it and the kernel granted it.
+    pub fn new(union: Arc<Union>, opts: &MountOptions, conn: &Conn, backings: Backings) -> UnionFs {
+        let passthrough = opts.passthrough && conn.has(abi::init::PASSTHROUGH);
+        if opts.passthrough && !passthrough {
+            log::info!("kernel has no FUSE passthrough; data goes through the daemon");
+        }
         UnionFs {
-            ended,
             union,
             ttl: Ttl {
                 entry: opts.entry_timeout,
                 negative: opts.negative_timeout,
                 attr: opts.attr_timeout,
             },
-            passthrough: opts.passthrough,
-            readdirplus: opts.readdirplus,
+            backings: passthrough.then_some(backings),
             io: Arc::default(),
         }
     }
@@ -217,6 +187,147 @@ impl UnionFs {
             res => done(res),
         }
     }
+
+    fn lookup(&self, parent: u64, name: &OsStr, reply: Reply) {
+        match self.union.lookup(parent, name) {
+            // A negative entry: the kernel keeps the miss for negative_timeout.
+            Err(Errno::ENOENT)
+                if !self.ttl.negative.is_zero()
+                    && self
+                        .union
+                        .resolve
+                        .negatives
+                        .admit(parent, name, self.ttl.negative) =>
+            {
+                reply.entry(&absent(self.ttl.negative))
+            }
+            res => reply_entry(self.ttl, reply, res),
+        }
+    }
+
+    /// Make a new name (file, node, directory, symlink) and answer with its entry.
+    fn make(&self, reply: Reply, new: impl Fn(&Union) -> Result<Attr> + Send + 'static) {
+        let ttl = self.ttl;
+        self.patiently(new, move |res| reply_entry(ttl, reply, res));
+    }
+
+    /// A change that answers nothing but success or an errno.
+    fn change(&self, reply: Reply, op: impl Fn(&Union) -> Result<()> + Send + 'static) {
+        self.patiently(op, |res| reply_empty(reply, res));
+    }
+
+    fn open(&self, ino: u64, flags: i32, reply: Reply) {
+        let (io, backings, union) = (self.io.clone(), self.backings.clone(), self.union.clone());
+        self.patiently(
+            move |u| u.open(ino, flags),
+            move |res| match res.and_then(|o| io.choose(backings.as_ref(), ino, o, &union)) {
+                Ok((opened, backing)) => reply.open(&open_out(&opened, backing.as_deref())),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        reply: Reply,
+    ) {
+        let (ttl, who, name) = (self.ttl, caller(req), name.to_os_string());
+        let (io, backings, union) = (self.io.clone(), self.backings.clone(), self.union.clone());
+        self.patiently(
+            move |u| u.create(parent, &name, who, New::File { mode, flags }),
+            move |res| {
+                let res = res.and_then(|(a, opened)| {
+                    let opened = opened.ok_or(Errno::EIO)?;
+                    Ok((a, io.choose(backings.as_ref(), a.ino, opened, &union)?))
+                });
+                match res {
+                    Ok((a, (opened, backing))) => {
+                        reply.create(&entry_out(ttl, &a), &open_out(&opened, backing.as_deref()))
+                    }
+                    Err(e) => reply.error(e),
+                }
+            },
+        );
+    }
+
+    fn read(&self, fh: u64, offset: u64, size: u32, reply: Reply) {
+        let mut reply = Some(reply);
+        let res = self.union.read(fh, offset, size, |data| {
+            if let Some(r) = reply.take() {
+                r.data(data)
+            }
+        });
+        if let (Err(e), Some(r)) = (res, reply.take()) {
+            r.error(e);
+        }
+    }
+
+    /// Entries of a directory handle from `offset` on, as many as fit in
+    /// `size`. With `plus`, each one comes with its attributes and is looked
+    /// up as by LOOKUP (and counted as a lookup the kernel will forget), so
+    /// `ls -l` or `du` after a listing asks nothing more. The kernel asks
+    /// for that only while entries of the directory are being looked up
+    /// (READDIRPLUS_AUTO).
+    fn readdir(&self, ino: u64, fh: u64, offset: u64, size: u32, plus: bool, reply: Reply) {
+        let entries = match self.union.readdir(fh, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        let mut buf = DirBuf::new(size);
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let off = (i + 1) as u64;
+            let name = std::os::unix::ffi::OsStrExt::as_bytes(e.name.as_os_str());
+            if !plus {
+                if !buf.add(e.ino, off, e.kind, name) {
+                    break;
+                }
+                continue;
+            }
+            if i < 2 {
+                // "." and "..": the kernel takes neither attributes nor a lookup.
+                let mut dot = EntryOut::default();
+                dot.attr.ino = e.ino;
+                dot.attr.mode = libc::S_IFDIR;
+                if !buf.add_plus(&dot, off, libc::S_IFDIR, name) {
+                    break;
+                }
+                continue;
+            }
+            // Gone since the listing was taken: left out of this reply.
+            let Ok(attr) = self.union.lookup(ino, &e.name) else {
+                continue;
+            };
+            let entry = entry_out(self.ttl, &attr);
+            if !buf.add_plus(&entry, off, attr.st.st_mode, name) {
+                // Not sent: the kernel will not forget it.
+                self.union.forget(attr.ino, 1);
+                break;
+            }
+        }
+        buf.send(reply);
+    }
+
+    fn statfs(&self, reply: Reply) {
+        match self.union.statfs() {
+            Ok(s) => reply.statfs(&abi::StatfsOut {
+                blocks: s.blocks(),
+                bfree: s.blocks_free(),
+                bavail: s.blocks_available(),
+                files: s.files(),
+                ffree: s.files_free(),
+                bsize: s.block_size() as u32,
+                namelen: self.union.name_max() as u32,
+                frsize: s.fragment_size() as u32,
+                ..Default::default()
+            }),
+            Err(e) => reply.error(e),
+        }
+    }
 }
 
 /// Run `op` until it ran on one branch set from start to end (a branch
@@ -231,52 +342,77 @@ fn settled<T>(op: &impl Fn(&Union) -> Result<T>, union: &Union) -> Result<T> {
     Err(Errno::EBUSY)
 }
 
-fn reply_entry(ttl: Ttl, reply: ReplyEntry, res: Result<Attr>) {
+fn reply_entry(ttl: Ttl, reply: Reply, res: Result<Attr>) {
     match res {
-        Ok(a) => reply.entry_with_ttls(&ttl.attr, &ttl.entry, &file_attr(&a), Generation(0)),
-        Err(e) => reply.error(err(e)),
+        Ok(a) => reply.entry(&entry_out(ttl, &a)),
+        Err(e) => reply.error(e),
     }
 }
 
-fn reply_attr(ttl: Ttl, reply: ReplyAttr, res: Result<Attr>) {
+fn reply_attr(ttl: Ttl, reply: Reply, res: Result<Attr>) {
     match res {
-        Ok(a) => reply.attr(&ttl.attr, &file_attr(&a)),
-        Err(e) => reply.error(err(e)),
+        Ok(a) => reply.attr(&abi::AttrOut {
+            attr_valid: ttl.attr.as_secs(),
+            attr_valid_nsec: ttl.attr.subsec_nanos(),
+            dummy: 0,
+            attr: attr_out(&a),
+        }),
+        Err(e) => reply.error(e),
     }
 }
 
-fn reply_empty(reply: ReplyEmpty, res: Result<()>) {
+fn reply_empty(reply: Reply, res: Result<()>) {
     match res {
         Ok(()) => reply.ok(),
-        Err(e) => reply.error(err(e)),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// getxattr/listxattr: size 0 asks for the length, else the value if it fits.
+fn xattr_reply(reply: Reply, size: u32, get: impl Fn(&mut [u8]) -> Result<usize>) {
+    if size == 0 {
+        return match get(&mut []) {
+            Ok(n) => reply.xattr_size(n as u32),
+            Err(e) => reply.error(e),
+        };
+    }
+    let mut buf = vec![0u8; size as usize];
+    match get(&mut buf) {
+        Ok(n) => reply.data(&buf[..n]),
+        Err(e) => reply.error(e),
     }
 }
 
 impl IoModes {
     /// Decide passthrough or not for a new open of `ino`, and account for
-    /// it. Answers the backing id to reply with, if any; EIO for an open on
-    /// another file than the inode's passthrough opens (the kernel takes
-    /// none while it has a backing file, and the union never makes one:
-    /// such an open gets a node of its own, see file.rs).
+    /// it: the open, with the backing to reply with if any. EIO (and the
+    /// handle released) for an open on another file than the inode's
+    /// passthrough opens (the kernel takes none while it has a backing
+    /// file, and the union never makes one: such an open gets a node of its
+    /// own, see file.rs).
     fn choose(
         &self,
-        passthrough: bool,
+        backings: Option<&Backings>,
         ino: u64,
-        opened: &Opened,
-        open_backing: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
-    ) -> Result<Option<Arc<BackingId>>> {
+        opened: Opened,
+        union: &Union,
+    ) -> Result<(Opened, Option<Arc<Backing>>)> {
         let mut io = self.inodes.lock();
         let mode = io.entry(ino).or_default();
         let mut backing = None;
         if let Some((id, file)) = &mode.backing {
             if identity(&opened.file) != Some(*file) {
                 log::error!("inode {ino}: an open on another file than its passthrough opens'");
+                drop(io);
+                union.release(opened.fh);
                 return Err(Errno::EIO);
             }
             backing = Some(id.clone());
-        } else if passthrough && opened.passthrough_ok && mode.cached == 0 {
+        } else if let Some(backings) =
+            backings.filter(|_| opened.passthrough_ok && mode.cached == 0)
+        {
             let file = identity(&opened.file);
-            match (open_backing(&opened.file), file) {
+            match (backings.open(&opened.file), file) {
                 (Ok(id), Some(file)) => mode.backing = Some((Arc::new(id), file)),
                 (Err(e), _) => log::debug!("no passthrough for inode {ino}: {e}"),
                 (Ok(_), None) => {}
@@ -291,7 +427,7 @@ impl IoModes {
         self.handles
             .lock()
             .insert(opened.fh, (ino, backing.is_some()));
-        Ok(backing)
+        Ok((opened, backing))
     }
 
     fn release(&self, fh: u64) {
@@ -315,564 +451,162 @@ impl IoModes {
     }
 }
 
-impl Filesystem for UnionFs {
-    fn destroy(&mut self) {
-        if let Some(tx) = self.ended.take() {
-            let _ = tx.send(());
-        }
+impl Dispatch for UnionFs {
+    fn forget(&self, nodeid: u64, nlookup: u64) {
+        self.union.forget(nodeid, nlookup);
     }
 
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        if self.passthrough {
-            if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
-                // Branches on a local filesystem: the stack is fuse over it.
-                let _ = config.set_max_stack_depth(1);
-            } else {
-                log::info!("kernel has no FUSE passthrough; data goes through the daemon");
-                self.passthrough = false;
+    fn dispatch(&self, req: Request<'_>, reply: Reply) {
+        let ino = req.nodeid;
+        let u = &self.union;
+        match req.op {
+            Op::Lookup { name } => self.lookup(ino, name, reply),
+            Op::Getattr { fh } => reply_attr(self.ttl, reply, u.getattr(ino, fh)),
+            Op::Setattr(a) => {
+                let set = SetAttr {
+                    mode: a.mode,
+                    uid: a.uid,
+                    gid: a.gid,
+                    size: a.size,
+                    atime: a.atime.map(to_time),
+                    mtime: a.mtime.map(to_time),
+                };
+                let ttl = self.ttl;
+                self.patiently(
+                    move |u| u.setattr(ino, set, a.fh),
+                    move |res| reply_attr(ttl, reply, res),
+                );
             }
-        }
-        let _ = config.set_max_write(1 << 20);
-        // As large as the kernel allows: fewer round trips for sequential reads.
-        if let Err(max) = config.set_max_readahead(1 << 20) {
-            let _ = config.set_max_readahead(max);
-        }
-        let _ = config.set_max_background(64);
-        // Lookups and readdirs in one directory may run at once (the model
-        // locks a directory only to change its names); symlink targets never change in place;
-        // a file whose mtime or size changed under the kernel's page cache
-        // (directly in a branch) has its cached pages dropped.
-        if self.readdirplus {
-            let _ = config.add_capabilities(
-                InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
-            );
-        }
-        for flag in [
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_CACHE_SYMLINKS,
-            InitFlags::FUSE_AUTO_INVAL_DATA,
-        ] {
-            let _ = config.add_capabilities(flag);
-        }
-        Ok(())
-    }
-
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.union.lookup(parent.0, name) {
-            // A negative entry: the kernel keeps the miss for negative_timeout.
-            Err(Errno::ENOENT)
-                if !self.ttl.negative.is_zero()
-                    && self
-                        .union
-                        .resolve
-                        .negatives
-                        .admit(parent.0, name, self.ttl.negative) =>
-            {
-                reply.entry_with_ttls(
-                    &Duration::ZERO,
-                    &self.ttl.negative,
-                    &absent(),
-                    Generation(0),
-                )
-            }
-            res => reply_entry(self.ttl, reply, res),
-        }
-    }
-
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.union.forget(ino.0, nlookup);
-    }
-
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        reply_attr(self.ttl, reply, self.union.getattr(ino.0, fh.map(|f| f.0)));
-    }
-
-    fn setattr(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        let set = SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime: atime.map(to_time),
-            mtime: mtime.map(to_time),
-        };
-        let (ttl, fh) = (self.ttl, fh.map(|f| f.0));
-        self.patiently(
-            move |u| u.setattr(ino.0, set, fh),
-            move |res| reply_attr(ttl, reply, res),
-        );
-    }
-
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.union.readlink(ino.0) {
-            Ok(t) => reply.data(std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str())),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn mknod(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        _umask: u32,
-        rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        let new = if mode & libc::S_IFMT == libc::S_IFREG {
-            New::File {
-                mode,
-                flags: libc::O_RDONLY,
-            }
-        } else {
-            New::Special {
-                mode,
-                rdev: rdev as u64,
-            }
-        };
-        let (ttl, who, name) = (self.ttl, caller(req), name.to_os_string());
-        self.patiently(
-            move |u| {
-                let (a, f) = u.create(parent.0, &name, who, new)?;
-                if let Some(f) = f {
-                    u.release(f.fh);
-                }
-                Ok(a)
+            Op::Readlink => match u.readlink(ino) {
+                Ok(t) => reply.data(std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str())),
+                Err(e) => reply.error(e),
             },
-            move |res| reply_entry(ttl, reply, res),
-        );
-    }
-
-    fn mkdir(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        _umask: u32,
-        reply: ReplyEntry,
-    ) {
-        let (ttl, who, name) = (self.ttl, caller(req), name.to_os_string());
-        self.patiently(
-            move |u| Ok(u.create(parent.0, &name, who, New::Dir { mode })?.0),
-            move |res| reply_entry(ttl, reply, res),
-        );
-    }
-
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let name = name.to_os_string();
-        self.patiently(
-            move |u| u.unlink(parent.0, &name),
-            |res| reply_empty(reply, res),
-        );
-    }
-
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let name = name.to_os_string();
-        self.patiently(
-            move |u| u.rmdir(parent.0, &name),
-            |res| reply_empty(reply, res),
-        );
-    }
-
-    fn symlink(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        link_name: &OsStr,
-        target: &Path,
-        reply: ReplyEntry,
-    ) {
-        let (ttl, who) = (self.ttl, caller(req));
-        let (name, target) = (link_name.to_os_string(), target.as_os_str().to_os_string());
-        self.patiently(
-            move |u| {
-                let new = New::Symlink { target: &target };
-                Ok(u.create(parent.0, &name, who, new)?.0)
-            },
-            move |res| reply_entry(ttl, reply, res),
-        );
-    }
-
-    fn rename(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        newparent: INodeNo,
-        newname: &OsStr,
-        flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        let (name, newname, flags) = (name.to_os_string(), newname.to_os_string(), flags.bits());
-        self.patiently(
-            move |u| u.rename(parent.0, &name, newparent.0, &newname, flags),
-            |res| reply_empty(reply, res),
-        );
-    }
-
-    fn link(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        newparent: INodeNo,
-        newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        let (ttl, newname) = (self.ttl, newname.to_os_string());
-        self.patiently(
-            move |u| u.link(ino.0, newparent.0, &newname),
-            move |res| reply_entry(ttl, reply, res),
-        );
-    }
-
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let (io, passthrough, union) = (self.io.clone(), self.passthrough, self.union.clone());
-        self.patiently(
-            move |u| u.open(ino.0, flags.0),
-            move |res| match res {
-                Ok(opened) => {
-                    let fh = FileHandle(opened.fh);
-                    match io.choose(passthrough, ino.0, &opened, |f| reply.open_backing(f)) {
-                        Ok(Some(id)) => reply.opened_passthrough(fh, FopenFlags::empty(), &id),
-                        Ok(None) => reply.opened(fh, cache_flags(&opened)),
-                        Err(e) => {
-                            union.release(opened.fh);
-                            reply.error(err(e))
-                        }
+            Op::Mknod { name, mode, rdev } => {
+                let new = if mode & libc::S_IFMT == libc::S_IFREG {
+                    New::File {
+                        mode,
+                        flags: libc::O_RDONLY,
                     }
-                }
-                Err(e) => reply.error(err(e)),
-            },
-        );
-    }
-
-    fn read(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
-        let mut reply = Some(reply);
-        let res = self.union.read(fh.0, offset, size, |data| {
-            if let Some(r) = reply.take() {
-                r.data(data)
-            }
-        });
-        if let (Err(e), Some(r)) = (res, reply.take()) {
-            r.error(err(e));
-        }
-    }
-
-    fn write(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        match self.union.write(fh.0, offset, data) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        // Nothing to do on close(2): ENOSYS tells the kernel to stop asking.
-        reply.error(FErrno::ENOSYS);
-    }
-
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        // The I/O mode first: an open racing this release either still sees
-        // the handle (and, on another copy, gets a node of its own) or finds
-        // neither it nor its passthrough backing.
-        self.io.release(fh.0);
-        self.union.release(fh.0);
-        reply.ok();
-    }
-
-    fn fsync(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        reply_empty(reply, self.union.fsync(fh.0, datasync));
-    }
-
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.union.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn readdir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        match self.union.readdir(fh.0, offset) {
-            Ok(entries) => {
-                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                    if reply.add(INodeNo(e.ino), (i + 1) as u64, kind(e.kind), &e.name) {
-                        break;
+                } else {
+                    New::Special {
+                        mode,
+                        rdev: rdev as u64,
                     }
-                }
+                };
+                let (who, name) = (caller(&req), name.to_os_string());
+                self.make(reply, move |u| {
+                    let (a, f) = u.create(ino, &name, who, new)?;
+                    if let Some(f) = f {
+                        u.release(f.fh);
+                    }
+                    Ok(a)
+                });
+            }
+            Op::Mkdir { name, mode } => {
+                let (who, name) = (caller(&req), name.to_os_string());
+                self.make(reply, move |u| {
+                    Ok(u.create(ino, &name, who, New::Dir { mode })?.0)
+                });
+            }
+            Op::Symlink { name, target } => {
+                let (who, name, target) =
+                    (caller(&req), name.to_os_string(), target.to_os_string());
+                self.make(reply, move |u| {
+                    Ok(u.create(ino, &name, who, New::Symlink { target: &target })?
+                        .0)
+                });
+            }
+            Op::Link { oldnodeid, newname } => {
+                let newname = newname.to_os_string();
+                self.make(reply, move |u| u.link(oldnodeid, ino, &newname));
+            }
+            Op::Unlink { name } => {
+                let name = name.to_os_string();
+                self.change(reply, move |u| u.unlink(ino, &name));
+            }
+            Op::Rmdir { name } => {
+                let name = name.to_os_string();
+                self.change(reply, move |u| u.rmdir(ino, &name));
+            }
+            Op::Rename {
+                name,
+                newdir,
+                newname,
+                flags,
+            } => {
+                let (name, newname) = (name.to_os_string(), newname.to_os_string());
+                self.change(reply, move |u| {
+                    u.rename(ino, &name, newdir, &newname, flags)
+                });
+            }
+            Op::Open { flags } => self.open(ino, flags as i32, reply),
+            Op::Create { name, mode, flags } => {
+                self.create(&req, ino, name, mode, flags as i32, reply)
+            }
+            Op::Read { fh, offset, size } => self.read(fh, offset, size, reply),
+            Op::Write { fh, offset, data } => match u.write(fh, offset, data) {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e),
+            },
+            // Nothing to do on close(2): ENOSYS tells the kernel to stop asking.
+            Op::Flush => reply.error(Errno::ENOSYS),
+            Op::Release { fh } => {
+                // The I/O mode first: an open racing this release either still sees
+                // the handle (and, on another copy, gets a node of its own) or finds
+                // neither it nor its passthrough backing.
+                self.io.release(fh);
+                u.release(fh);
                 reply.ok();
             }
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    /// Entries with their attributes: each one is looked up as by LOOKUP
-    /// (and counted as a lookup the kernel will forget), so `ls -l` or `du`
-    /// after a listing asks nothing more. The kernel asks for this only while
-    /// entries of the directory are being looked up (READDIRPLUS_AUTO).
-    fn readdirplus(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectoryPlus,
-    ) {
-        let entries = match self.union.readdir(fh.0, offset) {
-            Ok(e) => e,
-            Err(e) => return reply.error(err(e)),
-        };
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            let off = (i + 1) as u64;
-            if i < 2 {
-                // "." and "..": the kernel takes neither attributes nor a lookup.
-                let mut a = absent();
-                a.ino = INodeNo(e.ino);
-                a.kind = FileType::Directory;
-                if reply.add(
-                    INodeNo(e.ino),
-                    off,
-                    &e.name,
-                    &Duration::ZERO,
-                    &a,
-                    Generation(0),
-                ) {
-                    break;
-                }
-                continue;
-            }
-            // Gone since the listing was taken: left out of this reply.
-            let Ok(attr) = self.union.lookup(ino.0, &e.name) else {
-                continue;
-            };
-            let fa = file_attr(&attr);
-            if reply.add(fa.ino, off, &e.name, &self.ttl.entry, &fa, Generation(0)) {
-                // Not sent: the kernel will not forget it.
-                self.union.forget(attr.ino, 1);
-                break;
-            }
-        }
-        reply.ok();
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.union.releasedir(fh.0);
-        reply.ok();
-    }
-
-    fn fsyncdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        reply_empty(reply, self.union.fsyncdir(ino.0));
-    }
-
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.union.statfs() {
-            Ok(s) => reply.statfs(
-                s.blocks(),
-                s.blocks_free(),
-                s.blocks_available(),
-                s.files(),
-                s.files_free(),
-                s.block_size() as u32,
-                self.union.name_max() as u32,
-                s.fragment_size() as u32,
-            ),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn setxattr(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        name: &OsStr,
-        value: &[u8],
-        flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
-    ) {
-        let (name, value) = (name.to_os_string(), value.to_vec());
-        self.patiently(
-            move |u| u.setxattr(ino.0, &name, &value, flags),
-            |res| reply_empty(reply, res),
-        );
-    }
-
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        xattr_reply(reply, size, |buf| self.union.getxattr(ino.0, name, buf));
-    }
-
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        xattr_reply(reply, size, |buf| self.union.listxattr(ino.0, buf));
-    }
-
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let name = name.to_os_string();
-        self.patiently(
-            move |u| u.removexattr(ino.0, &name),
-            |res| reply_empty(reply, res),
-        );
-    }
-
-    fn create(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        _umask: u32,
-        flags: i32,
-        reply: ReplyCreate,
-    ) {
-        let (ttl, who, name) = (self.ttl, caller(req), name.to_os_string());
-        let (io, passthrough, union) = (self.io.clone(), self.passthrough, self.union.clone());
-        self.patiently(
-            move |u| u.create(parent.0, &name, who, New::File { mode, flags }),
-            move |res| match res {
-                Ok((a, Some(opened))) => {
-                    let (fh, attr) = (FileHandle(opened.fh), file_attr(&a));
-                    let backing = io.choose(passthrough, a.ino, &opened, |f| reply.open_backing(f));
-                    let gen = Generation(0);
-                    match backing {
-                        Ok(Some(id)) => {
-                            let flags = FopenFlags::empty();
-                            reply.created_passthrough(&ttl.entry, &attr, gen, fh, flags, &id)
-                        }
-                        Ok(None) => reply.created(&ttl.entry, &attr, gen, fh, cache_flags(&opened)),
-                        Err(e) => {
-                            union.release(opened.fh);
-                            reply.error(err(e))
-                        }
-                    }
-                }
-                Ok((_, None)) => reply.error(FErrno::EIO),
-                Err(e) => reply.error(err(e)),
+            Op::Fsync { fh, datasync } => reply_empty(reply, u.fsync(fh, datasync)),
+            Op::Opendir => match u.opendir(ino) {
+                Ok(fh) => reply.open(&abi::OpenOut {
+                    fh,
+                    ..Default::default()
+                }),
+                Err(e) => reply.error(e),
             },
-        );
-    }
-
-    fn fallocate(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        length: u64,
-        mode: i32,
-        reply: ReplyEmpty,
-    ) {
-        reply_empty(reply, self.union.fallocate(fh.0, offset, length, mode));
-    }
-
-    fn lseek(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: i64,
-        whence: i32,
-        reply: ReplyLseek,
-    ) {
-        match self.union.lseek(fh.0, offset, whence) {
-            Ok(off) => reply.offset(off),
-            Err(e) => reply.error(err(e)),
+            Op::Readdir {
+                fh,
+                offset,
+                size,
+                plus,
+            } => self.readdir(ino, fh, offset, size, plus, reply),
+            Op::Releasedir { fh } => {
+                u.releasedir(fh);
+                reply.ok();
+            }
+            Op::Fsyncdir => reply_empty(reply, u.fsyncdir(ino)),
+            Op::Statfs => self.statfs(reply),
+            Op::Setxattr { name, value, flags } => {
+                let (name, value) = (name.to_os_string(), value.to_vec());
+                self.change(reply, move |u| u.setxattr(ino, &name, &value, flags));
+            }
+            Op::Getxattr { name, size } => {
+                xattr_reply(reply, size, |buf| u.getxattr(ino, name, buf))
+            }
+            Op::Listxattr { size } => xattr_reply(reply, size, |buf| u.listxattr(ino, buf)),
+            Op::Removexattr { name } => {
+                let name = name.to_os_string();
+                self.change(reply, move |u| u.removexattr(ino, &name));
+            }
+            Op::Fallocate {
+                fh,
+                offset,
+                length,
+                mode,
+            } => reply_empty(reply, u.fallocate(fh, offset, length, mode)),
+            Op::Lseek { fh, offset, whence } => match u.lseek(fh, offset, whence) {
+                Ok(off) => reply.offset(off as u64),
+                Err(e) => reply.error(e),
+            },
+            // Answered by the session itself.
+            Op::Init(_)
+            | Op::Destroy
+            | Op::Interrupt { .. }
+            | Op::Forget { .. }
+            | Op::BatchForget(_)
+            | Op::Unsupported => reply.error(Errno::ENOSYS),
         }
-    }
-}
-
-/// getxattr/listxattr: size 0 asks for the length, else the value if it fits.
-fn xattr_reply(reply: ReplyXattr, size: u32, get: impl Fn(&mut [u8]) -> Result<usize>) {
-    if size == 0 {
-        match get(&mut []) {
-            Ok(n) => reply.size(n as u32),
-            Err(e) => reply.error(err(e)),
-        }
-        return;
-    }
-    let mut buf = vec![0u8; size as usize];
-    match get(&mut buf) {
-        Ok(n) => reply.data(&buf[..n]),
-        Err(e) => reply.error(err(e)),
     }
 }

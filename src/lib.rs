@@ -31,6 +31,7 @@ mod create;
 mod delete;
 mod file;
 mod fs;
+mod fuse;
 mod handles;
 mod readdir;
 mod rename;
@@ -57,49 +58,79 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use branch::{BranchSet, BranchSpec, Mode};
-pub use options::{DeleteMode, MountOptions};
+pub use options::{DeleteMode, IoUring, MountOptions};
 
-use fuser::{Config, MountOption, SessionACL};
+use nix::mount::MsFlags;
 use options::Flag;
 
-fn fuse_config(opts: &MountOptions) -> Config {
-    let mut c = Config::default();
-    let fsname = opts.fsname.clone().unwrap_or_else(|| "unionfs".to_string());
-    c.mount_options.push(MountOption::FSName(fsname));
-    // A kernel option, so /proc/mounts shows the type as fuse.unionfs.
-    c.mount_options
-        .push(MountOption::CUSTOM("subtype=unionfs".to_string()));
-    if opts.default_permissions {
-        c.mount_options.push(MountOption::DefaultPermissions);
-    }
+/// How the mount looks to the kernel: as fuser mounted it before the
+/// protocol became ours (nodev and nosuid unless asked otherwise).
+fn mount_args(opts: &MountOptions) -> fuse::MountArgs {
+    let mut flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
     if opts.read_only {
-        c.mount_options.push(MountOption::RO);
+        flags |= MsFlags::MS_RDONLY;
     }
     for f in &opts.flags {
-        c.mount_options.push(match f {
-            Flag::Dev => MountOption::Dev,
-            Flag::NoDev => MountOption::NoDev,
-            Flag::Suid => MountOption::Suid,
-            Flag::NoSuid => MountOption::NoSuid,
-            Flag::Exec => MountOption::Exec,
-            Flag::NoExec => MountOption::NoExec,
-            Flag::Atime => MountOption::Atime,
-            Flag::NoAtime => MountOption::NoAtime,
-            Flag::Sync => MountOption::Sync,
-            Flag::Async => MountOption::Async,
-            Flag::DirSync => MountOption::DirSync,
-        });
+        match f {
+            Flag::Dev => flags.remove(MsFlags::MS_NODEV),
+            Flag::NoDev => flags.insert(MsFlags::MS_NODEV),
+            Flag::Suid => flags.remove(MsFlags::MS_NOSUID),
+            Flag::NoSuid => flags.insert(MsFlags::MS_NOSUID),
+            Flag::Exec => flags.remove(MsFlags::MS_NOEXEC),
+            Flag::NoExec => flags.insert(MsFlags::MS_NOEXEC),
+            Flag::Atime => flags.remove(MsFlags::MS_NOATIME),
+            Flag::NoAtime => flags.insert(MsFlags::MS_NOATIME),
+            Flag::Sync => flags.insert(MsFlags::MS_SYNCHRONOUS),
+            Flag::Async => flags.remove(MsFlags::MS_SYNCHRONOUS),
+            Flag::DirSync => flags.insert(MsFlags::MS_DIRSYNC),
+        }
     }
-    c.acl = if opts.allow_other {
-        SessionACL::All
-    } else if opts.allow_root {
-        SessionACL::RootAndOwner
+    fuse::MountArgs {
+        fsname: opts.fsname.clone().unwrap_or_else(|| "unionfs".to_string()),
+        subtype: "unionfs".to_string(),
+        default_permissions: opts.default_permissions,
+        // allow_root is allow_other for the kernel, narrowed by the daemon.
+        allow_other: opts.allow_other || opts.allow_root,
+        flags,
+    }
+}
+
+fn access(opts: &MountOptions) -> fuse::Access {
+    if opts.allow_root && !opts.allow_other {
+        fuse::Access::OwnerAndRoot(sys::geteuid())
     } else {
-        SessionACL::Owner
-    };
-    c.n_threads = Some(opts.threads);
-    c.clone_fd = opts.threads > 1;
-    c
+        fuse::Access::Any
+    }
+}
+
+/// What the adapter asks of the kernel at INIT.
+fn want(opts: &MountOptions, ring: bool) -> fuse::Want {
+    use fuse::abi::init::*;
+    // Reads may be sent in parallel, writes larger than a page; lookups and
+    // readdirs in one directory may run at once (the model locks a directory
+    // only to change its names); symlink targets never change in place; a
+    // file whose mtime or size changed under the kernel's page cache
+    // (directly in a branch) has its cached pages dropped.
+    let mut flags =
+        ASYNC_READ | BIG_WRITES | MAX_PAGES | PARALLEL_DIROPS | CACHE_SYMLINKS | AUTO_INVAL_DATA;
+    if opts.readdirplus {
+        flags |= DO_READDIRPLUS | READDIRPLUS_AUTO;
+    }
+    if opts.passthrough {
+        flags |= PASSTHROUGH;
+    }
+    if ring {
+        flags |= OVER_IO_URING;
+    }
+    fuse::Want {
+        flags,
+        max_write: 1 << 20,
+        // As large as the kernel allows: fewer round trips for sequential reads.
+        max_readahead: 1 << 20,
+        max_background: 64,
+        // Branches on a local filesystem: the stack is fuse over it.
+        max_stack_depth: 1,
+    }
 }
 
 /// File descriptors kept free of the directory cache: branch roots, open
@@ -120,19 +151,100 @@ fn set_readahead(mountpoint: &Path, kb: u32) {
     }
 }
 
-/// A live mount: the FUSE session (serving once `run` or `spawn` is called),
-/// a channel that hears when the session has ended, and the unionctl socket
-/// (removed when this is dropped).
+/// A live mount: the connection, ready to be served, a channel that hears
+/// when it has ended, and the unionctl socket (removed when this is dropped).
 pub struct Mounted {
-    pub session: fuser::Session<fs::UnionFs>,
+    pub server: Server,
     pub ended: std::sync::mpsc::Receiver<()>,
     /// None when no trustworthy directory for the socket exists (the mount
     /// works, unionctl cannot reach it; a warning said why).
     pub control: Option<control::ControlSocket>,
 }
 
+/// Serves a mounted connection.
+pub struct Server {
+    session: Arc<fuse::Session>,
+    fs: Arc<fs::UnionFs>,
+    threads: usize,
+    ended: std::sync::mpsc::Sender<()>,
+}
+
+impl Server {
+    /// Start the threads that serve requests: over io_uring, one per queue
+    /// (all registered when this returns) and one /dev/fuse reader for what
+    /// the ring does not carry; else `threads` readers of /dev/fuse, each on
+    /// an fd of its own (a clone), so its replies never wait behind
+    /// another's. The channel of [`Mounted`] hears when the connection has
+    /// ended. Answers how many threads were started.
+    pub fn spawn(self) -> std::io::Result<usize> {
+        let c = self.session.conn;
+        let start = |name: &str, dev: Arc<fuse::session::Dev>| {
+            let (session, fs, ended) = (self.session.clone(), self.fs.clone(), self.ended.clone());
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    session.serve_dev(&*fs, dev);
+                    let _ = ended.send(());
+                })
+                .map(drop)
+        };
+        if c.has(fuse::abi::init::OVER_IO_URING) {
+            let queues = fuse::uring::queues();
+            let (ready_tx, ready) = std::sync::mpsc::channel();
+            for qid in 0..queues {
+                let (session, fs, ready_tx) = (self.session.clone(), self.fs.clone(), ready_tx.clone());
+                std::thread::Builder::new()
+                    .name(format!("unionfs-q{qid}"))
+                    .spawn(move || fuse::uring::serve_queue(&session, &*fs, qid, ready_tx))?;
+            }
+            for _ in 0..queues {
+                ready.recv().map_err(|_| std::io::Error::other("an io_uring queue ended"))??;
+            }
+            start("unionfs-fuse", self.session.dev.clone())?;
+            log::info!(
+                "serving over io_uring: {queues} queues of {} entries, one per CPU (FUSE 7.{})",
+                fuse::uring::DEPTH,
+                c.minor
+            );
+            return Ok(queues + 1);
+        }
+        let threads = self.threads.max(1);
+        for i in 0..threads {
+            let dev = if i == 0 {
+                self.session.dev.clone()
+            } else {
+                self.session.clone_dev()?
+            };
+            start("unionfs-fuse", dev)?;
+        }
+        log::info!(
+            "serving over /dev/fuse with {threads} threads (FUSE 7.{}, max_write {} KiB, {} pages a request)",
+            c.minor,
+            c.max_write >> 10,
+            c.max_pages
+        );
+        Ok(threads)
+    }
+}
+
+/// Whether the mount is to be served over io_uring: Err names why a mount
+/// with io_uring=on cannot be (checked before anything is mounted).
+pub fn io_uring_wanted(opts: &MountOptions) -> Result<bool, String> {
+    match opts.io_uring {
+        options::IoUring::Off => Ok(false),
+        options::IoUring::On => fuse::uring::offered().map(|()| true),
+        options::IoUring::Auto => match fuse::uring::offered() {
+            Ok(()) => Ok(true),
+            Err(why) => {
+                log::info!("serving over /dev/fuse: {why}");
+                Ok(false)
+            }
+        },
+    }
+}
+
 /// Mount the union of `branches` on `mountpoint` (absolute). The mount is
-/// live when this returns; requests are served once `session.run()` is called.
+/// live when this returns; requests are served once `server.spawn()` is called.
 pub fn mount(
     branches: BranchSet,
     mountpoint: &Path,
@@ -149,21 +261,37 @@ pub fn mount(
     let cache_max = opts.dir_cache.min(room as usize);
     let union = union::Union::new(branches, opts.delete, opts.entry_timeout, cache_max);
     let union = Arc::new(union.map_err(std::io::Error::from)?);
-    let (ended_tx, ended) = std::sync::mpsc::channel();
-    let fs = fs::UnionFs::new(union.clone(), opts, Some(ended_tx));
-    let session = fuser::Session::new(fs, mountpoint, &fuse_config(opts))?;
+    let ring = io_uring_wanted(opts).map_err(std::io::Error::other)?;
+    let dev = fuse::mount(mountpoint, &mount_args(opts))?;
+    let session = fuse::Session::init(dev, &want(opts, ring), access(opts)).and_then(|s| {
+        if opts.io_uring == options::IoUring::On && !s.conn.has(fuse::abi::init::OVER_IO_URING) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "the kernel did not offer FUSE over io_uring at INIT",
+            ));
+        }
+        Ok(Arc::new(s))
+    });
+    let session = match session {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH);
+            return Err(e);
+        }
+    };
+    let fs = fs::UnionFs::new(union.clone(), opts, &session.conn, session.backings());
     set_readahead(mountpoint, opts.readahead_kb);
     let notifier = session.notifier();
     let invalidate: control::Invalidate = Box::new(move |u: &union::Union| {
         // Every name and inode the kernel may hold: the next access asks again.
         for (ino, parent, name) in u.resolve.inodes.known_names() {
-            let _ = notifier.inval_entry(fuser::INodeNo(parent), &name);
-            let _ = notifier.inval_inode(fuser::INodeNo(ino), 0, 0);
+            let _ = notifier.inval_entry(parent, &name, false);
+            let _ = notifier.inval_inode(ino);
         }
         for (parent, name) in u.resolve.negatives.take() {
-            let _ = notifier.inval_entry(fuser::INodeNo(parent), &name);
+            let _ = notifier.inval_entry(parent, &name, false);
         }
-        let _ = notifier.inval_inode(fuser::INodeNo(resolve::ROOT), 0, 0);
+        let _ = notifier.inval_inode(resolve::ROOT);
     });
     let control = match control::serve(union, mountpoint.to_path_buf(), invalidate) {
         Ok(c) => Some(c),
@@ -172,8 +300,14 @@ pub fn mount(
             None
         }
     };
+    let (ended_tx, ended) = std::sync::mpsc::channel();
     Ok(Mounted {
-        session,
+        server: Server {
+            session,
+            fs: Arc::new(fs),
+            threads: opts.threads,
+            ended: ended_tx,
+        },
         ended,
         control,
     })

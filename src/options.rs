@@ -13,6 +13,18 @@ pub enum DeleteMode {
     First,
 }
 
+/// Which transport serves requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IoUring {
+    /// io_uring where the kernel offers it, else /dev/fuse.
+    #[default]
+    Auto,
+    /// io_uring or no mount.
+    On,
+    /// /dev/fuse only.
+    Off,
+}
+
 /// Generic mount flags passed to the kernel as given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flag {
@@ -38,6 +50,7 @@ pub struct MountOptions {
     pub read_only: bool,
     pub threads: usize,
     pub passthrough: bool,
+    pub io_uring: IoUring,
     /// Listings carry attributes when entries are being looked up.
     pub readdirplus: bool,
     pub entry_timeout: Duration,
@@ -64,6 +77,7 @@ impl Default for MountOptions {
                 .map(|n| n.get().max(2))
                 .unwrap_or(2),
             passthrough: true,
+            io_uring: IoUring::Auto,
             readdirplus: false,
             entry_timeout: Duration::from_secs(1),
             attr_timeout: Duration::from_secs(1),
@@ -158,6 +172,14 @@ impl MountOptions {
                 }
                 ("passthrough", Some(v)) => self.passthrough = on_off(key, v)?,
                 ("readdirplus", Some(v)) => self.readdirplus = on_off(key, v)?,
+                ("io_uring", Some(v)) => {
+                    self.io_uring = match v {
+                        "auto" => IoUring::Auto,
+                        "on" => IoUring::On,
+                        "off" => IoUring::Off,
+                        _ => return Err(format!("option io_uring: '{v}' is not auto, on or off")),
+                    }
+                }
                 ("entry_timeout", Some(v)) => self.entry_timeout = seconds(key, v)?,
                 ("attr_timeout", Some(v)) => self.attr_timeout = seconds(key, v)?,
                 ("negative_timeout", Some(v)) => self.negative_timeout = seconds(key, v)?,
@@ -196,7 +218,8 @@ impl MountOptions {
                     return Err(format!("option {k} takes no value"))
                 }
                 (
-                    "delete" | "threads" | "passthrough" | "readdirplus" | "entry_timeout"
+                    "delete" | "threads" | "passthrough" | "io_uring" | "readdirplus"
+                    | "entry_timeout"
                     | "attr_timeout" | "negative_timeout" | "dir_cache" | "readahead" | "fsname",
                     None,
                 ) => return Err(format!("option {key} needs a value ({key}=...)")),
@@ -270,6 +293,13 @@ mod tests {
     #[test]
     fn parses_cache_options() {
         let mut o = MountOptions::default();
+        assert_eq!(o.io_uring, IoUring::Auto);
+        o.apply("io_uring=off").unwrap();
+        assert_eq!(o.io_uring, IoUring::Off);
+        assert_eq!(
+            o.apply("io_uring=yes").unwrap_err(),
+            "option io_uring: 'yes' is not auto, on or off"
+        );
         o.apply("dir_cache=0,readahead=128,readdirplus=on,negative_timeout=2.5")
             .unwrap();
         assert_eq!(o.dir_cache, 0);

@@ -26,6 +26,8 @@ use nix::unistd::{self, Gid, Uid};
 
 pub type Result<T> = std::result::Result<T, Errno>;
 
+pub mod uring;
+
 const RESOLVE: ResolveFlag = ResolveFlag::RESOLVE_BENEATH
     .union(ResolveFlag::RESOLVE_NO_SYMLINKS)
     .union(ResolveFlag::RESOLVE_NO_MAGICLINKS);
@@ -872,4 +874,76 @@ pub fn bind_unix(
     let bound = std::os::unix::net::UnixListener::bind(Path::new(&path));
     stat::umask(old);
     bound
+}
+
+// The FUSE device: cloning a channel, passthrough backing files.
+nix::ioctl_read!(fuse_dev_clone, 229, 0, u32);
+nix::ioctl_write_ptr!(fuse_backing_open, 229, 1, BackingMap);
+nix::ioctl_write_ptr!(fuse_backing_close, 229, 2, u32);
+
+/// `struct fuse_backing_map`.
+#[repr(C)]
+pub struct BackingMap {
+    fd: i32,
+    flags: u32,
+    padding: u64,
+}
+
+/// A new fd on the FUSE connection of `dev`, with its own request queue:
+/// requests read from it are answered on it.
+pub fn fuse_clone(dev: BorrowedFd) -> Result<OwnedFd> {
+    let fd = fcntl::open("/dev/fuse", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
+    let mut master = dev.as_raw_fd() as u32;
+    // SAFETY: FUSE_DEV_IOC_CLONE reads one u32 (the fd to clone) from a
+    // pointer to a live local; both fds stay open across the call.
+    unsafe { fuse_dev_clone(fd.as_raw_fd(), &mut master) }?;
+    Ok(fd)
+}
+
+/// Register `file` as a passthrough backing file of the connection: the id
+/// to put in an open reply.
+pub fn fuse_backing_open_fd(dev: BorrowedFd, file: BorrowedFd) -> Result<u32> {
+    let map = BackingMap {
+        fd: file.as_raw_fd(),
+        flags: 0,
+        padding: 0,
+    };
+    // SAFETY: the kernel reads a fuse_backing_map from a pointer to a live
+    // local of that layout; the fds stay open across the call.
+    let id = unsafe { fuse_backing_open(dev.as_raw_fd(), &map) }?;
+    Ok(id as u32)
+}
+
+pub fn fuse_backing_close_id(dev: BorrowedFd, id: u32) -> Result<()> {
+    // SAFETY: the kernel reads one u32 from a pointer to a live local.
+    unsafe { fuse_backing_close(dev.as_raw_fd(), &id) }.map(drop)
+}
+
+/// The one fd a peer sends over `sock` (SCM_RIGHTS), if it sends one.
+pub fn receive_fd(sock: BorrowedFd) -> Option<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(got) = c {
+            fds.extend(got);
+        }
+    }
+    // SAFETY: each fd was just installed in this process by the kernel for
+    // this message and is owned by nothing else; every one is wrapped (and
+    // so closed), the first returned.
+    let owned: Vec<OwnedFd> = fds
+        .into_iter()
+        .map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        .collect();
+    owned.into_iter().next()
 }

@@ -133,12 +133,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    // fuser warns when the kernel side is already gone at exit: not ours to report.
-    let log_default = if cli.debug {
-        "debug"
-    } else {
-        "warn,fuser=error"
-    };
+    let log_default = if cli.debug { "debug" } else { "warn" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(log_default)).init();
 
     let mut opts = MountOptions::default();
@@ -167,6 +162,10 @@ fn main() -> ExitCode {
     };
     if let Some(w) = branches.order_warning() {
         eprintln!("unionfs-mount: {w}");
+    }
+    // io_uring=on without the kernel's io_uring: refused before anything is mounted.
+    if let Err(why) = unionfs::io_uring_wanted(&opts) {
+        return usage_error(format!("io_uring=on: {why}"));
     }
     let foreground = cli.foreground || cli.debug;
     if foreground {
@@ -218,7 +217,7 @@ fn serve(
         return ExitCode::from(1);
     }
     let unionfs::Mounted {
-        session,
+        server,
         ended,
         control: _control,
     } = match unionfs::mount(branches, mountpoint, opts) {
@@ -228,7 +227,9 @@ fn serve(
                 "unionfs-mount: cannot mount on {}: {e}",
                 mountpoint.display()
             );
-            return ExitCode::from(1);
+            // io_uring=on and the kernel did not offer it: a usage error.
+            let unsupported = e.kind() == std::io::ErrorKind::Unsupported;
+            return ExitCode::from(if unsupported { 2 } else { 1 });
         }
     };
     let target = mountpoint.to_path_buf();
@@ -246,14 +247,15 @@ fn serve(
     // Serve first, then say the mount is live: the first request of the
     // caller then finds threads waiting for it, not threads being started.
     let before = threads_running();
-    let background = match session.spawn() {
-        Ok(b) => b,
+    let started = match server.spawn() {
+        Ok(n) => n,
         Err(e) => {
             eprintln!("unionfs-mount: cannot serve {}: {e}", mountpoint.display());
+            daemon::unmount_retrying(mountpoint);
             return ExitCode::from(1);
         }
     };
-    let want = before + 1 + opts.threads;
+    let want = before + started;
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(100);
     while threads_running() < want && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_micros(100));
@@ -263,11 +265,8 @@ fn serve(
         let _ = daemon::detach_stdio(std::env::var_os("RUST_LOG").is_some());
     }
     // Serving ends when the kernel lets go of the mount (fusermount3 -u,
-    // umount, or the signal thread). The background session is never
-    // dropped: fuser would unmount the mount point by path once more, and by
-    // then the path may hold someone else's new mount.
+    // umount, or the signal thread).
     let _ = ended.recv();
-    std::mem::forget(background);
     ExitCode::SUCCESS
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # benches/compare.sh: run the same workloads on a plain directory, kernel
-# overlayfs, fuse-overlayfs, unionfs-fuse and unionfs-mount, in one run, over
+# overlayfs, fuse-overlayfs, unionfs-fuse and unionfs-mount (over /dev/fuse:
+# "unionfs"; over FUSE over io_uring: "unionfs-uring"), in one run, over
 # tmpfs-backed branches with 5 lower layers, and print a markdown table of
 # medians with each filesystem's ratio to kernel overlayfs. Results are
 # checked (a fast wrong answer is marked WRONG). Everything is unmounted at
@@ -11,6 +12,9 @@
 #   RUNS=5 benches/compare.sh       repetitions of each workload (default 3; 1 for
 #                                   rand-read and tar-x; LOOKUP_RUNS=15 for lookups, mounts)
 #   FS="overlay unionfs" ...        a subset of filesystems
+# unionfs-uring turns the kernel's FUSE over io_uring on for the run
+# (/sys/module/fuse/parameters/enable_uring) and back as it was after. The
+# run ends with the round trip of one request on each of our transports.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
@@ -18,7 +22,7 @@ SCALE=${SCALE:-1}
 RUNS=${RUNS:-3}
 # first lookups and mounts take a few ms each and vary most: more runs
 LOOKUP_RUNS=${LOOKUP_RUNS:-15}
-FS=${FS:-"plain overlay fuse-overlayfs unionfs-fuse unionfs"}
+FS=${FS:-"plain overlay fuse-overlayfs unionfs-fuse unionfs unionfs-uring"}
 W=${BENCH_DIR:-/tmp/unionfs-bench}
 n() { echo $(( $1 / SCALE > 0 ? $1 / SCALE : 1 )); }
 
@@ -35,11 +39,17 @@ UM=$top/target/release/unionfs-mount
 cc -O2 -o "$W.fsbench" "$here/src/fsbench.c" 2>/dev/null || { mkdir -p "$(dirname "$W")"; cc -O2 -o "$W.fsbench" "$here/src/fsbench.c"; }
 FSB=$W.fsbench
 
+knob=/sys/module/fuse/parameters/enable_uring
+knob_before=$(cat "$knob" 2>/dev/null || echo none)
 cleanup() {
     for m in $(awk -v w="$W" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r); do
         umount -l "$m" 2>/dev/null
     done
+    [ "$knob_before" = none ] || echo "$knob_before" > "$knob"
 }
+if [[ " $FS " == *" unionfs-uring "* ]]; then
+    echo Y > "$knob" 2>/dev/null || { echo "unionfs-uring: this kernel cannot serve FUSE over io_uring ($knob)" >&2; exit 1; }
+fi
 trap 'cleanup; exit 130' INT TERM
 trap cleanup EXIT
 cleanup
@@ -79,7 +89,7 @@ make_lowers() {
 }
 
 lowers_of() {
-    case $1 in unionfs) echo wh ;; unionfs-fuse) echo none ;; *) echo ovl ;; esac
+    case $1 in unionfs|unionfs-uring) echo wh ;; unionfs-fuse) echo none ;; *) echo ovl ;; esac
 }
 
 # mount_fs FS MNT [NLOWER]: a fresh, empty upper over the lowers (or over
@@ -111,9 +121,11 @@ mount_fs() {
     unionfs-fuse)
         spec="$up=RW"; for l in "${ls[@]}"; do spec="$spec:$l=RO"; done
         unionfs-fuse -o cow,use_ino,allow_other "$spec" "$mnt" 2>>"$log" ;;
-    unionfs)
+    unionfs|unionfs-uring)
+        local ring=off
+        [ "$fs" = unionfs-uring ] && ring=on
         spec="$up=rw"; for l in "${ls[@]}"; do spec="$spec:$l=ro"; done
-        "$UM" -o "${UNIONFS_OPTS:-entry_timeout=60,attr_timeout=60,negative_timeout=60}" "$spec" "$mnt" ;;
+        "$UM" -o "${UNIONFS_OPTS:-entry_timeout=60,attr_timeout=60,negative_timeout=60},io_uring=$ring" "$spec" "$mnt" ;;
     esac
 }
 
@@ -269,7 +281,15 @@ wl_copyup-small() {
     [ "$2" = $(( $(n 2000) * 5 )) ] && echo "$1 ok" || echo "$1 chmod'ed $2"
 }
 
-wl_create-delete() {
+wl_create() {
+    mkdir -p "$2/new"
+    local c
+    c=$("$FSB" create "$2/new" $(n 20000) 4096)
+    [ "${c#* }" = $(n 20000) ] && [ "$(ls -A "$2/new" | wc -l)" = $(n 20000) ] || { echo "0 created ${c#* }"; return; }
+    echo "${c% *} ok"
+}
+
+wl_delete() { # of files just created, on the same mount
     mkdir -p "$2/new"
     local c u
     c=$("$FSB" create "$2/new" $(n 20000) 4096)
@@ -277,7 +297,7 @@ wl_create-delete() {
     local left
     left=$(ls -A "$2/new" | wc -l)
     [ "${c#* }" = $(n 20000) ] && [ "${u#* }" = $(n 20000) ] && [ "$left" = 0 ] || { echo "0 created ${c#* } removed ${u#* } left $left"; return; }
-    awk -v a="${c% *}" -v b="${u% *}" 'BEGIN { printf "%.1f ok\n", a + b }'
+    echo "${u% *} ok"
 }
 
 wl_tar-x() {
@@ -348,7 +368,8 @@ run_workload rand-read IOPS
 run_workload seq-write MB/s
 run_workload copyup-1g ms
 run_workload copyup-small ms
-run_workload create-delete ms
+run_workload create ms
+run_workload delete ms
 run_workload tar-x ms
 for d in 1 4 16 64; do
     units+=("lookup-$d=us")
@@ -365,6 +386,27 @@ for fs in $FS; do
     echo "  mount-64 $fs ${R[mount-64,$fs]} ms" >&2
 done
 read -r walked rss <<< "$(rss_walk)"
+
+# One request's round trip on each of our transports: stats of names that
+# are not there, with the kernel caching nothing (each is exactly one
+# LOOKUP, answered from the daemon's index of the branch).
+round_trip() {
+    local fs=$1 mnt=$W/mnt-$1 i pid before after out
+    UNIONFS_OPTS=entry_timeout=0,attr_timeout=0,negative_timeout=0 mount_fs "$fs" "$mnt" || return
+    for i in $(seq 1 $(n 20000)); do echo "$mnt/tree/none$i"; done > "$W/list-rtt"
+    "$FSB" stat "$W/list-rtt" > /dev/null
+    pid=$(daemon_pid "$mnt")
+    before=$(daemon_stats "$pid")
+    out=$("$FSB" stat "$W/list-rtt")
+    after=$(daemon_stats "$pid")
+    umount_fs "$mnt"
+    awk -v ms="${out% *}" -v n=$(n 20000) -v t=$(( ${after% *} - ${before% *} )) \
+        'BEGIN { printf "%.1f us a request, daemon CPU %.1f us a request", ms * 1000 / n, t * 10000 / n }'
+}
+rtt=()
+for fs in $FS; do
+    case $fs in unionfs|unionfs-uring) rtt+=("$fs: $(round_trip "$fs")") ;; esac
+done
 
 # --- the table -----------------------------------------------------------------
 unit_of() { local u; for u in "${units[@]}"; do [ "${u%%=*}" = "$1" ] && { echo "${u#*=}"; return; }; done; }
@@ -407,7 +449,7 @@ printf '|---|'
 for fs in $FS; do case $fs in plain|overlay) ;; *) printf -- '---|---|' ;; esac; done
 echo
 for w in "${order[@]}"; do
-    [ -n "${CPU[$w,unionfs]:-}${CPU[$w,fuse-overlayfs]:-}" ] || continue
+    [ -n "${CPU[$w,unionfs]:-}${CPU[$w,unionfs-uring]:-}${CPU[$w,fuse-overlayfs]:-}" ] || continue
     printf '| %s |' "$w"
     for fs in $FS; do
         case $fs in plain|overlay) ;; *)
@@ -419,4 +461,7 @@ for w in "${order[@]}"; do
 done
 echo
 echo "unionfs daemon RSS after walking $walked entries: $(awk -v k="${rss:-0}" 'BEGIN { printf "%.0f", k / 1024 }') MiB"
+echo
+echo "Round trip of one request ($(n 20000) stats of absent names, nothing cached by the kernel):"
+printf '    %s\n' "${rtt[@]}"
 grep -v lazytime "$log" | grep -q . && { echo; echo "Notes from the run (errors, WRONG results):"; grep -v lazytime "$log" | sed "s/^/    /" | head -20; }

@@ -15,6 +15,7 @@ use crate::resolve::{Node, ROOT};
 use crate::sys::{self, Dir, Errno, FileStat, Obj, Result, Time};
 use crate::tree::remove_tree;
 use crate::union::Union;
+use crate::waiting::may_wait;
 use crate::whiteout;
 
 const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
@@ -181,33 +182,11 @@ fn copy_rw(src: BorrowedFd, dst: BorrowedFd, mut pos: i64, end: i64) -> Result<(
     Ok(())
 }
 
-thread_local! {
-    /// Whether this thread may wait for another request's copy-up. The
-    /// threads that serve FUSE requests may not: a request that would wait
-    /// answers EINPROGRESS (never passed on to the kernel) and is run again
-    /// on a thread of its own (see fs.rs), so waiters never hold up the rest.
-    static MAY_WAIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Whether this thread may wait for another request (see `MAY_WAIT`).
-pub(crate) fn may_wait() -> bool {
-    MAY_WAIT.with(|w| w.get())
-}
-
-/// Allow waiting for copy-ups on this thread, until the guard is dropped.
-pub(crate) struct MayWait(bool);
-
-impl MayWait {
-    pub fn new() -> MayWait {
-        MayWait(MAY_WAIT.with(|w| w.replace(true)))
-    }
-}
-
-impl Drop for MayWait {
-    fn drop(&mut self) {
-        MAY_WAIT.with(|w| w.set(self.0));
-    }
-}
+/// A copy-up of more data than this is not done on a thread that serves
+/// requests (it answers EINPROGRESS and runs again on a thread of its own,
+/// as a waiter does): over io_uring a queue's thread serves every request
+/// of its CPU, and none of them should wait behind a large copy.
+pub(crate) const SLOW_COPY: i64 = 1 << 20;
 
 /// Renames of a copy that find the name changed under them try again this
 /// many times.
@@ -249,9 +228,7 @@ impl Union {
         if self.handles.pinned(node.ino).is_some() {
             return Err(Errno::EBUSY);
         }
-        let Some(_turn) = node.copying.enter(may_wait()) else {
-            return Err(Errno::EINPROGRESS);
-        };
+        let _turn = node.copying.enter()?;
         for _ in 0..ATTEMPTS {
             // Another request may have copied it up while we waited.
             let idx = self.resolve.top_idx(bs, node)?;
@@ -265,6 +242,12 @@ impl Union {
             let parent = self.resolve.node(pino)?;
             let pdir = self.dir_in(bs, target, &parent)?;
             let sdir = self.resolve.layer_dir(bs, &parent, idx)?;
+            if data && node.kind == libc::S_IFREG && !may_wait() {
+                let st = sys::stat_at(&sdir, &name)?;
+                if st.st_size > SLOW_COPY {
+                    return Err(Errno::EINPROGRESS);
+                }
+            }
             let tmp = self.build_copy(bs, target, Obj::at(&sdir, &name), node.kind, data)?;
             let _lock = self.resolve.lock(bs, pino)?;
             if node.is_unlinked() {

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use nix::fcntl::OFlag;
 
-use crate::copyup::{make_node, may_wait, Temp};
+use crate::copyup::{make_node, Temp};
 use crate::handles::Opened;
 use crate::resolve::Attr;
 use crate::sys::{self, Dir, Errno, Result};
@@ -36,7 +36,7 @@ impl Union {
     ) -> Result<(Attr, Option<Opened>)> {
         self.check_new_name(name)?;
         let _admitted = match new {
-            New::File { .. } => Some(self.handles.admit_writer(may_wait())?),
+            New::File { .. } => Some(self.handles.admit_writer()?),
             _ => None,
         };
         let bs = self.branches();

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use nix::fcntl::OFlag;
 
 use crate::branch::BranchSet;
-use crate::copyup::may_wait;
 use crate::handles::{FileHandle, Opened};
 use crate::readdir::{self, Entry};
 use crate::resolve::Node;
@@ -44,7 +43,7 @@ impl Union {
         let writable = oflags & OFlag::O_ACCMODE != OFlag::O_RDONLY;
         let trunc = oflags.contains(OFlag::O_TRUNC);
         let _admitted = match writable || trunc {
-            true => Some(self.handles.admit_writer(may_wait())?),
+            true => Some(self.handles.admit_writer()?),
             false => None,
         };
         // Where this open will find the file: its copy-up target if it

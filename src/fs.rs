@@ -4,13 +4,13 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use crate::attr::SetAttr;
-use crate::copyup::MayWait;
 use crate::create::New;
 use crate::fuse::abi::{self, EntryOut};
 use crate::fuse::{Backing, Backings, Conn, DirBuf, Dispatch, Op, Reply, Request, SetTime};
@@ -19,6 +19,7 @@ use crate::options::MountOptions;
 use crate::resolve::{Attr, BRANCHES_CHANGED};
 use crate::sys::{Errno, FileStat, Result, Time};
 use crate::union::{Caller, Union};
+use crate::waiting::MayWait;
 
 /// How the kernel does I/O on one inode: FUSE allows either passthrough
 /// opens (all on one backing file) or ordinary ones at a time, never both.
@@ -51,8 +52,40 @@ struct Ttl {
     negative: Duration,
 }
 
+/// The requests running on threads of their own, by unique: an INTERRUPT
+/// of one sets its flag, and its wait ends with EINTR.
+#[derive(Default)]
+struct Waiters {
+    running: HashMap<u64, Arc<AtomicBool>>,
+    /// Interrupts that came before their request was handed to its thread.
+    early: std::collections::HashSet<u64>,
+}
+
+impl Waiters {
+    fn start(&mut self, unique: u64) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(self.early.remove(&unique)));
+        self.running.insert(unique, flag.clone());
+        flag
+    }
+
+    fn interrupt(&mut self, unique: u64) {
+        match self.running.get(&unique) {
+            Some(flag) => flag.store(true, Ordering::Relaxed),
+            None => {
+                // Mostly interrupts of requests already answered: kept
+                // only a while.
+                if self.early.len() > 1024 {
+                    self.early.clear();
+                }
+                self.early.insert(unique);
+            }
+        }
+    }
+}
+
 pub struct UnionFs {
     pub union: Arc<Union>,
+    waiters: Arc<Mutex<Waiters>>,
     ttl: Ttl,
     /// Where passthrough opens get their backing ids; None: no passthrough.
     backings: Option<Backings>,
@@ -157,27 +190,33 @@ impl UnionFs {
             },
             backings: passthrough.then_some(backings),
             io: Arc::default(),
+            waiters: Arc::default(),
         }
     }
 
     /// Run `op` (a request that may copy up) and answer with `done`. If it
-    /// would wait for another request's copy-up of the same object, `op`
+    /// would wait for another request's copy-up of the same object, or copy
+    /// much (a large file, a directory tree: copyup::SLOW_COPY), `op`
     /// answers EINPROGRESS at once and runs again on a thread of its own
-    /// that may wait: a waiter never holds one of the threads that serve
+    /// that may wait: slow work never holds one of the threads that serve
     /// everything else.
     fn patiently<T: 'static>(
         &self,
+        unique: u64,
         op: impl Fn(&Union) -> Result<T> + Send + 'static,
         done: impl FnOnce(Result<T>) + Send + 'static,
     ) {
         match settled(&op, &self.union) {
             Err(Errno::EINPROGRESS) => {
-                let union = self.union.clone();
+                let (union, waiters) = (self.union.clone(), self.waiters.clone());
+                let interrupted = waiters.lock().start(unique);
                 let spawned = std::thread::Builder::new()
                     .name("unionfs-wait".into())
                     .spawn(move || {
-                        let _may = MayWait::new();
-                        done(settled(&op, &union))
+                        let _may = MayWait::new(interrupted);
+                        let res = settled(&op, &union);
+                        waiters.lock().running.remove(&unique);
+                        done(res)
                     });
                 // The reply, dropped unsent, answers EIO.
                 if let Err(e) = spawned {
@@ -208,17 +247,18 @@ impl UnionFs {
     /// Make a new name (file, node, directory, symlink) and answer with its entry.
     fn make(&self, reply: Reply, new: impl Fn(&Union) -> Result<Attr> + Send + 'static) {
         let ttl = self.ttl;
-        self.patiently(new, move |res| reply_entry(ttl, reply, res));
+        self.patiently(reply.unique(), new, move |res| reply_entry(ttl, reply, res));
     }
 
     /// A change that answers nothing but success or an errno.
     fn change(&self, reply: Reply, op: impl Fn(&Union) -> Result<()> + Send + 'static) {
-        self.patiently(op, |res| reply_empty(reply, res));
+        self.patiently(reply.unique(), op, |res| reply_empty(reply, res));
     }
 
     fn open(&self, ino: u64, flags: i32, reply: Reply) {
         let (io, backings, union) = (self.io.clone(), self.backings.clone(), self.union.clone());
         self.patiently(
+            reply.unique(),
             move |u| u.open(ino, flags),
             move |res| match res.and_then(|o| io.choose(backings.as_ref(), ino, o, &union)) {
                 Ok((opened, backing)) => reply.open(&open_out(&opened, backing.as_deref())),
@@ -239,6 +279,7 @@ impl UnionFs {
         let (ttl, who, name) = (self.ttl, caller(req), name.to_os_string());
         let (io, backings, union) = (self.io.clone(), self.backings.clone(), self.union.clone());
         self.patiently(
+            reply.unique(),
             move |u| u.create(parent, &name, who, New::File { mode, flags }),
             move |res| {
                 let res = res.and_then(|(a, opened)| {
@@ -456,6 +497,10 @@ impl Dispatch for UnionFs {
         self.union.forget(nodeid, nlookup);
     }
 
+    fn interrupt(&self, unique: u64) {
+        self.waiters.lock().interrupt(unique);
+    }
+
     fn dispatch(&self, req: Request<'_>, reply: Reply) {
         let ino = req.nodeid;
         let u = &self.union;
@@ -473,6 +518,7 @@ impl Dispatch for UnionFs {
                 };
                 let ttl = self.ttl;
                 self.patiently(
+                    reply.unique(),
                     move |u| u.setattr(ino, set, a.fh),
                     move |res| reply_attr(ttl, reply, res),
                 );

@@ -13,6 +13,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use crate::readdir::Entry;
 use crate::resolve::Node;
 use crate::sys::{Errno, Result};
+use crate::waiting;
 
 #[derive(Debug)]
 pub struct FileHandle {
@@ -220,17 +221,19 @@ impl Handles {
     }
 
     /// Whether a new open for writing may go on: not while a drain is under
-    /// way. With `may_wait`, waits for it to end; without, answers
-    /// EINPROGRESS (the request is run again on a thread that may wait).
+    /// way. On a thread that may wait, waits for it to end (EINTR if the
+    /// request is interrupted); elsewhere answers EINPROGRESS (the request
+    /// is run again on a thread that may wait).
     /// Hold the answer until the open has its handle (or failed): a drain
     /// also waits for the opens admitted before it.
-    pub fn admit_writer(&self, may_wait: bool) -> Result<Admitted<'_>> {
+    pub fn admit_writer(&self) -> Result<Admitted<'_>> {
         let mut files = self.files.lock();
         while files.draining {
-            if !may_wait {
+            if !waiting::may_wait() {
                 return Err(Errno::EINPROGRESS);
             }
-            self.closed.wait(&mut files);
+            waiting::check()?;
+            self.closed.wait_for(&mut files, waiting::SLICE);
         }
         files.entering += 1;
         Ok(Admitted(self))

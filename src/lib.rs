@@ -39,6 +39,7 @@ mod resolve;
 mod sys;
 mod tree;
 mod union;
+mod waiting;
 
 /// What the daemon's command needs of the process: forking into the
 /// background, a session of its own, quiet stdio, unmounting.
@@ -192,13 +193,16 @@ impl Server {
             let queues = fuse::uring::queues();
             let (ready_tx, ready) = std::sync::mpsc::channel();
             for qid in 0..queues {
-                let (session, fs, ready_tx) = (self.session.clone(), self.fs.clone(), ready_tx.clone());
+                let (session, fs, ready_tx) =
+                    (self.session.clone(), self.fs.clone(), ready_tx.clone());
                 std::thread::Builder::new()
                     .name(format!("unionfs-q{qid}"))
                     .spawn(move || fuse::uring::serve_queue(&session, &*fs, qid, ready_tx))?;
             }
             for _ in 0..queues {
-                ready.recv().map_err(|_| std::io::Error::other("an io_uring queue ended"))??;
+                ready
+                    .recv()
+                    .map_err(|_| std::io::Error::other("an io_uring queue ended"))??;
             }
             start("unionfs-fuse", self.session.dev.clone())?;
             log::info!(

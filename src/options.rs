@@ -219,8 +219,8 @@ impl MountOptions {
                 }
                 (
                     "delete" | "threads" | "passthrough" | "io_uring" | "readdirplus"
-                    | "entry_timeout"
-                    | "attr_timeout" | "negative_timeout" | "dir_cache" | "readahead" | "fsname",
+                    | "entry_timeout" | "attr_timeout" | "negative_timeout" | "dir_cache"
+                    | "readahead" | "fsname",
                     None,
                 ) => return Err(format!("option {key} needs a value ({key}=...)")),
                 _ => return Err(format!("unknown mount option '{opt}'")),

@@ -18,6 +18,7 @@ use crate::branch::BranchSet;
 use crate::resolve::{self, Instance, Node, Scan};
 use crate::sys::{self, Dir, Errno, Obj, Result};
 use crate::union::Union;
+use crate::waiting::may_wait;
 use crate::{readdir, whiteout};
 
 const NOREPLACE: u32 = libc::RENAME_NOREPLACE;
@@ -323,6 +324,11 @@ impl Union {
         let layers = self.resolve.dir_layers(bs, node)?;
         if layers == [up] {
             return Ok(());
+        }
+        if !may_wait() {
+            // A tree to copy: not on a thread that serves other requests
+            // (see copyup::SLOW_COPY).
+            return Err(Errno::EINPROGRESS);
         }
         let path = self.resolve.inodes.path(node.ino)?;
         self.merge_into(bs, up, &layers, &path, Some(node.ino))?;

@@ -50,12 +50,25 @@ MOUNT OPTIONS (-o OPT[,OPT...]):
                   Let the kernel check permissions against file modes (on by
                   default; no_default_permissions turns it off).
     ro            Mount read-only.
-    threads=N     Threads serving requests (default: the number of CPUs, at least 2).
+    threads=N     Threads reading /dev/fuse (default: the number of CPUs, at
+                  least 2); over io_uring there is one thread per CPU instead.
     passthrough=on|off
                   FUSE passthrough: the kernel reads and writes files on writable
                   branches directly (default on where the kernel has it). Files
                   that a copy-up could still move are read through the daemon,
                   with the kernel's page cache kept across opens.
+    io_uring=auto|on|off
+                  How requests reach the daemon. auto (default): FUSE over
+                  io_uring where the kernel offers it (Linux 6.14+, with
+                  /sys/module/fuse/parameters/enable_uring = Y): one queue per
+                  CPU, each served by a thread on that CPU, so a request never
+                  waits for a wakeup on another CPU; else /dev/fuse. on: refuse
+                  to mount without it (exit status 2, the cause in one line).
+                  off: /dev/fuse only. The kernel's setting is off by default
+                  and this command never changes it; root turns it on with
+                    echo Y > /sys/module/fuse/parameters/enable_uring
+                  (or fuse.enable_uring=1 on the kernel command line). With
+                  RUST_LOG=info the daemon says which transport serves it.
     entry_timeout=SECS, attr_timeout=SECS
                   How long the kernel caches names and attributes, and the
                   daemon its directory fds and its index of the names in

@@ -32,6 +32,10 @@ impl Reply {
         }
     }
 
+    pub fn unique(&self) -> u64 {
+        self.unique
+    }
+
     fn send(mut self, error: i32, body: &[&[u8]]) {
         if let Some(chan) = self.chan.take() {
             chan.send(self.slot, self.unique, error, body);

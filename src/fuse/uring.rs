@@ -68,10 +68,13 @@ pub fn queues() -> usize {
     cpus("possible").into_iter().max().map_or(1, |m| m + 1)
 }
 
+/// A reply waiting to be committed: (entry, unique, error, body).
+type Done = (u32, u64, i32, Vec<u8>);
+
 /// Replies for one queue, made on its thread or on another (a request run
 /// on a thread of its own); the queue thread sends them.
 struct Replies {
-    done: Mutex<Vec<(u32, u64, i32, Vec<u8>)>>,
+    done: Mutex<Vec<Done>>,
     waker: OwnedFd,
     owner: std::thread::ThreadId,
 }

@@ -18,6 +18,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::dircache::DirFds;
 use crate::sys::{Errno, Result};
+use crate::waiting;
 
 pub const ROOT: u64 = 1;
 
@@ -55,18 +56,20 @@ pub struct OneAtATime {
 pub struct Turn<'a>(&'a OneAtATime);
 
 impl OneAtATime {
-    /// Take the turn; when it is someone else's, wait for it (`wait`) or
-    /// answer None at once.
-    pub fn enter(&self, wait: bool) -> Option<Turn<'_>> {
+    /// Take the turn; when it is someone else's, wait for it on a thread
+    /// that may wait (EINTR if the request is interrupted meanwhile), else
+    /// answer EINPROGRESS at once.
+    pub fn enter(&self) -> Result<Turn<'_>> {
         let mut busy = self.busy.lock();
         while *busy {
-            if !wait {
-                return None;
+            if !waiting::may_wait() {
+                return Err(Errno::EINPROGRESS);
             }
-            self.freed.wait(&mut busy);
+            waiting::check()?;
+            self.freed.wait_for(&mut busy, waiting::SLICE);
         }
         *busy = true;
-        Some(Turn(self))
+        Ok(Turn(self))
     }
 }
 

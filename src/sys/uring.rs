@@ -45,7 +45,13 @@ pub struct Queue {
     wake_buf: Box<u64>,
 }
 
-fn cmd(dev: i32, op: u32, qid: u16, commit_id: u64, iov: Option<&[libc::iovec; 2]>) -> squeue::Entry128 {
+fn cmd(
+    dev: i32,
+    op: u32,
+    qid: u16,
+    commit_id: u64,
+    iov: Option<&[libc::iovec; 2]>,
+) -> squeue::Entry128 {
     let req = CmdReq {
         flags: 0,
         commit_id,
@@ -151,8 +157,14 @@ impl Queue {
     /// switches the connection to the ring once every queue has an entry.
     pub fn register(&mut self) -> std::io::Result<()> {
         for i in 0..self.ents.len() {
-            let e = cmd(self.dev, ab::CMD_REGISTER, self.qid, 0, Some(&self.ents[i].iov))
-                .user_data(i as u64);
+            let e = cmd(
+                self.dev,
+                ab::CMD_REGISTER,
+                self.qid,
+                0,
+                Some(&self.ents[i].iov),
+            )
+            .user_data(i as u64);
             self.push(&e)?;
         }
         self.arm_wake()?;
@@ -210,7 +222,13 @@ impl Queue {
     }
 
     /// Answer entry `i`'s request and take the next one into it.
-    pub fn commit(&mut self, i: usize, unique: u64, error: i32, body: &[u8]) -> std::io::Result<()> {
+    pub fn commit(
+        &mut self,
+        i: usize,
+        unique: u64,
+        error: i32,
+        body: &[u8],
+    ) -> std::io::Result<()> {
         let e = &mut self.ents[i];
         let n = body.len().min(e.payload.len());
         e.payload[..n].copy_from_slice(&body[..n]);
@@ -225,7 +243,14 @@ impl Queue {
         self.ents[i].hdr[ab::ENT_IN_OUT..ab::ENT_IN_OUT + std::mem::size_of::<EntInOut>()]
             .copy_from_slice(io.as_bytes());
         let commit_id = self.ents[i].commit_id;
-        let c = cmd(self.dev, ab::CMD_COMMIT_AND_FETCH, self.qid, commit_id, None).user_data(i as u64);
+        let c = cmd(
+            self.dev,
+            ab::CMD_COMMIT_AND_FETCH,
+            self.qid,
+            commit_id,
+            None,
+        )
+        .user_data(i as u64);
         self.push(&c)
     }
 }

@@ -89,11 +89,16 @@ impl Union {
     }
 
     pub fn try_mount(&mut self, spec: &str, opts: &[&str]) -> Output {
+        self.try_mount_abs(&self.spec(spec), opts)
+    }
+
+    /// Mount branches given by absolute paths.
+    pub fn try_mount_abs(&mut self, spec: &str, opts: &[&str]) -> Output {
         let mut cmd = Command::new(BIN);
         for o in opts {
             cmd.arg("-o").arg(o);
         }
-        cmd.arg(self.spec(spec)).arg(&self.mnt);
+        cmd.arg(spec).arg(&self.mnt);
         let out = cmd.output().expect("run unionfs-mount");
         if out.status.success() {
             self.mounted = true;

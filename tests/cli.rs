@@ -233,3 +233,32 @@ fn mount_t_fuse_unionfs_mount_works_as_from_fstab() {
     u.unmount();
     unmount(&u.mnt);
 }
+
+#[test]
+fn allow_root_lets_only_the_owner_and_root_in_and_allow_other_everyone() {
+    need_fuse!();
+    let mut u = Union::new(&["rw"]);
+    write(u.b("rw/f"), "data");
+    open_up(&u);
+    let cat = format!("cat '{}' 2>&1", u.m("f").display());
+    // Mounted by root: allow_root is the kernel's allow_other, narrowed by
+    // the daemon to its owner and root.
+    u.mount("rw=rw", &["allow_root"]);
+    assert!(sh(&format!("grep ' {} ' /proc/mounts", u.mnt.display())).contains("allow_other"));
+    assert_eq!(read(u.m("f")), "data");
+    let out = as_attacker(&cat);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    u.remount("rw=rw", &["allow_other"]);
+    let out = as_attacker(&cat);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "data");
+    u.remount("rw=rw", &[]);
+    assert!(
+        !as_attacker(&cat).status.success(),
+        "the kernel lets only the owner in"
+    );
+}

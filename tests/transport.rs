@@ -195,6 +195,23 @@ impl Stoppable {
         .unwrap();
     }
 
+    /// Stop the inner daemon and start an open for writing of `f` in `u`
+    /// (a union over this one) from CPU 0: it copies the file up (on a
+    /// thread of its own: the file is large) and stays in the middle of it,
+    /// its reads of the inner union waiting.
+    fn stuck_copy_up(&self, u: &Union) -> std::thread::JoinHandle<std::io::Result<fs::File>> {
+        self.stop();
+        let path = u.m("f");
+        let a = std::thread::spawn(move || {
+            pin(0);
+            OpenOptions::new().append(true).open(path)
+        });
+        wait_for("the copy-up to wait for the stopped daemon", || {
+            self.waiting() > 0
+        });
+        a
+    }
+
     /// Requests the stopped daemon has not answered.
     fn waiting(&self) -> u32 {
         let dev = fs::metadata(&self.inner.mnt).unwrap().dev();
@@ -245,18 +262,8 @@ fn an_interrupted_wait_for_a_copy_up_ends_with_eintr() {
     }
     let s = Stoppable::new();
     let u = over(&s);
-    s.stop();
-    // A: an open for writing copies the file up (on a thread of its own:
-    // the file is large), and stays in the middle of it (its reads of the
-    // inner union wait).
-    let path = u.m("f");
-    let a = std::thread::spawn(move || {
-        pin(0);
-        OpenOptions::new().append(true).open(path)
-    });
-    wait_for("the copy-up to wait for the stopped daemon", || {
-        s.waiting() > 0
-    });
+    // A: an open for writing copies the file up, stuck in the middle.
+    let a = s.stuck_copy_up(&u);
     // B, on the other CPU: an open of the same file waits for A's copy-up
     // (on a thread of its own), until a signal interrupts it.
     let cpu = online.last().unwrap().to_string();
@@ -298,15 +305,7 @@ fn sigkill_of_the_daemon_mid_request_aborts_the_request_and_leaves_a_dead_mount(
     let s = Stoppable::new();
     let mut u = over(&s);
     let pid = daemon_pid(&u.mnt);
-    s.stop();
-    let path = u.m("f");
-    let a = std::thread::spawn(move || {
-        pin(0);
-        OpenOptions::new().append(true).open(path)
-    });
-    wait_for("the copy-up to wait for the stopped daemon", || {
-        s.waiting() > 0
-    });
+    let a = s.stuck_copy_up(&u);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
     // The killed daemon's thread in the inner union ends once that answers;
     // then the connection is gone: the request in flight fails with

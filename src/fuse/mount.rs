@@ -60,6 +60,10 @@ pub fn mount(mountpoint: &Path, args: &MountArgs) -> std::io::Result<OwnedFd> {
     let rootmode = std::fs::metadata(mountpoint)?.mode() & libc::S_IFMT;
     let dev = match fcntl::open("/dev/fuse", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()) {
         Ok(fd) => fd,
+        // Not ours to open: the setuid helper may.
+        Err(nix::errno::Errno::EACCES | nix::errno::Errno::EPERM) => {
+            return fusermount(mountpoint, args)
+        }
         Err(e) => {
             return Err(Error::new(
                 std::io::Error::from(e).kind(),

@@ -119,14 +119,18 @@ impl Dev {
             error,
             unique,
         };
-        let mut iov = Vec::with_capacity(1 + body.len());
-        iov.push(IoSlice::new(h.as_bytes()));
-        iov.extend(
-            body.iter()
-                .filter(|b| !b.is_empty())
-                .map(|b| IoSlice::new(b)),
-        );
-        nix::sys::uio::writev(&self.fd, &iov).map(drop)
+        // At most a header and three parts (a notification): no allocation.
+        let mut iov = [IoSlice::new(&[]); 4];
+        iov[0] = IoSlice::new(h.as_bytes());
+        let mut n = 1;
+        for b in body.iter().filter(|b| !b.is_empty()) {
+            if n == iov.len() {
+                return Err(Errno::EINVAL);
+            }
+            iov[n] = IoSlice::new(b);
+            n += 1;
+        }
+        nix::sys::uio::writev(&self.fd, &iov[..n]).map(drop)
     }
 
     /// Read one message into `buf`: its length; None once the connection

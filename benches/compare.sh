@@ -282,15 +282,17 @@ wl_copyup-small() {
 }
 
 wl_create() {
-    mkdir -p "$2/new"
+    # (the plain baseline keeps its directory between runs)
+    rm -rf "$2/new"; mkdir -p "$2/new"
     local c
     c=$("$FSB" create "$2/new" $(n 20000) 4096)
     [ "${c#* }" = $(n 20000) ] && [ "$(ls -A "$2/new" | wc -l)" = $(n 20000) ] || { echo "0 created ${c#* }"; return; }
+    [ "$1" = plain ] && rm -rf "$2/new"
     echo "${c% *} ok"
 }
 
 wl_delete() { # of files just created, on the same mount
-    mkdir -p "$2/new"
+    rm -rf "$2/new"; mkdir -p "$2/new"
     local c u
     c=$("$FSB" create "$2/new" $(n 20000) 4096)
     u=$("$FSB" unlink "$2/new" $(n 20000))
@@ -388,16 +390,17 @@ done
 read -r walked rss <<< "$(rss_walk)"
 
 # One request's round trip on each of our transports: stats of names that
-# are not there, with the kernel caching nothing (each is exactly one
-# LOOKUP, answered from the daemon's index of the branch).
+# are not there, which the kernel does not cache (negative_timeout=0): each
+# is exactly one LOOKUP, answered from the daemon's index of the branch. Once
+# from a client the scheduler may move, once from a client pinned to CPU 0.
 round_trip() {
-    local fs=$1 mnt=$W/mnt-$1 i pid before after out
-    UNIONFS_OPTS=entry_timeout=0,attr_timeout=0,negative_timeout=0 mount_fs "$fs" "$mnt" || return
+    local fs=$1 pin=$2 mnt=$W/mnt-$1 i pid before after out
+    UNIONFS_OPTS=entry_timeout=60,attr_timeout=60,negative_timeout=0 mount_fs "$fs" "$mnt" || return
     for i in $(seq 1 $(n 20000)); do echo "$mnt/tree/none$i"; done > "$W/list-rtt"
     "$FSB" stat "$W/list-rtt" > /dev/null
     pid=$(daemon_pid "$mnt")
     before=$(daemon_stats "$pid")
-    out=$("$FSB" stat "$W/list-rtt")
+    out=$($pin "$FSB" stat "$W/list-rtt")
     after=$(daemon_stats "$pid")
     umount_fs "$mnt"
     awk -v ms="${out% *}" -v n=$(n 20000) -v t=$(( ${after% *} - ${before% *} )) \
@@ -405,7 +408,10 @@ round_trip() {
 }
 rtt=()
 for fs in $FS; do
-    case $fs in unionfs|unionfs-uring) rtt+=("$fs: $(round_trip "$fs")") ;; esac
+    case $fs in unionfs|unionfs-uring)
+        rtt+=("$fs, client unpinned: $(round_trip "$fs" "")")
+        rtt+=("$fs, client on CPU 0: $(round_trip "$fs" "taskset -c 0")") ;;
+    esac
 done
 
 # --- the table -----------------------------------------------------------------
@@ -465,3 +471,4 @@ echo
 echo "Round trip of one request ($(n 20000) stats of absent names, nothing cached by the kernel):"
 printf '    %s\n' "${rtt[@]}"
 grep -v lazytime "$log" | grep -q . && { echo; echo "Notes from the run (errors, WRONG results):"; grep -v lazytime "$log" | sed "s/^/    /" | head -20; }
+exit 0

@@ -75,13 +75,21 @@ type Done = (u32, u64, i32, Vec<u8>);
 /// on a thread of its own); the queue thread sends them.
 struct Replies {
     done: Mutex<Vec<Done>>,
+    /// Bodies' buffers, used again: a fresh 1 MiB buffer for each read
+    /// reply would be mapped and faulted in page by page every time.
+    spare: Mutex<Vec<Vec<u8>>>,
     waker: OwnedFd,
     owner: std::thread::ThreadId,
 }
 
 impl Channel for Replies {
     fn send(&self, slot: u32, unique: u64, error: i32, body: &[&[u8]]) {
-        self.done.lock().push((slot, unique, error, body.concat()));
+        let mut buf = self.spare.lock().pop().unwrap_or_default();
+        buf.clear();
+        for part in body {
+            buf.extend_from_slice(part);
+        }
+        self.done.lock().push((slot, unique, error, buf));
         if std::thread::current().id() != self.owner {
             if let Err(e) = nix::unistd::write(&self.waker, &1u64.to_ne_bytes()) {
                 log::error!("cannot wake an io_uring queue: {e}");
@@ -127,6 +135,7 @@ pub fn serve_queue(
     };
     let replies = Arc::new(Replies {
         done: Mutex::new(Vec::new()),
+        spare: Mutex::new(Vec::new()),
         waker,
         owner: std::thread::current().id(),
     });
@@ -168,6 +177,10 @@ pub fn serve_queue(
             if let Err(e) = q.commit(slot as usize, unique, error, &body) {
                 log::error!("io_uring queue {qid}: answering {unique}: {e}");
                 return;
+            }
+            let mut spare = replies.spare.lock();
+            if spare.len() < DEPTH {
+                spare.push(body);
             }
         }
     }

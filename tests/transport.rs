@@ -216,7 +216,7 @@ impl Stoppable {
     fn waiting(&self) -> u32 {
         let dev = fs::metadata(&self.inner.mnt).unwrap().dev();
         let conn = nix::sys::stat::minor(dev);
-        fs::read_to_string(format!("/sys/fs/fuse/connections/{conn}/waiting"))
+        fs::read_to_string(fusectl().join(format!("{conn}/waiting")))
             .unwrap()
             .trim()
             .parse()

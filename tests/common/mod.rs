@@ -28,6 +28,31 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The FUSE control filesystem (each connection's `waiting` count), mounted
+/// if it is not yet (a fresh machine may not have it).
+pub fn fusectl() -> std::path::PathBuf {
+    static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONCE.lock().unwrap();
+    let dir = std::path::PathBuf::from("/sys/fs/fuse/connections");
+    let mounted = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(2) == Some("fusectl"));
+    if !mounted {
+        let st = std::process::Command::new("mount")
+            .args(["-t", "fusectl", "fusectl"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "the FUSE control filesystem is not mounted on {} and cannot be",
+            dir.display()
+        );
+    }
+    dir
+}
+
 /// Tests need root and /dev/fuse. Where they are missing the test fails and
 /// says so, unless UNIONFS_SKIP_FUSE_TESTS=1 asks to skip (loudly).
 pub fn fuse_available() -> bool {

@@ -228,6 +228,10 @@ pub struct Branch {
     pub mode: Mode,
     pub dev: u64,
     pub name_max: u64,
+    /// The filesystem's type name when changes to it may come from
+    /// elsewhere without a local event (a network or FUSE filesystem):
+    /// such a branch is served in `udba=reval` mode.
+    pub remote: Option<&'static str>,
     root: Arc<Dir>,
     work: Mutex<Option<Arc<Dir>>>,
 }
@@ -253,6 +257,7 @@ impl Branch {
             mode: spec.mode,
             dev: st.st_dev,
             name_max,
+            remote: sys::remote_fs(root.as_fd()),
             root: Arc::new(root),
             work: Mutex::new(None),
         };
@@ -269,6 +274,7 @@ impl Branch {
             mode,
             dev: self.dev,
             name_max: self.name_max,
+            remote: self.remote,
             root: self.root.clone(),
             work: Mutex::new(self.work.lock().clone()),
         };

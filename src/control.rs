@@ -70,11 +70,13 @@ pub enum Request {
     Query {
         path: PathBuf,
     },
+    /// How direct changes to the branches are followed, and what that did.
+    Stats,
 }
 
 impl Request {
     fn changes(&self) -> bool {
-        !matches!(self, Request::List | Request::Query { .. })
+        !matches!(self, Request::List | Request::Query { .. } | Request::Stats)
     }
 }
 
@@ -93,11 +95,30 @@ pub struct Holding {
     pub what: String,
 }
 
+/// `unionctl --stats`: how the branches are followed (see resolve/watch.rs).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stats {
+    /// notify, reval or none.
+    pub udba: String,
+    /// Branch directories watched now.
+    pub watched: u64,
+    /// Branches served as with reval (not watchable).
+    pub unwatched: Vec<PathBuf>,
+    pub events: u64,
+    /// Events of the daemon's own changes, ignored.
+    pub own_events: u64,
+    pub overflows: u64,
+    /// Kernel entries expired and inodes whose attributes were dropped.
+    pub expired_entries: u64,
+    pub dropped_inodes: u64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     Branches(Vec<BranchInfo>),
     Holders(Vec<Holding>),
+    Stats(Stats),
     Error { message: String, errno: i32 },
 }
 
@@ -381,6 +402,7 @@ impl Server {
     fn handle(&self, req: Request, peer: &sys::Peer) -> Response {
         match req {
             Request::List => Response::Branches(list(&self.union.branches())),
+            Request::Stats => Response::Stats(self.union.resolve.stats()),
             Request::Query { path } => {
                 let bs = self.union.branches();
                 // The daemon's own user sees all it can anyway.
@@ -488,7 +510,9 @@ impl Server {
                 }
                 next.insert(0, new_spec(dir, Mode::Rw)?);
             }
-            Request::List | Request::Query { .. } => unreachable!("not a change"),
+            Request::List | Request::Query { .. } | Request::Stats => {
+                unreachable!("not a change")
+            }
         }
         let losing = Losing::between(&old, &next);
         // Every path syscall first: while the drain below holds an open,

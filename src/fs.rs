@@ -15,8 +15,8 @@ use crate::create::New;
 use crate::fuse::abi::{self, EntryOut};
 use crate::fuse::{Backing, Backings, Conn, DirBuf, Dispatch, Op, Reply, Request, SetTime};
 use crate::handles::Opened;
-use crate::options::MountOptions;
-use crate::resolve::{Attr, BRANCHES_CHANGED};
+use crate::options::{MountOptions, Ttl};
+use crate::resolve::{Attr, BRANCHES_CHANGED, ROOT};
 use crate::sys::{Errno, FileStat, Result, Time};
 use crate::union::{Caller, Union};
 use crate::waiting::MayWait;
@@ -42,14 +42,6 @@ struct IoModes {
     inodes: Mutex<HashMap<u64, IoMode>>,
     /// fh -> (ino, opened with passthrough)
     handles: Mutex<HashMap<u64, (u64, bool)>>,
-}
-
-/// How long the kernel may keep what a reply tells it.
-#[derive(Clone, Copy)]
-struct Ttl {
-    entry: Duration,
-    attr: Duration,
-    negative: Duration,
 }
 
 /// The requests running on threads of their own, by unique: an INTERRUPT
@@ -86,7 +78,10 @@ impl Waiters {
 pub struct UnionFs {
     pub union: Arc<Union>,
     waiters: Arc<Mutex<Waiters>>,
-    ttl: Ttl,
+    /// How long the kernel may keep what a reply tells it: in directories
+    /// whose changes the daemon follows, and in the others.
+    exact_ttl: Ttl,
+    loose_ttl: Ttl,
     /// Where passthrough opens get their backing ids; None: no passthrough.
     backings: Option<Backings>,
     io: Arc<IoModes>,
@@ -183,11 +178,8 @@ impl UnionFs {
         }
         UnionFs {
             union,
-            ttl: Ttl {
-                entry: opts.entry_timeout,
-                negative: opts.negative_timeout,
-                attr: opts.attr_timeout,
-            },
+            exact_ttl: opts.ttl(true),
+            loose_ttl: opts.ttl(false),
             backings: passthrough.then_some(backings),
             io: Arc::default(),
             waiters: Arc::default(),
@@ -227,26 +219,51 @@ impl UnionFs {
         }
     }
 
+    /// The timeouts for names in directory `dir`.
+    fn ttl_in(&self, dir: u64) -> Ttl {
+        if self.union.exact(dir) {
+            self.exact_ttl
+        } else {
+            self.loose_ttl
+        }
+    }
+
+    /// The timeouts for the attributes of `ino` (its changes are seen
+    /// through its parent's instances).
+    fn ttl_of(&self, ino: u64) -> Ttl {
+        match self.union.resolve.node(ino) {
+            Ok(n) if ino != ROOT => self.ttl_in(n.parent_name().0),
+            _ => self.ttl_in(ROOT),
+        }
+    }
+
     fn lookup(&self, parent: u64, name: &OsStr, reply: Reply) {
+        let ttl = self.ttl_in(parent);
         match self.union.lookup(parent, name) {
             // A negative entry: the kernel keeps the miss for negative_timeout.
             Err(Errno::ENOENT)
-                if !self.ttl.negative.is_zero()
+                if !ttl.negative.is_zero()
                     && self
                         .union
                         .resolve
                         .negatives
-                        .admit(parent, name, self.ttl.negative) =>
+                        .admit(parent, name, ttl.negative) =>
             {
-                reply.entry(&absent(self.ttl.negative))
+                reply.entry(&absent(ttl.negative))
             }
-            res => reply_entry(self.ttl, reply, res),
+            res => reply_entry(ttl, reply, res),
         }
     }
 
-    /// Make a new name (file, node, directory, symlink) and answer with its entry.
-    fn make(&self, reply: Reply, new: impl Fn(&Union) -> Result<Attr> + Send + 'static) {
-        let ttl = self.ttl;
+    /// Make a new name (file, node, directory, symlink) in `parent` and
+    /// answer with its entry.
+    fn make(
+        &self,
+        parent: u64,
+        reply: Reply,
+        new: impl Fn(&Union) -> Result<Attr> + Send + 'static,
+    ) {
+        let ttl = self.ttl_in(parent);
         self.patiently(reply.unique(), new, move |res| reply_entry(ttl, reply, res));
     }
 
@@ -276,7 +293,7 @@ impl UnionFs {
         flags: i32,
         reply: Reply,
     ) {
-        let (ttl, who, name) = (self.ttl, caller(req), name.to_os_string());
+        let (ttl, who, name) = (self.ttl_in(parent), caller(req), name.to_os_string());
         let (io, backings, union) = (self.io.clone(), self.backings.clone(), self.union.clone());
         self.patiently(
             reply.unique(),
@@ -320,6 +337,7 @@ impl UnionFs {
             Err(e) => return reply.error(e),
         };
         let mut buf = DirBuf::new(size);
+        let ttl = self.ttl_in(ino);
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             let off = (i + 1) as u64;
             let name = std::os::unix::ffi::OsStrExt::as_bytes(e.name.as_os_str());
@@ -343,7 +361,7 @@ impl UnionFs {
             let Ok(attr) = self.union.lookup(ino, &e.name) else {
                 continue;
             };
-            let entry = entry_out(self.ttl, &attr);
+            let entry = entry_out(ttl, &attr);
             if !buf.add_plus(&entry, off, attr.st.st_mode, name) {
                 // Not sent: the kernel will not forget it.
                 self.union.forget(attr.ino, 1);
@@ -504,9 +522,12 @@ impl Dispatch for UnionFs {
     fn dispatch(&self, req: Request<'_>, reply: Reply) {
         let ino = req.nodeid;
         let u = &self.union;
+        // Changes made directly in the branches first: no cache they made
+        // stale answers this request.
+        u.resolve.sync();
         match req.op {
             Op::Lookup { name } => self.lookup(ino, name, reply),
-            Op::Getattr { fh } => reply_attr(self.ttl, reply, u.getattr(ino, fh)),
+            Op::Getattr { fh } => reply_attr(self.ttl_of(ino), reply, u.getattr(ino, fh)),
             Op::Setattr(a) => {
                 let set = SetAttr {
                     mode: a.mode,
@@ -516,7 +537,7 @@ impl Dispatch for UnionFs {
                     atime: a.atime.map(to_time),
                     mtime: a.mtime.map(to_time),
                 };
-                let ttl = self.ttl;
+                let ttl = self.ttl_of(ino);
                 self.patiently(
                     reply.unique(),
                     move |u| u.setattr(ino, set, a.fh),
@@ -540,7 +561,7 @@ impl Dispatch for UnionFs {
                     }
                 };
                 let (who, name) = (caller(&req), name.to_os_string());
-                self.make(reply, move |u| {
+                self.make(ino, reply, move |u| {
                     let (a, f) = u.create(ino, &name, who, new)?;
                     if let Some(f) = f {
                         u.release(f.fh);
@@ -550,21 +571,21 @@ impl Dispatch for UnionFs {
             }
             Op::Mkdir { name, mode } => {
                 let (who, name) = (caller(&req), name.to_os_string());
-                self.make(reply, move |u| {
+                self.make(ino, reply, move |u| {
                     Ok(u.create(ino, &name, who, New::Dir { mode })?.0)
                 });
             }
             Op::Symlink { name, target } => {
                 let (who, name, target) =
                     (caller(&req), name.to_os_string(), target.to_os_string());
-                self.make(reply, move |u| {
+                self.make(ino, reply, move |u| {
                     Ok(u.create(ino, &name, who, New::Symlink { target: &target })?
                         .0)
                 });
             }
             Op::Link { oldnodeid, newname } => {
                 let newname = newname.to_os_string();
-                self.make(reply, move |u| u.link(oldnodeid, ino, &newname));
+                self.make(ino, reply, move |u| u.link(oldnodeid, ino, &newname));
             }
             Op::Unlink { name } => {
                 let name = name.to_os_string();

@@ -159,6 +159,9 @@ impl Handles {
         let fh = self.number();
         let file = Arc::new(file);
         let writable = flags & OFlag::O_ACCMODE != OFlag::O_RDONLY;
+        if writable {
+            node.writers.fetch_add(1, Ordering::AcqRel);
+        }
         let generation = node.generation.load(Ordering::Acquire);
         let ino = node.ino;
         let h = FileHandle {
@@ -281,6 +284,9 @@ impl Handles {
         let Some(h) = files.by_fh.remove(&fh) else {
             return;
         };
+        if h.writable {
+            h.node.writers.fetch_sub(1, Ordering::AcqRel);
+        }
         let ino = h.node.ino;
         if let Some(list) = files.by_node.get_mut(&ino) {
             list.retain(|&f| f != fh);

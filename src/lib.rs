@@ -29,6 +29,7 @@ mod attr;
 mod copyup;
 mod create;
 mod delete;
+mod expiry;
 mod file;
 mod fs;
 mod fuse;
@@ -259,11 +260,18 @@ pub fn mount(
     sys::set_umask(sys::UMASK);
     // Room for the directory cache, the branch roots and open files, made
     // before any thread starts.
-    let limit = sys::reserve_fds(opts.dir_cache as u64 + FD_HEADROOM);
+    let limit = sys::reserve_fds(opts.dir_cache as u64 + opts.max_watches as u64 + FD_HEADROOM);
     // Under a low hard limit, half of it still goes to the cache.
     let room = limit.saturating_sub(FD_HEADROOM).max(limit / 2);
     let cache_max = opts.dir_cache.min(room as usize);
-    let union = union::Union::new(branches, opts.delete, opts.entry_timeout, cache_max);
+    let union = union::Union::new(
+        branches,
+        opts.delete,
+        opts.ttl(true).entry,
+        cache_max,
+        opts.udba,
+        opts.max_watches,
+    );
     let union = Arc::new(union.map_err(std::io::Error::from)?);
     let ring = io_uring_wanted(opts).map_err(std::io::Error::other)?;
     let dev = fuse::mount(mountpoint, &mount_args(opts))?;
@@ -286,17 +294,11 @@ pub fn mount(
     let fs = fs::UnionFs::new(union.clone(), opts, &session.conn, session.backings());
     set_readahead(mountpoint, opts.readahead_kb);
     let notifier = session.notifier();
-    let invalidate: control::Invalidate = Box::new(move |u: &union::Union| {
-        // Every name and inode the kernel may hold: the next access asks again.
-        for (ino, parent, name) in u.resolve.inodes.known_names() {
-            let _ = notifier.inval_entry(parent, &name, false);
-            let _ = notifier.inval_inode(ino);
-        }
-        for (parent, name) in u.resolve.negatives.take() {
-            let _ = notifier.inval_entry(parent, &name, false);
-        }
-        let _ = notifier.inval_inode(resolve::ROOT);
-    });
+    expiry::spawn_watcher(&union, notifier.clone())?;
+    // After a branch change, every name and inode the kernel may hold: the
+    // next access asks again.
+    let invalidate: control::Invalidate =
+        Box::new(move |u: &union::Union| expiry::everything(u, &notifier));
     let control = match control::serve(union, mountpoint.to_path_buf(), invalidate) {
         Ok(c) => Some(c),
         Err(e) => {

@@ -25,6 +25,21 @@ pub enum IoUring {
     Off,
 }
 
+/// How changes made directly in the branches (not through the mount) are
+/// followed; aufs's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Udba {
+    /// Branch directories are watched: every cache is kept exact by their
+    /// events, and the kernel caches for long.
+    #[default]
+    Notify,
+    /// Nothing is watched: the daemon checks its caches against the
+    /// branches on every use, and the kernel caches for a second.
+    Reval,
+    /// Nobody edits the branches: everything is cached for long, unchecked.
+    None,
+}
+
 /// Generic mount flags passed to the kernel as given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flag {
@@ -53,10 +68,15 @@ pub struct MountOptions {
     pub io_uring: IoUring,
     /// Listings carry attributes when entries are being looked up.
     pub readdirplus: bool,
-    pub entry_timeout: Duration,
-    pub attr_timeout: Duration,
+    pub udba: Udba,
+    /// Branch directories watched at most (udba=notify); beyond, directories
+    /// are served as in `reval`.
+    pub max_watches: usize,
+    /// Kernel cache timeouts as given (else the `udba` mode's, see `ttl`).
+    pub entry_timeout: Option<Duration>,
+    pub attr_timeout: Option<Duration>,
     /// How long the kernel keeps a name that does not exist.
-    pub negative_timeout: Duration,
+    pub negative_timeout: Option<Duration>,
     /// Directory fds kept open for lookups (0: none).
     pub dir_cache: usize,
     /// Readahead of the mount in KiB.
@@ -79,13 +99,49 @@ impl Default for MountOptions {
             passthrough: true,
             io_uring: IoUring::Auto,
             readdirplus: false,
-            entry_timeout: Duration::from_secs(1),
-            attr_timeout: Duration::from_secs(1),
-            negative_timeout: Duration::ZERO,
+            udba: Udba::Notify,
+            max_watches: 65536,
+            entry_timeout: None,
+            attr_timeout: None,
+            negative_timeout: None,
             dir_cache: 32768,
             readahead_kb: 1024,
             fsname: None,
             flags: Vec::new(),
+        }
+    }
+}
+
+/// How long the kernel may keep names, attributes and misses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ttl {
+    pub entry: Duration,
+    pub attr: Duration,
+    pub negative: Duration,
+}
+
+/// What the kernel keeps where changes are followed (or nobody makes them).
+pub const LONG: Duration = Duration::from_secs(86400);
+/// What it keeps where they are not: the daemon checks again after that.
+pub const SHORT: Duration = Duration::from_secs(1);
+
+impl MountOptions {
+    /// The kernel's timeouts for names in directories whose changes the
+    /// daemon follows (`exact`) or does not: given ones win, else the mode's.
+    pub fn ttl(&self, exact: bool) -> Ttl {
+        let long = exact && self.udba != Udba::Reval;
+        let pick = |given: Option<Duration>, default: Duration| match given {
+            Some(d) if long => d,
+            Some(d) => d.min(default),
+            None => default,
+        };
+        Ttl {
+            entry: pick(self.entry_timeout, if long { LONG } else { SHORT }),
+            attr: pick(self.attr_timeout, if long { LONG } else { SHORT }),
+            negative: pick(
+                self.negative_timeout,
+                if long { LONG } else { Duration::ZERO },
+            ),
         }
     }
 }
@@ -180,9 +236,25 @@ impl MountOptions {
                         _ => return Err(format!("option io_uring: '{v}' is not auto, on or off")),
                     }
                 }
-                ("entry_timeout", Some(v)) => self.entry_timeout = seconds(key, v)?,
-                ("attr_timeout", Some(v)) => self.attr_timeout = seconds(key, v)?,
-                ("negative_timeout", Some(v)) => self.negative_timeout = seconds(key, v)?,
+                ("entry_timeout", Some(v)) => self.entry_timeout = Some(seconds(key, v)?),
+                ("attr_timeout", Some(v)) => self.attr_timeout = Some(seconds(key, v)?),
+                ("negative_timeout", Some(v)) => self.negative_timeout = Some(seconds(key, v)?),
+                ("udba", Some(v)) => {
+                    self.udba = match v {
+                        "notify" => Udba::Notify,
+                        "reval" => Udba::Reval,
+                        "none" => Udba::None,
+                        _ => {
+                            return Err(format!("option udba: '{v}' is not notify, reval or none"))
+                        }
+                    }
+                }
+                ("max_watches", Some(v)) => {
+                    self.max_watches =
+                        v.parse().ok().filter(|n| *n <= 1 << 22).ok_or_else(|| {
+                            format!("option max_watches: '{v}' is not a number from 0 to 4194304")
+                        })?
+                }
                 ("readahead", Some(v)) => {
                     self.readahead_kb = v
                         .parse()
@@ -220,7 +292,7 @@ impl MountOptions {
                 (
                     "delete" | "threads" | "passthrough" | "io_uring" | "readdirplus"
                     | "entry_timeout" | "attr_timeout" | "negative_timeout" | "dir_cache"
-                    | "readahead" | "fsname",
+                    | "readahead" | "fsname" | "udba" | "max_watches",
                     None,
                 ) => return Err(format!("option {key} needs a value ({key}=...)")),
                 _ => return Err(format!("unknown mount option '{opt}'")),
@@ -245,7 +317,7 @@ mod tests {
         assert!(o.allow_other);
         assert_eq!(o.threads, 3);
         assert!(!o.passthrough);
-        assert_eq!(o.entry_timeout, Duration::from_millis(500));
+        assert_eq!(o.entry_timeout, Some(Duration::from_millis(500)));
         assert_eq!(o.flags, vec![Flag::NoAtime]);
     }
 
@@ -305,6 +377,31 @@ mod tests {
         assert_eq!(o.dir_cache, 0);
         assert_eq!(o.readahead_kb, 128);
         assert!(o.readdirplus);
-        assert_eq!(o.negative_timeout, Duration::from_millis(2500));
+        assert_eq!(o.negative_timeout, Some(Duration::from_millis(2500)));
+    }
+
+    #[test]
+    fn udba_picks_the_kernel_timeouts() {
+        let mut o = MountOptions::default();
+        assert_eq!(o.udba, Udba::Notify);
+        assert_eq!(o.ttl(true).entry, LONG);
+        assert_eq!(o.ttl(true).negative, LONG);
+        // A directory nobody watches: a second, and no cached misses.
+        assert_eq!(o.ttl(false).attr, SHORT);
+        assert_eq!(o.ttl(false).negative, Duration::ZERO);
+        o.apply("udba=reval").unwrap();
+        assert_eq!(o.ttl(true), o.ttl(false));
+        assert_eq!(o.ttl(true).entry, SHORT);
+        o.apply("udba=none,entry_timeout=5").unwrap();
+        assert_eq!(o.ttl(true).entry, Duration::from_secs(5));
+        assert_eq!(o.ttl(true).attr, LONG);
+        assert_eq!(o.ttl(false).entry, SHORT);
+        assert_eq!(
+            o.apply("udba=inotify").unwrap_err(),
+            "option udba: 'inotify' is not notify, reval or none"
+        );
+        o.apply("max_watches=10").unwrap();
+        assert_eq!(o.max_watches, 10);
+        assert!(o.apply("max_watches=-1").is_err());
     }
 }

@@ -26,6 +26,7 @@ use nix::unistd::{self, Gid, Uid};
 
 pub type Result<T> = std::result::Result<T, Errno>;
 
+pub mod fanotify;
 pub mod uring;
 
 const RESOLVE: ResolveFlag = ResolveFlag::RESOLVE_BENEATH
@@ -622,6 +623,29 @@ pub fn fallocate(fd: BorrowedFd, mode: i32, offset: u64, len: u64) -> Result<()>
 
 pub fn futimens(fd: BorrowedFd, atime: Time, mtime: Time) -> Result<()> {
     stat::futimens(fd, &atime.spec(), &mtime.spec())
+}
+
+/// The type of the filesystem holding `fd` when changes to it can be made
+/// where this machine gets no event of them: network and cluster
+/// filesystems, and FUSE (whose daemon may change anything).
+pub fn remote_fs(fd: BorrowedFd) -> Option<&'static str> {
+    const REMOTE: &[(i64, &str)] = &[
+        (0x6969, "nfs"),
+        (0x517B, "smb"),
+        (0xFF53_4D42, "cifs"),
+        (0xFE53_4D42, "smb2"),
+        (0x6573_5546, "fuse"),
+        (0x0102_1997, "9p"),
+        (0x00C3_6400, "ceph"),
+        (0x5346_414F, "afs"),
+        (0x7375_7245, "coda"),
+        (0x7461_636F, "ocfs2"),
+        (0x0116_1970, "gfs2"),
+        (0x2003_0528, "orangefs"),
+        (0x0BD0_0BD0, "lustre"),
+    ];
+    let t = nix::sys::statfs::fstatfs(fd).ok()?.filesystem_type().0 as i64;
+    REMOTE.iter().find(|(m, _)| *m == t).map(|(_, n)| *n)
 }
 
 pub fn statvfs(fd: BorrowedFd) -> Result<nix::sys::statvfs::Statvfs> {

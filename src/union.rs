@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 
 use crate::branch::BranchSet;
 use crate::handles::Handles;
-use crate::options::DeleteMode;
+use crate::options::{DeleteMode, Udba};
 use crate::resolve::{Attr, Resolver};
 use crate::sys::{self, Errno, Result};
 use crate::whiteout;
@@ -34,15 +34,18 @@ pub struct Union {
 
 impl Union {
     /// A union over `bs`; up to `cache_max` directory fds are reused for
-    /// `cache_ttl` (zero: never).
+    /// `cache_ttl` (zero: never); direct changes to the branches are
+    /// followed as `udba` says, with up to `max_watches` watches.
     pub fn new(
         bs: BranchSet,
         delete: DeleteMode,
         cache_ttl: Duration,
         cache_max: usize,
+        udba: Udba,
+        max_watches: usize,
     ) -> Result<Union> {
         Ok(Union {
-            resolve: Resolver::new(bs, cache_ttl, cache_max)?,
+            resolve: Resolver::new(bs, cache_ttl, cache_max, udba, max_watches)?,
             handles: Handles::default(),
             delete,
             change_lock: Mutex::new(()),
@@ -52,6 +55,12 @@ impl Union {
     /// The branch set a request works on from start to end.
     pub fn branches(&self) -> Arc<BranchSet> {
         self.resolve.branches()
+    }
+
+    /// Whether the daemon follows every change to the names of directory
+    /// `dir` made directly in the branches (see resolve/watch.rs).
+    pub fn exact(&self, dir: u64) -> bool {
+        self.resolve.exact(&self.branches(), dir)
     }
 
     /// The longest name the union accepts: the branches' limit less `.wh.`.

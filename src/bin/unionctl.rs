@@ -17,6 +17,7 @@ USAGE:
     unionctl MOUNTPOINT --mode BRANCH rw|ro [--force]
     unionctl MOUNTPOINT --snapshot DIR [--force]
     unionctl PATH --query
+    unionctl MOUNTPOINT --stats
 
 DESCRIPTION:
     The verbs of FSL Unionfs's unionctl. Changes apply to the running mount at
@@ -50,6 +51,11 @@ DESCRIPTION:
                  after it see the new branches.
     --query      Which branches hold PATH, topmost first, with whiteouts and
                  opaque directories marked.
+    --stats      How changes made directly in the branches are followed (the
+                 mount's udba mode), branch directories watched, branches
+                 served as with udba=reval, events seen (and how many were
+                 the daemon's own, ignored), event queue overflows, and the
+                 kernel entries expired and inodes refreshed because of them.
 
     The rules for branches hold for every change: no missing or duplicate
     branch, no branch nested in another or in the mount point. Only root or the
@@ -153,6 +159,7 @@ fn parse(args: &[String]) -> Result<(String, Request), String> {
         match a.as_str() {
             "--list" => set_verb("list", &mut verb)?,
             "--query" => set_verb("query", &mut verb)?,
+            "--stats" => set_verb("stats", &mut verb)?,
             "--add" => set_verb("add", &mut verb)?,
             "--force" => force = true,
             "--before" => before = Some(value(&mut it, a)?),
@@ -182,10 +189,12 @@ fn parse(args: &[String]) -> Result<(String, Request), String> {
     let req = match verb {
         None => {
             return Err(
-                "no action given: --list, --add, --remove, --mode, --snapshot or --query".into(),
+                "no action given: --list, --add, --remove, --mode, --snapshot, --query or --stats"
+                    .into(),
             )
         }
         Some("list") => Request::List,
+        Some("stats") => Request::Stats,
         Some("query") => Request::Query {
             path: PathBuf::new(),
         },
@@ -272,6 +281,19 @@ fn main() -> ExitCode {
             for h in list {
                 println!("{} ({}): {}", h.branch.display(), h.mode, h.what);
             }
+            ExitCode::SUCCESS
+        }
+        Response::Stats(s) => {
+            println!("udba: {}", s.udba);
+            println!("watched directories: {}", s.watched);
+            for b in &s.unwatched {
+                println!("not watched (served as with udba=reval): {}", b.display());
+            }
+            println!("events: {}", s.events);
+            println!("own events (ignored): {}", s.own_events);
+            println!("overflows: {}", s.overflows);
+            println!("kernel entries expired: {}", s.expired_entries);
+            println!("kernel inodes refreshed: {}", s.dropped_inodes);
             ExitCode::SUCCESS
         }
         Response::Error { message, .. } => {

@@ -15,4 +15,4 @@ pub mod uring;
 pub use mount::{mount, MountArgs};
 pub use reply::{DirBuf, Reply};
 pub use request::{Op, Request, SetTime};
-pub use session::{Access, Backing, Backings, Conn, Dispatch, Session, Want};
+pub use session::{Access, Backing, Backings, Conn, Dispatch, Notifier, Session, Want};

@@ -186,11 +186,12 @@ impl Notifier {
         self.dev.write(0, abi::notify::INVAL_ENTRY, &body)
     }
 
-    /// Drop the kernel's attributes of `ino`, and its cached pages.
-    pub fn inval_inode(&self, ino: u64) -> sys::Result<()> {
+    /// Drop the kernel's attributes of `ino`, and with `data` its cached pages.
+    pub fn inval_inode(&self, ino: u64, data: bool) -> sys::Result<()> {
         let out = abi::NotifyInvalInode {
             ino,
-            off: 0,
+            // A negative offset: the attributes only.
+            off: if data { 0 } else { -1 },
             len: 0,
         };
         self.dev

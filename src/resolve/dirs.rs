@@ -6,9 +6,11 @@
 //! A cached fd is used only while it is provably current: for the branch set
 //! generation and the directory's list of layers it was opened under (any
 //! copy-up, rename or branch change that alters them drops the cache), for
-//! no directory rename since (a rename drops every cached fd), and
-//! for at most the cache lifetime (`entry_timeout`, the time the kernel keeps
-//! names too), so a change made directly in a branch shows after that long.
+//! no directory rename since (a rename, through the union or seen by the
+//! watch, drops every cached fd), and for at most the cache lifetime (the
+//! kernel's entry timeout: a lookup in the parent, which the kernel makes
+//! after that, opens the directory's instances again). Every directory whose
+//! fd is cached is also watched (watch.rs), where the mode says so.
 //! Every fd is opened one component at a time with `openat2(RESOLVE_BENEATH |
 //! RESOLVE_NO_SYMLINKS)` from a branch root or from another such fd.
 
@@ -92,6 +94,7 @@ impl Resolver {
 
     /// Remember `fd` as the instance of directory `node` in branch `id`.
     pub(crate) fn cache_dir(&self, bs: &BranchSet, node: &Node, id: u32, fd: Arc<Dir>) {
+        self.watch(bs, node, id, &fd);
         if !self.caching() {
             return;
         }
@@ -123,10 +126,20 @@ impl Resolver {
         if ro.len() < 2 || !self.caching() {
             return Ok(None);
         }
+        let exact = self.exact_in(node.ino, layers.len());
         let serial = {
             let mut c = self.fresh(bs, node);
-            if c.index.is_some() || c.no_index {
-                return Ok(c.index.clone());
+            if let Some(index) = &c.index {
+                // Unwatched: a change made directly shows in the change times.
+                if exact || index.current() {
+                    return Ok(Some(index.clone()));
+                }
+                c.index = None;
+                c.lookups = 0;
+                return Ok(None);
+            }
+            if c.no_index {
+                return Ok(None);
             }
             c.lookups += 1;
             if c.lookups < INDEX_AFTER {

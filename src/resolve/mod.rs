@@ -11,6 +11,7 @@ mod locks;
 mod nameindex;
 mod node;
 mod scan;
+mod watch;
 
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +21,7 @@ use std::time::Duration;
 use parking_lot::{RwLock, RwLockReadGuard};
 
 use crate::branch::BranchSet;
+use crate::options::Udba;
 use crate::sys::{self, Errno, FileStat, Result};
 
 pub use dirs::open_layers_at;
@@ -27,6 +29,7 @@ use locks::DirGuard;
 pub use nameindex::NameIndex;
 pub use node::{InodeTable, Loc, Negatives, Node, ROOT};
 pub use scan::{scan, scan_path, Instance, Scan};
+pub use watch::{Pending, Watch};
 
 /// Attributes of a union object: the topmost instance's, with the union inode number.
 #[derive(Clone, Copy, Debug)]
@@ -69,6 +72,10 @@ pub struct Resolver {
     cache_max: usize,
     /// Bumped when a directory moves: cached directory fds are dropped.
     dir_epoch: AtomicU64,
+    /// How direct changes to the branches are followed, and the watch that
+    /// follows them (udba=notify).
+    udba: Udba,
+    pub watch: Option<Watch>,
 }
 
 /// Branch ids to indices in `bs` (branches no longer in the set drop out).
@@ -82,15 +89,46 @@ fn ids(bs: &BranchSet, idx: &[usize]) -> Vec<u32> {
 
 impl Resolver {
     /// A resolver over `bs`; up to `cache_max` directory fds are reused for
-    /// `cache_ttl` (zero: never).
-    pub fn new(bs: BranchSet, cache_ttl: Duration, cache_max: usize) -> Result<Resolver> {
+    /// `cache_ttl` (zero: never); with `udba=notify`, up to `max_watches`
+    /// branch directories are watched.
+    pub fn new(
+        bs: BranchSet,
+        cache_ttl: Duration,
+        cache_max: usize,
+        udba: Udba,
+        max_watches: usize,
+    ) -> Result<Resolver> {
         if bs.is_empty() {
             return Err(Errno::EINVAL);
         }
         let top = bs.get(0);
         let st = sys::fstat(std::os::fd::AsFd::as_fd(top.root()))?;
         let layers = bs.branches.iter().map(|b| b.id).collect();
-        Ok(Resolver {
+        let watch = match udba {
+            Udba::Notify => match Watch::new(max_watches) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    log::warn!(
+                        "branches not watched (fanotify: {}): served as with udba=reval",
+                        e.desc()
+                    );
+                    None
+                }
+            },
+            _ => None,
+        };
+        match (udba, &watch) {
+            (Udba::Notify, Some(_)) => log::info!(
+                "direct changes to the branches followed by fanotify (udba=notify, up to {max_watches} directories watched)"
+            ),
+            (Udba::None, _) => log::info!(
+                "direct changes to the branches are not followed (udba=none): the branches must not change"
+            ),
+            _ => log::info!(
+                "direct changes to the branches seen within a second (udba=reval)"
+            ),
+        }
+        let resolver = Resolver {
             inodes: InodeTable::new((top.dev, st.st_ino), layers),
             branches: RwLock::new(Arc::new(bs)),
             negatives: Negatives::new(NEGATIVE_CAP),
@@ -98,7 +136,16 @@ impl Resolver {
             cache_ttl,
             cache_max,
             dir_epoch: AtomicU64::new(0),
-        })
+            udba,
+            watch,
+        };
+        // The root's instances are watched from the start.
+        let bs = resolver.branches();
+        let root = resolver.inodes.get(ROOT)?;
+        for b in bs.branches.iter() {
+            resolver.watch(&bs, &root, b.id, &b.root_fd());
+        }
+        Ok(resolver)
     }
 
     /// The branch set a request works on from start to end. (Recursive:
@@ -136,7 +183,11 @@ impl Resolver {
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
-        self.inodes.forget(ino, n);
+        if let Some(node) = self.inodes.forget(ino, n) {
+            if node.is_dir() {
+                self.unwatch(&node);
+            }
+        }
     }
 
     /// Lock directory `ino` for a change to its names planned on `bs`.

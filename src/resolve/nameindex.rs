@@ -1,9 +1,10 @@
 //! Which read-only branch holds which name of a directory, so that lookups in
 //! a deep stack skip the branches that hold nothing of a name: no `fstatat`
 //! and no whiteout probe there. Only read-only branches are indexed: nothing
-//! done through the union changes them, so an index stays exact for as long as
-//! the directory's cached fds do (same branch set, layers and directory
-//! renames, at most `entry_timeout`); writable branches are always probed.
+//! done through the union changes them; writable branches are always probed.
+//! A change made directly in an indexed directory drops the index: its event
+//! where the directory is watched (watch.rs), else its change time, which is
+//! checked before every use (`current`).
 //!
 //! A directory is indexed once it has served a few lookups (one lookup is
 //! cheaper by probing than by reading whole directories), and only while the
@@ -43,6 +44,16 @@ struct LayerNames {
     idx: usize,
     names: HashSet<OsString>,
     whiteouts: HashSet<OsString>,
+    dir: Arc<Dir>,
+    /// The directory's change and modification times before it was read.
+    stamp: Stamp,
+}
+
+type Stamp = [i64; 4];
+
+fn stamp(dir: &Dir) -> Result<Stamp> {
+    let st = sys::fstat(std::os::fd::AsFd::as_fd(dir))?;
+    Ok([st.st_ctime, st.st_ctime_nsec, st.st_mtime, st.st_mtime_nsec])
 }
 
 #[derive(Debug)]
@@ -68,6 +79,8 @@ impl NameIndex {
                 idx: *idx,
                 names: HashSet::new(),
                 whiteouts: HashSet::new(),
+                dir: fd.clone(),
+                stamp: stamp(fd)?,
             };
             for e in sys::read_dir(fd)? {
                 if whiteout::is_reserved(&e.name) {
@@ -89,6 +102,15 @@ impl NameIndex {
             return Ok(None);
         }
         Ok(Some(NameIndex { layers, count }))
+    }
+
+    /// Whether no indexed directory changed since it was read (on filesystems
+    /// with fine-grained change times, as tmpfs, ext4, xfs and btrfs have
+    /// once a time was read, every change shows).
+    pub fn current(&self) -> bool {
+        self.layers
+            .iter()
+            .all(|l| stamp(&l.dir).is_ok_and(|s| s == l.stamp))
     }
 
     /// What branch `idx` holds of `name`; None when `idx` is not indexed.

@@ -10,7 +10,7 @@
 use foldhash::{HashMap, HashMapExt};
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,10 @@ use crate::waiting;
 pub const ROOT: u64 = 1;
 
 pub type Key = (u64, u64);
+
+/// A `Loc::generation` that matches no branch set: the location is computed
+/// again at its next use (a direct change in a branch may have moved it).
+pub const UNSETTLED: u64 = u64::MAX;
 
 /// Where a union object lives now. Only the resolver writes it (see
 /// resolve/mod.rs); everyone else reads copies.
@@ -96,6 +100,9 @@ pub struct Node {
     pub(super) aliases: Mutex<Vec<(u64, OsString)>>,
     /// Directories: fds on their instances (see dirs.rs).
     pub(super) dirfds: Mutex<DirFds>,
+    /// Handles open for writing through the mount: the kernel knows of
+    /// their writes, which reach the branch as another process's.
+    pub(crate) writers: AtomicU32,
 }
 
 impl Node {
@@ -159,6 +166,7 @@ impl InodeTable {
             keys: Mutex::new(vec![root_key]),
             aliases: Mutex::new(Vec::new()),
             dirfds: Mutex::new(DirFds::default()),
+            writers: AtomicU32::new(0),
         });
         let mut keys = HashMap::new();
         keys.insert(root_key, ROOT);
@@ -241,6 +249,7 @@ impl InodeTable {
             keys: Mutex::new(vec![key]),
             aliases: Mutex::new(Vec::new()),
             dirfds: Mutex::new(DirFds::default()),
+            writers: AtomicU32::new(0),
         });
         nodes.insert(ino, node.clone());
         node
@@ -287,18 +296,24 @@ impl InodeTable {
         }
     }
 
-    pub(super) fn forget(&self, ino: u64, n: u64) {
+    /// Drop `n` lookup references; the node when that was its last.
+    pub(super) fn forget(&self, ino: u64, n: u64) -> Option<Arc<Node>> {
         if ino == ROOT {
-            return;
+            return None;
         }
         let mut nodes = self.nodes.write();
-        if let Some(node) = nodes.get(&ino) {
-            let left = node.lookups.load(Ordering::Relaxed).saturating_sub(n);
-            node.lookups.store(left, Ordering::Relaxed);
-            if left == 0 {
-                nodes.remove(&ino);
-            }
+        let node = nodes.get(&ino)?;
+        let left = node.lookups.load(Ordering::Relaxed).saturating_sub(n);
+        node.lookups.store(left, Ordering::Relaxed);
+        if left == 0 {
+            return nodes.remove(&ino);
         }
+        None
+    }
+
+    /// Every node the kernel knows.
+    pub(super) fn all(&self) -> Vec<Arc<Node>> {
+        self.nodes.read().values().cloned().collect()
     }
 
     /// Every (ino, parent, name) the table knows, for cache invalidation.

@@ -190,7 +190,7 @@ impl GraphDriver for Store {
             })
             .collect();
         let out = Command::new(mount_program())
-            .args(["-o", "allow_other,dev,suid,fsname=unionfs-driver"])
+            .args(["-o", "allow_other,dev,suid,fsname=unionfs-driver,udba=none"])
             .arg(unionfs::branch::format(&spec))
             .arg(&mnt)
             .output()

@@ -296,6 +296,9 @@ impl Resolver {
     ) -> Result<(Arc<Node>, Attr)> {
         let top = scan.top().ok_or(Errno::ENOENT)?;
         let b = bs.get(top.idx);
+        if let Some(known) = self.inodes.node_for((b.dev, top.stat.st_ino)) {
+            self.moved_directly(bs, &known, top.idx, parent, name);
+        }
         let loc = Loc {
             parent,
             name: name.to_os_string(),
@@ -319,6 +322,33 @@ impl Resolver {
             st: top.stat,
         };
         Ok((node, attr))
+    }
+
+    /// A known file found under another name: a second hard link, or the
+    /// same file renamed directly in its branch. Renamed (its name no longer
+    /// holds it), the new name becomes its name.
+    fn moved_directly(&self, bs: &BranchSet, node: &Node, idx: usize, parent: u64, name: &OsStr) {
+        if node.is_dir() {
+            return;
+        }
+        let (p, n) = node.parent_name();
+        if p == parent && n == name {
+            return;
+        }
+        let held = self
+            .inodes
+            .get(p)
+            .and_then(|pn| self.layer_dir(bs, &pn, idx))
+            .and_then(|d| sys::stat_at(&d, &n))
+            .is_ok_and(|st| node.has_key((bs.get(idx).dev, st.st_ino)));
+        if !held {
+            let mut loc = node.loc.write();
+            if loc.parent == p && loc.name == n {
+                loc.moved = self.inodes.tick();
+                loc.parent = parent;
+                loc.name = name.to_os_string();
+            }
+        }
     }
 
     // What the operation families changed. These are the only writers of

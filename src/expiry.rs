@@ -80,6 +80,7 @@ pub fn spawn_watcher(union: &Arc<Union>, notifier: Notifier) -> std::io::Result<
             let Some(u) = weak.upgrade() else { return };
             let Some(w) = &u.resolve.watch else { return };
             w.wait(Duration::from_millis(500));
+            u.resolve.mark_queued();
             u.resolve.sync();
             let p = w.take();
             if !p.is_empty() && !tell(&u, &notifier, p) {

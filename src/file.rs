@@ -230,6 +230,9 @@ impl Union {
         }
         let bs = self.branches();
         let layers = self.resolve.layer_fds(&bs, &h.node)?;
+        // A listing is a use: the directory is watched once used.
+        let idx: Vec<usize> = layers.iter().map(|(i, _)| *i).collect();
+        self.resolve.watch_used(&bs, &h.node, &idx);
         let parent = h.node.parent_name().0;
         let mut entries = vec![
             Entry {

@@ -228,6 +228,23 @@ impl UnionFs {
         }
     }
 
+    /// The timeouts for the entry of `a` in directory `dir`: a directory's
+    /// entry also says which branches it merges, which its own instances
+    /// decide (an opaque marker made in it): long only once it is watched too.
+    fn ttl_entry(&self, dir: u64, a: &Attr) -> Ttl {
+        let ttl = self.ttl_in(dir);
+        if ttl == self.exact_ttl
+            && a.st.st_mode & libc::S_IFMT == libc::S_IFDIR
+            && !self.union.exact(a.ino)
+        {
+            return Ttl {
+                negative: ttl.negative,
+                ..self.loose_ttl
+            };
+        }
+        ttl
+    }
+
     /// The timeouts for the attributes of `ino` (its changes are seen
     /// through its parent's instances).
     fn ttl_of(&self, ino: u64) -> Ttl {
@@ -251,7 +268,8 @@ impl UnionFs {
             {
                 reply.entry(&absent(ttl.negative))
             }
-            res => reply_entry(ttl, reply, res),
+            Ok(a) => reply.entry(&entry_out(self.ttl_entry(parent, &a), &a)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -264,7 +282,17 @@ impl UnionFs {
         new: impl Fn(&Union) -> Result<Attr> + Send + 'static,
     ) {
         let ttl = self.ttl_in(parent);
-        self.patiently(reply.unique(), new, move |res| reply_entry(ttl, reply, res));
+        // A new directory is not watched yet (see ttl_entry).
+        let dir_ttl = Ttl {
+            negative: ttl.negative,
+            ..self.loose_ttl
+        };
+        self.patiently(reply.unique(), new, move |res| match res {
+            Ok(a) if a.st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                reply.entry(&entry_out(dir_ttl, &a))
+            }
+            res => reply_entry(ttl, reply, res),
+        });
     }
 
     /// A change that answers nothing but success or an errno.
@@ -337,7 +365,6 @@ impl UnionFs {
             Err(e) => return reply.error(e),
         };
         let mut buf = DirBuf::new(size);
-        let ttl = self.ttl_in(ino);
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             let off = (i + 1) as u64;
             let name = std::os::unix::ffi::OsStrExt::as_bytes(e.name.as_os_str());
@@ -361,7 +388,7 @@ impl UnionFs {
             let Ok(attr) = self.union.lookup(ino, &e.name) else {
                 continue;
             };
-            let entry = entry_out(ttl, &attr);
+            let entry = entry_out(self.ttl_entry(ino, &attr), &attr);
             if !buf.add_plus(&entry, off, attr.st.st_mode, name) {
                 // Not sent: the kernel will not forget it.
                 self.union.forget(attr.ino, 1);

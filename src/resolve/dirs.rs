@@ -9,8 +9,7 @@
 //! no directory rename since (a rename, through the union or seen by the
 //! watch, drops every cached fd), and for at most the cache lifetime (the
 //! kernel's entry timeout: a lookup in the parent, which the kernel makes
-//! after that, opens the directory's instances again). Every directory whose
-//! fd is cached is also watched (watch.rs), where the mode says so.
+//! after that, opens the directory's instances again).
 //! Every fd is opened one component at a time with `openat2(RESOLVE_BENEATH |
 //! RESOLVE_NO_SYMLINKS)` from a branch root or from another such fd.
 
@@ -94,7 +93,6 @@ impl Resolver {
 
     /// Remember `fd` as the instance of directory `node` in branch `id`.
     pub(crate) fn cache_dir(&self, bs: &BranchSet, node: &Node, id: u32, fd: Arc<Dir>) {
-        self.watch(bs, node, id, &fd);
         if !self.caching() {
             return;
         }

@@ -139,12 +139,7 @@ impl Resolver {
             udba,
             watch,
         };
-        // The root's instances are watched from the start.
-        let bs = resolver.branches();
-        let root = resolver.inodes.get(ROOT)?;
-        for b in bs.branches.iter() {
-            resolver.watch(&bs, &root, b.id, &b.root_fd());
-        }
+        resolver.watch_root();
         Ok(resolver)
     }
 
@@ -268,6 +263,7 @@ impl Resolver {
         full: bool,
     ) -> Result<Scan> {
         let seen = self.inodes.seen();
+        self.watch_used(bs, parent, layers);
         let index = self.name_index(bs, parent, layers)?;
         let mut scan = scan::scan(
             layers,

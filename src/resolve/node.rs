@@ -103,6 +103,8 @@ pub struct Node {
     /// Handles open for writing through the mount: the kernel knows of
     /// their writes, which reach the branch as another process's.
     pub(crate) writers: AtomicU32,
+    /// Directories: lookups served in them (they are watched once used).
+    pub(super) used: AtomicU32,
 }
 
 impl Node {
@@ -167,6 +169,7 @@ impl InodeTable {
             aliases: Mutex::new(Vec::new()),
             dirfds: Mutex::new(DirFds::default()),
             writers: AtomicU32::new(0),
+            used: AtomicU32::new(0),
         });
         let mut keys = HashMap::new();
         keys.insert(root_key, ROOT);
@@ -250,6 +253,7 @@ impl InodeTable {
             aliases: Mutex::new(Vec::new()),
             dirfds: Mutex::new(DirFds::default()),
             writers: AtomicU32::new(0),
+            used: AtomicU32::new(0),
         });
         nodes.insert(ino, node.clone());
         node

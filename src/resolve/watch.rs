@@ -30,6 +30,11 @@ use crate::sys::fanotify::{self, Event, Fanotify, Handle};
 use crate::sys::{self, Dir, Errno};
 use crate::whiteout;
 
+/// Lookups in a directory before it is watched: a path walked once (a/b/c
+/// to reach one file) costs no marks; until its marks are in place a
+/// directory is served as with reval.
+const WATCH_AFTER: u32 = 2;
+
 /// Notifications queued before they are given up for one "forget everything".
 const PENDING_CAP: usize = 65536;
 /// The event buffer: fanotify hands out whole events, up to this much at a time.
@@ -53,6 +58,9 @@ struct Marks {
     count: HashMap<u64, usize>,
     /// Branches whose filesystem refused a mark (said once in the log).
     refused: HashSet<u32>,
+    /// Instances waiting for the watcher thread to mark them.
+    to_mark: Vec<(u64, u32, Arc<Dir>)>,
+    queued: HashSet<(u64, u32)>,
     full_said: bool,
 }
 
@@ -134,6 +142,11 @@ impl Watch {
             }
         }
         drop(p);
+        self.poke();
+    }
+
+    /// Wake the watcher thread.
+    fn poke(&self) {
         let _ = nix::unistd::write(&self.wake, &1u64.to_ne_bytes());
     }
 
@@ -158,70 +171,133 @@ impl Watch {
 }
 
 impl Resolver {
+    /// At the start: the root is always in use (its marks are put by the
+    /// watcher thread), and branches that cannot be watched are said.
+    pub(super) fn watch_root(&self) {
+        if self.watch.is_none() {
+            return;
+        }
+        let bs = self.branches();
+        let Ok(root) = self.inodes.get(ROOT) else {
+            return;
+        };
+        for b in bs.branches.iter() {
+            self.watch(&bs, &root, b.id, &b.root_fd());
+        }
+    }
+
+    /// A lookup in directory `node` (instances in `layers`): watch it once
+    /// it is used, and again when it gained an instance.
+    pub fn watch_used(&self, bs: &BranchSet, node: &Node, layers: &[usize]) {
+        if self.watch.is_none() || node.used.fetch_add(1, Ordering::Relaxed) + 1 < WATCH_AFTER {
+            return;
+        }
+        if self.exact_in(node.ino, layers.len()) {
+            return;
+        }
+        for &idx in layers {
+            if let Ok(fd) = self.layer_dir(bs, node, idx) {
+                self.watch(bs, node, bs.get(idx).id, &fd);
+            }
+        }
+    }
+
     /// Watch the instance `fd` of union directory `node` in branch `id`
     /// (once; nothing when the mode or the bounds say no).
-    pub(crate) fn watch(&self, bs: &BranchSet, node: &Node, id: u32, fd: &Arc<Dir>) {
+    fn watch(&self, bs: &BranchSet, node: &Node, id: u32, fd: &Arc<Dir>) {
         let Some(w) = &self.watch else { return };
         let mut m = w.marks.lock();
-        if m.by_node.contains_key(&(node.ino, id)) || m.refused.contains(&id) {
+        let key = (node.ino, id);
+        if m.by_node.contains_key(&key) || m.refused.contains(&id) || !m.queued.insert(key) {
             return;
         }
-        if m.by_handle.len() >= w.max {
-            if !m.full_said {
-                m.full_said = true;
-                log::warn!(
-                    "{} branch directories watched (max_watches): further ones are served as with udba=reval",
-                    w.max
-                );
+        if let Some(fs) = bs
+            .branches
+            .iter()
+            .find(|b| b.id == id)
+            .and_then(|b| b.remote)
+        {
+            m.queued.remove(&key);
+            refuse(
+                bs,
+                &mut m,
+                id,
+                format!("{fs} changes elsewhere give no local events"),
+            );
+            return;
+        }
+        // Marked by the watcher thread, not on the request's time; until
+        // then the directory is served as with reval (see `exact_in`).
+        m.to_mark.push((node.ino, id, fd.clone()));
+        drop(m);
+        w.poke();
+    }
+
+    /// Mark the directory instances requests asked to watch (the watcher thread).
+    pub fn mark_queued(&self) {
+        let Some(w) = &self.watch else { return };
+        let queued = std::mem::take(&mut w.marks.lock().to_mark);
+        let bs = self.branches();
+        for (ino, id, fd) in queued {
+            w.marks.lock().queued.remove(&(ino, id));
+            if self.inodes.get(ino).is_ok() {
+                self.mark(&bs, ino, id, &fd);
             }
-            return;
         }
-        let refuse = |m: &mut Marks, why: String| {
-            let path = bs
-                .branches
-                .iter()
-                .find(|b| b.id == id)
-                .map(|b| b.path.display().to_string())
-                .unwrap_or_default();
-            log::warn!("branch {path}: not watched ({why}): served as with udba=reval");
-            m.refused.insert(id);
-        };
-        if let Some(b) = bs.branches.iter().find(|b| b.id == id) {
-            if let Some(fs) = b.remote {
-                return refuse(
-                    &mut m,
-                    format!("{fs} changes elsewhere give no local events"),
-                );
+    }
+
+    /// Put a mark on `fd`, the instance of union directory `ino` in branch `id`.
+    fn mark(&self, bs: &BranchSet, ino: u64, id: u32, fd: &Dir) {
+        let Some(w) = &self.watch else { return };
+        {
+            let mut m = w.marks.lock();
+            if m.by_node.contains_key(&(ino, id)) || m.refused.contains(&id) {
+                return;
+            }
+            if m.by_handle.len() >= w.max {
+                if !m.full_said {
+                    m.full_said = true;
+                    log::warn!(
+                        "{} branch directories watched (max_watches): further ones are served as with udba=reval",
+                        w.max
+                    );
+                }
+                return;
             }
         }
         let handle = match fanotify::handle_of(fd) {
             Ok(h) => h,
-            Err(e) => return refuse(&mut m, format!("no file handles: {}", e.desc())),
+            Err(e) => {
+                let why = format!("no file handles: {}", e.desc());
+                return refuse(bs, &mut w.marks.lock(), id, why);
+            }
         };
         match w.fan.watch(fd) {
             Ok(()) => {}
             Err(e @ (Errno::ENODEV | Errno::EXDEV | Errno::EOPNOTSUPP | Errno::EINVAL)) => {
-                return refuse(&mut m, format!("fanotify: {}", e.desc()))
+                let why = format!("fanotify: {}", e.desc());
+                return refuse(bs, &mut w.marks.lock(), id, why);
             }
             Err(e) => {
-                log::debug!("directory {} not watched: {}", node.ino, e.desc());
+                log::debug!("directory {ino} not watched: {}", e.desc());
                 return;
             }
         }
-        if let Some(old) = m.by_handle.insert(
-            handle.clone(),
-            Mark {
-                ino: node.ino,
-                branch: id,
-            },
-        ) {
+        let mut m = w.marks.lock();
+        if let Some(old) = m.by_handle.insert(handle.clone(), Mark { ino, branch: id }) {
             // The same directory under another union directory (a hard to
             // reach case: a directory renamed in its branch): the newer wins.
             m.by_node.remove(&(old.ino, old.branch));
             dec(&mut m.count, old.ino);
         }
-        m.by_node.insert((node.ino, id), handle);
-        *m.count.entry(node.ino).or_insert(0) += 1;
+        m.by_node.insert((ino, id), handle);
+        *m.count.entry(ino).or_insert(0) += 1;
+        drop(m);
+        // What was learnt of it before the mark (its opacity, its index) may
+        // be stale already: learnt again.
+        if let Ok(node) = self.inodes.get(ino) {
+            self.unsettle(&node);
+        }
     }
 
     /// What `unionctl --stats` shows.
@@ -459,6 +535,20 @@ impl Resolver {
             self.unsettle(&node);
         }
     }
+}
+
+/// Branch `id` cannot be watched: said once, and served as with reval.
+fn refuse(bs: &BranchSet, m: &mut Marks, id: u32, why: String) {
+    if !m.refused.insert(id) {
+        return;
+    }
+    let path = bs
+        .branches
+        .iter()
+        .find(|b| b.id == id)
+        .map(|b| b.path.display().to_string())
+        .unwrap_or_default();
+    log::warn!("branch {path}: not watched ({why}): served as with udba=reval");
 }
 
 fn drop_index(node: &Node) {

@@ -654,8 +654,17 @@ impl Dispatch for UnionFs {
             }
             Op::Fsync { fh, datasync } => reply_empty(reply, u.fsync(fh, datasync)),
             Op::Opendir => match u.opendir(ino) {
+                // Where the daemon follows every change, the kernel keeps
+                // listings too: each change it is told of drops them.
                 Ok(fh) => reply.open(&abi::OpenOut {
                     fh,
+                    open_flags: if self.ttl_in(ino) == self.exact_ttl
+                        && self.exact_ttl != self.loose_ttl
+                    {
+                        abi::FOPEN_KEEP_CACHE | abi::FOPEN_CACHE_DIR
+                    } else {
+                        0
+                    },
                     ..Default::default()
                 }),
                 Err(e) => reply.error(e),

@@ -96,6 +96,7 @@ pub const FATTR_ATIME_NOW: u32 = 1 << 7;
 pub const FATTR_MTIME_NOW: u32 = 1 << 8;
 
 pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
+pub const FOPEN_CACHE_DIR: u32 = 1 << 3;
 pub const FOPEN_PASSTHROUGH: u32 = 1 << 7;
 
 pub const GETATTR_FH: u32 = 1 << 0;

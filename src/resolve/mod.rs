@@ -376,6 +376,9 @@ impl Resolver {
             moved: 0,
         };
         let node = self.inodes.found((b.dev, st.st_ino), kind, loc, u64::MAX);
+        if kind == libc::S_IFDIR {
+            self.watch_new(bs, &node, idx);
+        }
         let attr = Attr { ino: node.ino, st };
         (node, attr)
     }

@@ -233,6 +233,21 @@ impl Resolver {
         w.poke();
     }
 
+    /// A directory the union just made (its only instance in branch `idx`):
+    /// watched at once, since names are about to be made in it (a tar, a
+    /// build) and each gets the long timeouts only in a watched directory.
+    pub(crate) fn watch_new(&self, bs: &BranchSet, node: &Node, idx: usize) {
+        if self.watch.is_none() {
+            return;
+        }
+        let dir = self
+            .parent_in(bs, node, idx)
+            .and_then(|(parent, name)| sys::open_dir(&parent, std::path::Path::new(&name)));
+        if let Ok(dir) = dir {
+            self.mark(bs, node.ino, bs.get(idx).id, &dir);
+        }
+    }
+
     /// Mark the directory instances requests asked to watch (the watcher thread).
     pub fn mark_queued(&self) {
         let Some(w) = &self.watch else { return };
@@ -461,6 +476,7 @@ impl Resolver {
                     p.entries.insert((parent, name));
                 }
                 p.children.insert(ino);
+                p.inodes.insert(ino, true);
             });
             return;
         }
@@ -472,10 +488,18 @@ impl Resolver {
                     // What was cached below it may be somewhere else now.
                     self.dir_moved();
                 }
-                self.unsettle_child(&node, name);
+                for child in self.unsettle_child(&node, name) {
+                    // Its listing merges other instances now.
+                    w.queue(|p| {
+                        p.inodes.insert(child, true);
+                    });
+                }
             }
+            // The entry, and the directory's listing the kernel may keep
+            // (a name it never looked up has no entry to expire).
             w.queue(|p| {
                 p.entries.insert((ino, name.to_os_string()));
+                p.inodes.insert(ino, true);
             });
         } else if whiteout::is_reserved(ev.name) {
             // A whiteout's attributes mean nothing to the union.
@@ -506,18 +530,22 @@ impl Resolver {
 
     /// Directory `name` of `parent` gained or lost an instance in some
     /// branch: the node it names is located again at its next use.
-    fn unsettle_child(&self, parent: &Node, name: &OsStr) {
+    /// Returns the directories it names.
+    fn unsettle_child(&self, parent: &Node, name: &OsStr) -> Vec<u64> {
         let bs = self.branches();
         let Ok(scan) = self.scan_in(&bs, parent, name, true) else {
-            return;
+            return Vec::new();
         };
+        let mut out = Vec::new();
         for i in &scan.instances {
             if let Some(n) = self.node_of(&bs, i) {
                 if n.is_dir() {
                     self.unsettle(&n);
+                    out.push(n.ino);
                 }
             }
         }
+        out
     }
 
     /// Forget where `node` lives and what its directory instances are.

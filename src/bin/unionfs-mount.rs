@@ -69,17 +69,27 @@ MOUNT OPTIONS (-o OPT[,OPT...]):
                     echo Y > /sys/module/fuse/parameters/enable_uring
                   (or fuse.enable_uring=1 on the kernel command line). With
                   RUST_LOG=info the daemon says which transport serves it.
-    entry_timeout=SECS, attr_timeout=SECS
-                  How long the kernel caches names and attributes, and the
-                  daemon its directory fds and its index of the names in
-                  read-only branches (default 1). Changes made directly in a
-                  branch show after this long; changes through the mount and
-                  unionctl at once.
-    negative_timeout=SECS
-                  How long the kernel caches a name that does not exist
-                  (default 0, as libfuse). unionctl changes drop such entries
-                  at once; a name created directly in a branch shows after
-                  this long.
+    udba=notify|reval|none
+                  How changes made directly in the branches (not through the
+                  mount) are followed (aufs's names). notify (default): the
+                  branch directories in use are watched with fanotify; the
+                  daemon's caches are updated before its next request and the
+                  kernel is told at once (entries expired, never invalidated:
+                  mounts on union directories stay), so the kernel caches names,
+                  attributes, misses and listings for a day. Directories not yet
+                  watched, past max_watches, or on branches that give no local
+                  events (NFS, CIFS, FUSE, ...; said once in the log) are served
+                  as with reval. reval: nothing is watched; the kernel asks
+                  again after a second, the daemon checks its caches against
+                  the directories' change times. none: nothing is followed or
+                  checked, for branches nobody changes (the driver's image
+                  layers). unionctl MNT --stats shows what was followed.
+    max_watches=N Branch directories watched at most (default 65536).
+    entry_timeout=SECS, attr_timeout=SECS, negative_timeout=SECS
+                  How long the kernel caches names, attributes and names that
+                  do not exist; given, they replace the mode's defaults (notify,
+                  none: 86400 each; reval and directories not watched: 1, 1
+                  and 0). Changes through the mount and unionctl show at once.
     dir_cache=N   Directory fds kept open for lookups, at most (default 32768;
                   0 turns the cache off). The open-file limit is raised to fit.
     readahead=KB  Readahead of the mount (default 1024, FUSE's largest request;

@@ -95,23 +95,7 @@ pub struct Holding {
     pub what: String,
 }
 
-/// `unionctl --stats`: how the branches are followed (see resolve/watch.rs).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Stats {
-    /// notify, reval or none.
-    pub udba: String,
-    /// Branch directories watched now.
-    pub watched: u64,
-    /// Branches served as with reval (not watchable).
-    pub unwatched: Vec<PathBuf>,
-    pub events: u64,
-    /// Events of the daemon's own changes, ignored.
-    pub own_events: u64,
-    pub overflows: u64,
-    /// Kernel entries expired and inodes whose attributes were dropped.
-    pub expired_entries: u64,
-    pub dropped_inodes: u64,
-}
+pub use crate::resolve::Stats;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

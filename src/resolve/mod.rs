@@ -29,7 +29,7 @@ use locks::DirGuard;
 pub use nameindex::NameIndex;
 pub use node::{InodeTable, Loc, Negatives, Node, ROOT};
 pub use scan::{scan, scan_path, Instance, Scan};
-pub use watch::{Pending, Watch};
+pub use watch::{Pending, Stats, Watch};
 
 /// Attributes of a union object: the topmost instance's, with the union inode number.
 #[derive(Clone, Copy, Debug)]

@@ -13,6 +13,9 @@
 //! daemon caches checked against the directories' change times.
 
 use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -87,7 +90,25 @@ impl Pending {
     }
 }
 
-/// What the watcher has seen and done, for `unionctl stats`.
+/// `unionctl --stats`: how the branches are followed .
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stats {
+    /// notify, reval or none.
+    pub udba: String,
+    /// Branch directories watched now.
+    pub watched: u64,
+    /// Branches served as with reval (not watchable).
+    pub unwatched: Vec<PathBuf>,
+    pub events: u64,
+    /// Events of the daemon's own changes, ignored.
+    pub own_events: u64,
+    pub overflows: u64,
+    /// Kernel entries expired and inodes whose attributes were dropped.
+    pub expired_entries: u64,
+    pub dropped_inodes: u64,
+}
+
+/// What the watcher has seen and done, for `unionctl --stats`.
 #[derive(Debug, Default)]
 pub struct WatchStats {
     pub events: AtomicU64,
@@ -316,13 +337,13 @@ impl Resolver {
     }
 
     /// What `unionctl --stats` shows.
-    pub fn stats(&self) -> crate::control::Stats {
+    pub fn stats(&self) -> Stats {
         let udba = match (self.udba, &self.watch) {
             (Udba::Notify, Some(_)) => "notify",
             (Udba::None, _) => "none",
             _ => "reval",
         };
-        let mut out = crate::control::Stats {
+        let mut out = Stats {
             udba: udba.into(),
             ..Default::default()
         };

@@ -233,16 +233,19 @@ impl UnionFs {
     /// decide (an opaque marker made in it): long only once it is watched too.
     fn ttl_entry(&self, dir: u64, a: &Attr) -> Ttl {
         let ttl = self.ttl_in(dir);
-        if ttl == self.exact_ttl
-            && a.st.st_mode & libc::S_IFMT == libc::S_IFDIR
-            && !self.union.exact(a.ino)
-        {
-            return Ttl {
-                negative: ttl.negative,
-                ..self.loose_ttl
-            };
+        if ttl == self.exact_ttl && is_dir(a) && !self.union.exact(a.ino) {
+            return self.unwatched_dir(ttl);
         }
         ttl
+    }
+
+    /// `ttl` (of the directory holding it) for the entry of a directory
+    /// that is not watched itself: its misses as in its parent, the rest loose.
+    fn unwatched_dir(&self, ttl: Ttl) -> Ttl {
+        Ttl {
+            negative: ttl.negative,
+            ..self.loose_ttl
+        }
     }
 
     /// The timeouts for the attributes of `ino` (its changes are seen
@@ -283,14 +286,9 @@ impl UnionFs {
     ) {
         let ttl = self.ttl_in(parent);
         // A new directory is not watched yet (see ttl_entry).
-        let dir_ttl = Ttl {
-            negative: ttl.negative,
-            ..self.loose_ttl
-        };
+        let dir_ttl = self.unwatched_dir(ttl);
         self.patiently(reply.unique(), new, move |res| match res {
-            Ok(a) if a.st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
-                reply.entry(&entry_out(dir_ttl, &a))
-            }
+            Ok(a) if is_dir(&a) => reply.entry(&entry_out(dir_ttl, &a)),
             res => reply_entry(ttl, reply, res),
         });
     }
@@ -426,6 +424,10 @@ fn settled<T>(op: &impl Fn(&Union) -> Result<T>, union: &Union) -> Result<T> {
         }
     }
     Err(Errno::EBUSY)
+}
+
+fn is_dir(a: &Attr) -> bool {
+    a.st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
 fn reply_entry(ttl: Ttl, reply: Reply, res: Result<Attr>) {
@@ -658,9 +660,7 @@ impl Dispatch for UnionFs {
                 // listings too: each change it is told of drops them.
                 Ok(fh) => reply.open(&abi::OpenOut {
                     fh,
-                    open_flags: if self.ttl_in(ino) == self.exact_ttl
-                        && self.exact_ttl != self.loose_ttl
-                    {
+                    open_flags: if self.exact_ttl != self.loose_ttl && u.exact(ino) {
                         abi::FOPEN_KEEP_CACHE | abi::FOPEN_CACHE_DIR
                     } else {
                         0

@@ -260,7 +260,7 @@ pub fn mount(
     sys::set_umask(sys::UMASK);
     // Room for the directory cache, the branch roots and open files, made
     // before any thread starts.
-    let limit = sys::reserve_fds(opts.dir_cache as u64 + opts.max_watches as u64 + FD_HEADROOM);
+    let limit = sys::reserve_fds(opts.dir_cache as u64 + FD_HEADROOM);
     // Under a low hard limit, half of it still goes to the cache.
     let room = limit.saturating_sub(FD_HEADROOM).max(limit / 2);
     let cache_max = opts.dir_cache.min(room as usize);

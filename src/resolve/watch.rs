@@ -232,12 +232,7 @@ impl Resolver {
         if m.by_node.contains_key(&key) || m.refused.contains(&id) || !m.queued.insert(key) {
             return;
         }
-        if let Some(fs) = bs
-            .branches
-            .iter()
-            .find(|b| b.id == id)
-            .and_then(|b| b.remote)
-        {
+        if let Some(fs) = bs.index_of(id).and_then(|i| bs.get(i).remote) {
             m.queued.remove(&key);
             refuse(
                 bs,
@@ -592,10 +587,8 @@ fn refuse(bs: &BranchSet, m: &mut Marks, id: u32, why: String) {
         return;
     }
     let path = bs
-        .branches
-        .iter()
-        .find(|b| b.id == id)
-        .map(|b| b.path.display().to_string())
+        .index_of(id)
+        .map(|i| bs.get(i).path.display().to_string())
         .unwrap_or_default();
     log::warn!("branch {path}: not watched ({why}): served as with udba=reval");
 }

@@ -407,6 +407,8 @@ fn fake_server(sock: &std::path::Path, uid: u32, answer: &str) -> std::process::
 /// until its stdin closes.
 const HOARDER: &str = r#"
 use Socket;
+# The daemon may answer "too many" and close before our write: no SIGPIPE.
+$SIG{PIPE} = 'IGNORE';
 my ($path, $n) = @ARGV;
 my @held;
 for my $i (0 .. $n) {

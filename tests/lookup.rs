@@ -406,15 +406,29 @@ fn indexed_deep_directories_resolve_like_probed_ones() {
 }
 
 #[test]
-fn misses_are_not_cached_by_default() {
+fn misses_made_real_directly_show() {
     need_fuse!();
+    // reval: the kernel keeps no misses, so the very next access sees them
+    let mut u = Union::new(&["rw", "ro"]);
+    u.mount("rw=rw:ro=ro", &["udba=reval"]);
+    assert_errno(fs::metadata(u.m("fresh")), libc::ENOENT);
+    assert_errno(fs::metadata(u.m("lower")), libc::ENOENT);
+    write(u.b("rw/fresh"), "f");
+    write(u.b("ro/lower"), "l");
+    assert_eq!(read(u.m("fresh")), "f");
+    assert_eq!(read(u.m("lower")), "l");
+    u.unmount();
+    // notify (default): the kernel caches misses, and the daemon expires
+    // them when it is told of the direct change, asynchronously but soon
     let mut u = Union::new(&["rw", "ro"]);
     u.mount("rw=rw:ro=ro", &[]);
     assert_errno(fs::metadata(u.m("fresh")), libc::ENOENT);
     assert_errno(fs::metadata(u.m("lower")), libc::ENOENT);
-    // made directly in the branches: no negative entry hides them
     write(u.b("rw/fresh"), "f");
     write(u.b("ro/lower"), "l");
+    wait_for("the direct creations through the mount", || {
+        exists(u.m("fresh")) && exists(u.m("lower"))
+    });
     assert_eq!(read(u.m("fresh")), "f");
     assert_eq!(read(u.m("lower")), "l");
 }

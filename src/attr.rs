@@ -67,10 +67,7 @@ impl Union {
                     set.mtime.unwrap_or(Time::Omit),
                 )?;
             }
-            Ok(Attr {
-                ino: node.ino,
-                st: obj.stat()?,
-            })
+            Ok(Attr::of(&node, obj.stat()?))
         })
     }
 
@@ -103,10 +100,7 @@ impl Union {
                 set.mtime.unwrap_or(Time::Omit),
             )?;
         }
-        Ok(Attr {
-            ino: node.ino,
-            st: sys::fstat(f.as_fd())?,
-        })
+        Ok(Attr::of(node, sys::fstat(f.as_fd())?))
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {

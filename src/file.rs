@@ -17,6 +17,7 @@ use nix::fcntl::OFlag;
 
 use crate::branch::BranchSet;
 use crate::handles::{FileHandle, Opened};
+use crate::options::Passthrough;
 use crate::readdir::{self, Entry};
 use crate::resolve::Node;
 use crate::sys::{self, Errno, Result};
@@ -61,7 +62,10 @@ impl Union {
             true => bs.writable_above(idx).map(|t| bs.get(t).id),
             false => Some(bs.get(idx).id),
         };
-        if dest.is_some_and(|d| self.handles.older_elsewhere(node.ino, bs.generation, d)) {
+        if dest.is_some_and(|d| {
+            self.handles.older_elsewhere(node.ino, bs.generation, d)
+                || self.handles.passthrough_elsewhere(node.ino, d)
+        }) {
             return self.detach(&bs, &node);
         }
         let bs = if writable || trunc {
@@ -73,7 +77,9 @@ impl Union {
         let top = bs.get(idx).id;
         // Again: a copy-up (this one, or another request's) or a branch
         // change may have moved the file meanwhile.
-        if self.handles.older_elsewhere(node.ino, bs.generation, top) {
+        if self.handles.older_elsewhere(node.ino, bs.generation, top)
+            || self.handles.passthrough_elsewhere(node.ino, top)
+        {
             return self.detach(&bs, &node);
         }
         // Opened, truncated and counted on a steady branch set: a branch
@@ -83,7 +89,15 @@ impl Union {
         let mut opened =
             self.handles
                 .add_file(node, sys::into_file(fd), oflags, top, bs.generation);
-        opened.passthrough_ok = bs.get(idx).writable() || bs.writable_above(idx).is_none();
+        // Passthrough only where the promise of `repoint_readers` holds (no
+        // copy-up can move the file), unless the user gave it up (`all`):
+        // then readers keep the data they had, and a copy-up gives the name
+        // a node of its own (see `passthrough_elsewhere`).
+        opened.passthrough_ok = match self.passthrough {
+            Passthrough::Off => false,
+            Passthrough::All => true,
+            Passthrough::On => bs.get(idx).writable() || bs.writable_above(idx).is_none(),
+        };
         opened.keep_cache = !bs.get(idx).writable();
         Ok(opened)
     }
@@ -104,7 +118,9 @@ impl Union {
     pub(crate) fn repoint_readers(&self, bs: &BranchSet, node: &Node, target: usize) {
         let generation = node.generation.load(Ordering::Acquire);
         for h in self.handles.files_of(node.ino) {
+            // The kernel holds a passthrough handle's file: it stays there.
             if h.writable
+                || h.passthrough.load(Ordering::Acquire)
                 || h.branches.load(Ordering::Acquire) != bs.generation
                 || h.generation.load(Ordering::Acquire) == generation
             {
@@ -125,7 +141,10 @@ impl Union {
     /// the object was copied up since the handle was opened.
     fn current(&self, h: &FileHandle) -> Result<Arc<File>> {
         let generation = h.node.generation.load(Ordering::Acquire);
-        if h.writable || generation == h.generation.load(Ordering::Acquire) {
+        if h.writable
+            || h.passthrough.load(Ordering::Acquire)
+            || generation == h.generation.load(Ordering::Acquire)
+        {
             return Ok(h.file());
         }
         let bs = self.branches();
@@ -221,12 +240,17 @@ impl Union {
         Ok(self.handles.add_dir(node))
     }
 
-    /// The listing of an open directory, `.` and `..` first. Offset 0 (the
-    /// first read, or a rewind) takes a fresh snapshot.
+    /// The listing of an open directory, `.` and `..` first, in cookie
+    /// order. Offset 0 (the first read, or a rewind) takes a fresh snapshot,
+    /// and so does a read from the middle on a handle that has none (the
+    /// kernel served the start from its cache, then dropped it).
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<Entry>>> {
         let h = self.handles.dir(fh)?;
         if offset != 0 {
-            return Ok(h.entries.lock().clone());
+            let taken = h.entries.lock().clone();
+            if !taken.is_empty() {
+                return Ok(taken);
+            }
         }
         let bs = self.branches();
         let layers = self.resolve.layer_fds(&bs, &h.node)?;
@@ -239,11 +263,13 @@ impl Union {
                 name: OsString::from("."),
                 ino: h.node.ino,
                 kind: libc::S_IFDIR,
+                cookie: readdir::DOT,
             },
             Entry {
                 name: OsString::from(".."),
                 ino: parent,
                 kind: libc::S_IFDIR,
+                cookie: readdir::DOTDOT,
             },
         ];
         entries.extend(readdir::merged(&bs, &layers, &self.resolve.inodes)?);

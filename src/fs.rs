@@ -15,7 +15,7 @@ use crate::create::New;
 use crate::fuse::abi::{self, EntryOut};
 use crate::fuse::{Backing, Backings, Conn, DirBuf, Dispatch, Op, Reply, Request, SetTime};
 use crate::handles::Opened;
-use crate::options::{MountOptions, Ttl};
+use crate::options::{MountOptions, Passthrough, Ttl};
 use crate::resolve::{Attr, BRANCHES_CHANGED, ROOT};
 use crate::sys::{Errno, FileStat, Result, Time};
 use crate::union::{Caller, Union};
@@ -42,6 +42,19 @@ struct IoModes {
     inodes: Mutex<HashMap<u64, IoMode>>,
     /// fh -> (ino, opened with passthrough)
     handles: Mutex<HashMap<u64, (u64, bool)>>,
+    /// Why the kernel refused backing files, each said once in the log.
+    refusals: Mutex<std::collections::HashSet<i32>>,
+}
+
+/// What a refused backing file means (FUSE_DEV_IOC_BACKING_OPEN's errors).
+fn refusal(e: Errno) -> &'static str {
+    match e {
+        Errno::EPERM => "only root (CAP_SYS_ADMIN) may give the kernel backing files",
+        Errno::ELOOP => {
+            "the branch is itself a stacked filesystem (overlayfs, FUSE): too deep to stack on"
+        }
+        _ => "refused by the kernel",
+    }
 }
 
 /// The requests running on threads of their own, by unique: an INTERRUPT
@@ -90,7 +103,7 @@ pub struct UnionFs {
 fn attr_out(a: &Attr) -> abi::Attr {
     let st: &FileStat = &a.st;
     abi::Attr {
-        ino: a.ino,
+        ino: st.st_ino,
         size: st.st_size as u64,
         blocks: st.st_blocks as u64,
         atime: st.st_atime as u64,
@@ -172,9 +185,10 @@ impl UnionFs {
     /// The adapter for a connection INIT settled as `conn`; passthrough
     /// when the options ask for it and the kernel granted it.
     pub fn new(union: Arc<Union>, opts: &MountOptions, conn: &Conn, backings: Backings) -> UnionFs {
-        let passthrough = opts.passthrough && conn.has(abi::init::PASSTHROUGH);
-        if opts.passthrough && !passthrough {
-            log::info!("kernel has no FUSE passthrough; data goes through the daemon");
+        let wanted = opts.passthrough != Passthrough::Off;
+        let passthrough = wanted && conn.has(abi::init::PASSTHROUGH);
+        if wanted && !passthrough {
+            log::warn!("no passthrough: the kernel has no FUSE passthrough (Linux 6.9+); the daemon serves all data");
         }
         UnionFs {
             union,
@@ -363,8 +377,9 @@ impl UnionFs {
             Err(e) => return reply.error(e),
         };
         let mut buf = DirBuf::new(size);
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            let off = (i + 1) as u64;
+        let start = entries.partition_point(|e| e.cookie <= offset);
+        for e in &entries[start..] {
+            let off = e.cookie;
             let name = std::os::unix::ffi::OsStrExt::as_bytes(e.name.as_os_str());
             if !plus {
                 if !buf.add(e.ino, off, e.kind, name) {
@@ -372,7 +387,7 @@ impl UnionFs {
                 }
                 continue;
             }
-            if i < 2 {
+            if off <= crate::readdir::DOTDOT {
                 // "." and "..": the kernel takes neither attributes nor a lookup.
                 let mut dot = EntryOut::default();
                 dot.attr.ino = e.ino;
@@ -502,13 +517,22 @@ impl IoModes {
             let file = identity(&opened.file);
             match (backings.open(&opened.file), file) {
                 (Ok(id), Some(file)) => mode.backing = Some((Arc::new(id), file)),
-                (Err(e), _) => log::debug!("no passthrough for inode {ino}: {e}"),
+                (Err(e), _) => {
+                    if self.refusals.lock().insert(e as i32) {
+                        log::warn!(
+                            "no passthrough for some files: {} ({e}); the daemon serves their data",
+                            refusal(e)
+                        );
+                    }
+                    log::debug!("no passthrough for inode {ino}: {e}");
+                }
                 (Ok(_), None) => {}
             }
             backing = mode.backing.as_ref().map(|(id, _)| id.clone());
         }
         if backing.is_some() {
             mode.passthrough += 1;
+            union.handles.passed_through(opened.fh);
         } else {
             mode.cached += 1;
         }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,9 @@ pub struct FileHandle {
     pub(crate) flags: OFlag,
     /// Id of the branch the backing file is on.
     pub(crate) branch: AtomicU32,
+    /// The kernel does this handle's I/O on its backing file itself (FUSE
+    /// passthrough): it can never be re-pointed.
+    pub(crate) passthrough: AtomicBool,
 }
 
 impl FileHandle {
@@ -172,6 +175,7 @@ impl Handles {
             writable,
             flags,
             branch: branch.into(),
+            passthrough: AtomicBool::new(false),
         };
         let mut files = self.files.lock();
         files.by_fh.insert(fh, Arc::new(h));
@@ -277,6 +281,23 @@ impl Handles {
             .lock()
             .of(ino)
             .any(|h| h.branches.load(Ordering::Relaxed) != branches && h.on_branch() != top)
+    }
+
+    /// The kernel serves handle `fh` itself from now on.
+    pub fn passed_through(&self, fh: u64) {
+        if let Some(h) = self.files.lock().by_fh.get(&fh) {
+            h.passthrough.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether a handle of `ino` served by the kernel itself has its file on
+    /// another branch than `top` (that kernel inode cannot take an open of
+    /// the file on `top`: a later open must get a node of its own).
+    pub fn passthrough_elsewhere(&self, ino: u64, top: u32) -> bool {
+        self.files
+            .lock()
+            .of(ino)
+            .any(|h| h.passthrough.load(Ordering::Acquire) && h.on_branch() != top)
     }
 
     pub fn close_file(&self, fh: u64) {

@@ -118,7 +118,7 @@ fn want(opts: &MountOptions, ring: bool) -> fuse::Want {
     if opts.readdirplus {
         flags |= DO_READDIRPLUS | READDIRPLUS_AUTO;
     }
-    if opts.passthrough {
+    if opts.passthrough != options::Passthrough::Off {
         flags |= PASSTHROUGH;
     }
     if ring {
@@ -272,7 +272,9 @@ pub fn mount(
         opts.udba,
         opts.max_watches,
     );
-    let union = Arc::new(union.map_err(std::io::Error::from)?);
+    let mut union = union.map_err(std::io::Error::from)?;
+    union.passthrough = opts.passthrough;
+    let union = Arc::new(union);
     let ring = io_uring_wanted(opts).map_err(std::io::Error::other)?;
     let dev = fuse::mount(mountpoint, &mount_args(opts))?;
     let session = fuse::Session::init(dev, &want(opts, ring), access(opts)).and_then(|s| {

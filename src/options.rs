@@ -40,6 +40,21 @@ pub enum Udba {
     None,
 }
 
+/// Which opens the kernel serves itself (FUSE passthrough).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Passthrough {
+    /// Wherever a file opened read-only before a copy-up still sees the
+    /// writes made after it: files no copy-up can move, and lower files
+    /// backed by a reflink clone where the branches allow it.
+    #[default]
+    On,
+    /// Every open; a read-only open made before a copy-up keeps the data it
+    /// had (overlayfs before Linux 4.19).
+    All,
+    /// None: the daemon serves all data.
+    Off,
+}
+
 /// Generic mount flags passed to the kernel as given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flag {
@@ -64,7 +79,7 @@ pub struct MountOptions {
     pub default_permissions: bool,
     pub read_only: bool,
     pub threads: usize,
-    pub passthrough: bool,
+    pub passthrough: Passthrough,
     pub io_uring: IoUring,
     /// Listings carry attributes when entries are being looked up.
     pub readdirplus: bool,
@@ -96,7 +111,7 @@ impl Default for MountOptions {
             threads: std::thread::available_parallelism()
                 .map(|n| n.get().max(2))
                 .unwrap_or(2),
-            passthrough: true,
+            passthrough: Passthrough::On,
             io_uring: IoUring::Auto,
             readdirplus: false,
             udba: Udba::Notify,
@@ -226,7 +241,16 @@ impl MountOptions {
                             format!("option threads: '{v}' is not a number from 1 to 256")
                         })?
                 }
-                ("passthrough", Some(v)) => self.passthrough = on_off(key, v)?,
+                ("passthrough", Some(v)) => {
+                    self.passthrough = match v {
+                        "on" | "yes" | "1" | "true" => Passthrough::On,
+                        "all" => Passthrough::All,
+                        "off" | "no" | "0" | "false" => Passthrough::Off,
+                        _ => {
+                            return Err(format!("option passthrough: '{v}' is not on, all or off"))
+                        }
+                    }
+                }
                 ("readdirplus", Some(v)) => self.readdirplus = on_off(key, v)?,
                 ("io_uring", Some(v)) => {
                     self.io_uring = match v {
@@ -316,7 +340,13 @@ mod tests {
         assert_eq!(o.delete, DeleteMode::Whiteout);
         assert!(o.allow_other);
         assert_eq!(o.threads, 3);
-        assert!(!o.passthrough);
+        assert_eq!(o.passthrough, Passthrough::Off);
+        o.apply("passthrough=all").unwrap();
+        assert_eq!(o.passthrough, Passthrough::All);
+        assert_eq!(
+            o.apply("passthrough=some").unwrap_err(),
+            "option passthrough: 'some' is not on, all or off"
+        );
         assert_eq!(o.entry_timeout, Some(Duration::from_millis(500)));
         assert_eq!(o.flags, vec![Flag::NoAtime]);
     }

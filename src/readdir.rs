@@ -1,5 +1,12 @@
 //! Merged directory listings: each visible name once, topmost instance wins,
 //! whiteouts and the work directory never shown.
+//!
+//! A listing is in the order of its entries' cookies, a hash of the name
+//! (as ext4's hashed directories): the offset the kernel resumes a listing
+//! from names the same place in any later listing of the directory, so a
+//! listing continued on a fresh snapshot (the kernel's cached listing was
+//! dropped by a change half-way through) skips and repeats no name that
+//! stayed.
 
 use foldhash::{HashSet, HashSetExt};
 use std::ffi::OsString;
@@ -17,6 +24,19 @@ pub struct Entry {
     pub ino: u64,
     /// `S_IFMT` bits.
     pub kind: u32,
+    /// Where the listing resumes after this entry (see the module's comment).
+    pub cookie: u64,
+}
+
+/// The cookies of `.` and `..`; every name's is above.
+pub const DOT: u64 = 1;
+pub const DOTDOT: u64 = 2;
+
+/// The cookie of `name`: in 3..2^63 (offsets are signed in the kernel).
+fn cookie(name: &std::ffi::OsStr) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    let h = BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(name);
+    (h >> 1).max(DOTDOT + 1)
 }
 
 /// The instances of a union directory: (branch index, fd on the directory), top first.
@@ -68,6 +88,7 @@ pub fn merged(bs: &BranchSet, layers: &Layers, inodes: &InodeTable) -> Result<Ve
         };
         keys.push((bs.get(idx).dev, e.ino));
         out.push(Entry {
+            cookie: cookie(&e.name),
             name: e.name,
             ino: 0,
             kind,
@@ -77,6 +98,7 @@ pub fn merged(bs: &BranchSet, layers: &Layers, inodes: &InodeTable) -> Result<Ve
     for (e, ino) in out.iter_mut().zip(inodes.inos_for(keys.into_iter())) {
         e.ino = ino;
     }
+    out.sort_unstable_by(|a, b| (a.cookie, &a.name).cmp(&(b.cookie, &b.name)));
     Ok(out)
 }
 

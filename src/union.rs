@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 
 use crate::branch::BranchSet;
 use crate::handles::Handles;
-use crate::options::{DeleteMode, Udba};
+use crate::options::{DeleteMode, Passthrough, Udba};
 use crate::resolve::{Attr, Resolver};
 use crate::sys::{self, Errno, Result};
 use crate::whiteout;
@@ -28,6 +28,8 @@ pub struct Union {
     pub(crate) resolve: Resolver,
     pub(crate) handles: Handles,
     pub delete: DeleteMode,
+    /// Which opens may be served by the kernel itself (see file.rs).
+    pub passthrough: Passthrough,
     /// Serializes branch changes (never held by a request).
     pub change_lock: Mutex<()>,
 }
@@ -48,6 +50,7 @@ impl Union {
             resolve: Resolver::new(bs, cache_ttl, cache_max, udba, max_watches)?,
             handles: Handles::default(),
             delete,
+            passthrough: Passthrough::On,
             change_lock: Mutex::new(()),
         })
     }
@@ -106,18 +109,18 @@ impl Union {
             let mut st = sys::fstat(h.file().as_fd())?;
             // Whited out or removed: no name reaches it any more.
             st.st_nlink = 0;
-            return Ok(Attr { ino, st });
+            return Ok(Attr::of(&node, st));
         }
         let bs = self.branches();
         match self.resolve.on_top(&bs, &node, |top| top.stat()) {
-            Ok(st) => Ok(Attr { ino, st }),
+            Ok(st) => Ok(Attr::of(&node, st)),
             // Gone from the union (its branch was removed, say) but open:
             // fstat an open handle (fstat(2) does not always say which).
             Err(e @ (Errno::ENOENT | Errno::ESTALE)) => {
                 let h = self.handles.file_for(&node, fh).map_err(|_| e)?;
                 let mut st = sys::fstat(h.file().as_fd())?;
                 st.st_nlink = 0;
-                Ok(Attr { ino, st })
+                Ok(Attr::of(&node, st))
             }
             Err(e) => Err(e),
         }

@@ -171,7 +171,8 @@ fn read_only_handle_sees_writes_made_after_copy_up() {
     need_fuse!();
     let mut u = Union::new(&["rw", "ro"]);
     write(u.b("ro/f"), "old contents");
-    u.mount("rw=rw:ro=ro", &[]);
+    // The promise of the default mode (passthrough=all gives it up).
+    u.mount("rw=rw:ro=ro", &["passthrough=on"]);
     let mut ro = fs::File::open(u.m("f")).unwrap();
     let mut s = String::new();
     ro.read_to_string(&mut s).unwrap();

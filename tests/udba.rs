@@ -342,3 +342,71 @@ fn a_fuse_branch_is_served_as_with_reval() {
         || read(u.m("f")) == "changed in the inner union",
     );
 }
+
+/// Read directory `fd` with getdents64 into a buffer of `size` bytes, at
+/// most `calls` times: the names read.
+fn getdents(fd: &fs::File, size: usize, calls: usize) -> Vec<String> {
+    use std::os::fd::AsRawFd;
+    let mut names = Vec::new();
+    let mut buf = vec![0u8; size];
+    for _ in 0..calls {
+        // SAFETY: buf is writable for its length; the kernel writes at most that.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                fd.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        assert!(n >= 0, "getdents64: {}", std::io::Error::last_os_error());
+        if n == 0 {
+            break;
+        }
+        let mut at = 0;
+        while at < n as usize {
+            // struct linux_dirent64: ino u64, off i64, reclen u16, type u8, name
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            let name = &buf[at + 19..at + reclen];
+            let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+            names.push(String::from_utf8_lossy(&name[..end]).into_owned());
+            at += reclen;
+        }
+    }
+    names
+}
+
+#[test]
+fn a_listing_the_kernel_cached_survives_a_direct_change_half_way() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    fs::create_dir_all(u.b("ro/d")).unwrap();
+    for i in 0..600 {
+        fs::File::create(u.b(&format!("ro/d/name-{i:04}"))).unwrap();
+    }
+    u.mount("rw=rw:ro=ro", &[]);
+    // Listed until watched (with the root in both branches: 3): from then
+    // on the kernel keeps the listing.
+    within(SOON, "the directory watched", || {
+        ls(u.m("d")).len() == 600 && stat_n(&u, "watched directories") >= 3
+    });
+    assert_eq!(ls(u.m("d")).len(), 600);
+    // A reader half-way through the kernel's cached listing...
+    let dir = fs::File::open(u.m("d")).unwrap();
+    let mut seen = getdents(&dir, 2048, 2);
+    assert!(seen.len() > 10 && seen.len() < 300, "{}", seen.len());
+    // ...when a direct change drops that listing: the rest comes from the
+    // daemon, every name that stayed exactly once.
+    let before = stat_n(&u, "kernel inodes refreshed");
+    fs::File::create(u.b("ro/d/direct")).unwrap();
+    within(SOON, "the listing dropped", || {
+        stat_n(&u, "kernel inodes refreshed") > before
+    });
+    seen.extend(getdents(&dir, 2048, 1000));
+    seen.retain(|n| n != "." && n != ".." && n != "direct");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "names repeated");
+    assert_eq!(sorted.len(), 600, "names missing");
+}

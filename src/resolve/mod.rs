@@ -34,8 +34,17 @@ pub use watch::{Pending, Stats, Watch};
 /// Attributes of a union object: the topmost instance's, with the union inode number.
 #[derive(Clone, Copy, Debug)]
 pub struct Attr {
+    /// The kernel's node id (the object's `st_ino` is `st.st_ino`).
     pub ino: u64,
     pub st: FileStat,
+}
+
+impl Attr {
+    /// The attributes `st` of an instance of `node`, as the union shows them.
+    pub fn of(node: &Node, mut st: FileStat) -> Attr {
+        st.st_ino = node.number;
+        Attr { ino: node.ino, st }
+    }
 }
 
 /// What a change answers when the branch set it was planned on is no longer
@@ -313,10 +322,7 @@ impl Resolver {
                 self.cache_dir(bs, &node, bs.get(i.idx).id, fd.clone());
             }
         }
-        let attr = Attr {
-            ino: node.ino,
-            st: top.stat,
-        };
+        let attr = Attr::of(&node, top.stat);
         Ok((node, attr))
     }
 
@@ -379,7 +385,7 @@ impl Resolver {
         if kind == libc::S_IFDIR {
             self.watch_new(bs, &node, idx);
         }
-        let attr = Attr { ino: node.ino, st };
+        let attr = Attr::of(&node, st);
         (node, attr)
     }
 
@@ -479,7 +485,8 @@ impl Resolver {
             loc.unlinked = true;
         }
         node.aliases.lock().clear();
-        self.inodes.drop_keys(node);
+        // The new node is the same object to the user: the same st_ino.
+        self.inodes.renumber(node);
     }
 
     /// `parent/name` no longer names `node`.

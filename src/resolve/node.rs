@@ -6,6 +6,11 @@
 //! links in a branch share a key and so are one union object. Keys are kept
 //! after the kernel forgets a node (numbers stay stable for the life of the
 //! mount) and dropped only when the object's last name is deleted.
+//!
+//! The number is the object's `st_ino`; the kernel's node id is the same
+//! number except after a detach (see `renumber`): the name then gets a new
+//! node id for the same number, so `stat` still shows one object while the
+//! kernel holds two inodes (one for the files opened before, one after).
 
 use foldhash::{HashMap, HashMapExt};
 use std::ffi::OsString;
@@ -86,7 +91,10 @@ impl Drop for Turn<'_> {
 
 #[derive(Debug)]
 pub struct Node {
+    /// The kernel's node id.
     pub ino: u64,
+    /// The object's number, its `st_ino` (see the module's comment).
+    pub number: u64,
     /// `S_IFMT` bits.
     pub kind: u32,
     pub(super) loc: RwLock<Loc>,
@@ -141,7 +149,10 @@ impl Node {
 #[derive(Debug)]
 pub struct InodeTable {
     nodes: RwLock<HashMap<u64, Arc<Node>>>,
+    /// Instance key -> object number.
     keys: Mutex<HashMap<Key, u64>>,
+    /// Object number -> node id, for the numbers whose node id differs.
+    renumbered: Mutex<HashMap<u64, u64>>,
     next: AtomicU64,
     /// Ticks of location changes made under directory locks (see `Loc::moved`).
     moves: AtomicU64,
@@ -152,6 +163,7 @@ impl InodeTable {
         let top = root_layers.first().copied().unwrap_or(0);
         let root = Arc::new(Node {
             ino: ROOT,
+            number: ROOT,
             kind: libc::S_IFDIR,
             loc: RwLock::new(Loc {
                 parent: ROOT,
@@ -180,6 +192,7 @@ impl InodeTable {
                 m
             }),
             keys: Mutex::new(keys),
+            renumbered: Mutex::new(HashMap::new()),
             next: AtomicU64::new(ROOT + 1),
             moves: AtomicU64::new(0),
         }
@@ -187,6 +200,15 @@ impl InodeTable {
 
     pub fn get(&self, ino: u64) -> Result<Arc<Node>> {
         self.nodes.read().get(&ino).cloned().ok_or(Errno::ESTALE)
+    }
+
+    /// The node id of object number `number`.
+    fn node_id(&self, number: u64) -> u64 {
+        self.renumbered
+            .lock()
+            .get(&number)
+            .copied()
+            .unwrap_or(number)
     }
 
     /// The union inode number for `key` in the key map, allocated on first sight.
@@ -208,8 +230,9 @@ impl InodeTable {
 
     /// The node an instance key names, if the kernel knows it.
     pub fn node_for(&self, key: Key) -> Option<Arc<Node>> {
-        let ino = *self.keys.lock().get(&key)?;
-        self.nodes.read().get(&ino).cloned()
+        let number = *self.keys.lock().get(&key)?;
+        let id = self.node_id(number);
+        self.nodes.read().get(&id).cloned()
     }
 
     /// Record a name the kernel now knows (a lookup or a create): returns the
@@ -227,9 +250,10 @@ impl InodeTable {
     /// The node for `key`, made or refreshed with `loc` from a scan that
     /// began at tick `seen` (`u64::MAX`: made under the directory lock).
     pub(super) fn found(&self, key: Key, kind: u32, loc: Loc, seen: u64) -> Arc<Node> {
-        let mut ino = self.ino_for(key);
+        let mut number = self.ino_for(key);
+        let mut id = self.node_id(number);
         let mut nodes = self.nodes.write();
-        if let Some(node) = nodes.get(&ino) {
+        if let Some(node) = nodes.get(&id) {
             if node.kind == kind {
                 let node = node.clone();
                 // Counted under the table lock, so a racing forget cannot drop it.
@@ -239,24 +263,46 @@ impl InodeTable {
                 return node;
             }
             // The key was reused by the branch for an object of another type.
-            ino = self.next.fetch_add(1, Ordering::Relaxed);
-            self.keys.lock().insert(key, ino);
+            number = self.next.fetch_add(1, Ordering::Relaxed);
+            id = number;
+            self.keys.lock().insert(key, number);
         }
+        // A renumbered object's new node takes all its keys (see `renumber`).
+        let keys = match id == number {
+            true => vec![key],
+            false => {
+                let map = self.keys.lock();
+                map.iter()
+                    .filter(|(_, n)| **n == number)
+                    .map(|(k, _)| *k)
+                    .collect()
+            }
+        };
         let node = Arc::new(Node {
-            ino,
+            ino: id,
+            number,
             kind,
             loc: RwLock::new(loc),
             lookups: AtomicU64::new(1),
             copying: OneAtATime::default(),
             generation: AtomicU64::new(0),
-            keys: Mutex::new(vec![key]),
+            keys: Mutex::new(keys),
             aliases: Mutex::new(Vec::new()),
             dirfds: Mutex::new(DirFds::default()),
             writers: AtomicU32::new(0),
             used: AtomicU32::new(0),
         });
-        nodes.insert(ino, node.clone());
+        nodes.insert(id, node.clone());
         node
+    }
+
+    /// `node` gives its object number to a node id not yet used: the next
+    /// lookup of its names makes that node, with the same `st_ino`; `node`
+    /// keeps none of the object's keys.
+    pub(super) fn renumber(&self, node: &Node) {
+        node.keys.lock().clear();
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.renumbered.lock().insert(node.number, id);
     }
 
     /// A fresh lookup of a known node: its location may have changed; a hard
@@ -285,18 +331,25 @@ impl InodeTable {
 
     /// Another key for an existing object (its copy-up).
     pub(super) fn add_key(&self, node: &Node, key: Key) {
-        self.keys.lock().insert(key, node.ino);
+        self.keys.lock().insert(key, node.number);
         node.keys.lock().push(key);
     }
 
     /// The object's last name is gone: its keys may be reused by the branch.
     pub(super) fn drop_keys(&self, node: &Node) {
         let keys = std::mem::take(&mut *node.keys.lock());
+        if keys.is_empty() {
+            return;
+        }
         let mut map = self.keys.lock();
         for k in keys {
-            if map.get(&k) == Some(&node.ino) {
+            if map.get(&k) == Some(&node.number) {
                 map.remove(&k);
             }
+        }
+        let mut renumbered = self.renumbered.lock();
+        if renumbered.get(&node.number) == Some(&node.ino) {
+            renumbered.remove(&node.number);
         }
     }
 

@@ -120,6 +120,11 @@ impl Union {
     /// Mount branches given by absolute paths.
     pub fn try_mount_abs(&mut self, spec: &str, opts: &[&str]) -> Output {
         let mut cmd = Command::new(BIN);
+        // Every test in another mode: UNIONFS_MOUNT_OPTIONS=passthrough=all
+        // (options a test gives come after, so they win).
+        if let Some(o) = std::env::var_os("UNIONFS_MOUNT_OPTIONS").filter(|o| !o.is_empty()) {
+            cmd.arg("-o").arg(o);
+        }
         for o in opts {
             cmd.arg("-o").arg(o);
         }

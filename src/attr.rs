@@ -19,6 +19,9 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<Time>,
     pub mtime: Option<Time>,
+    /// The caller may not keep setuid/setgid through a truncate or chown
+    /// (the kernel leaves clearing them to the daemon: HANDLE_KILLPRIV_V2).
+    pub kill_suidgid: bool,
 }
 
 impl SetAttr {
@@ -55,6 +58,10 @@ impl Union {
             if set.uid.is_some() || set.gid.is_some() {
                 obj.chown(set.uid, set.gid)?;
             }
+            if set.kill_suidgid && node.kind == libc::S_IFREG && set.mode.is_none() {
+                let fd = obj.open(OFlag::O_PATH)?;
+                sys::kill_suidgid(fd.as_fd())?;
+            }
             if let Some(mode) = set.mode {
                 if node.kind == libc::S_IFLNK {
                     return Err(Errno::EOPNOTSUPP);
@@ -89,6 +96,9 @@ impl Union {
         }
         if set.uid.is_some() || set.gid.is_some() {
             sys::chown_fd(f.as_fd(), set.uid, set.gid)?;
+        }
+        if set.kill_suidgid && set.mode.is_none() {
+            sys::kill_suidgid(f.as_fd())?;
         }
         if let Some(mode) = set.mode {
             sys::chmod_fd(f.as_fd(), mode & 0o7777)?;

@@ -35,7 +35,9 @@ fn backing_flags(flags: i32) -> OFlag {
 }
 
 impl Union {
-    pub fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
+    /// Open `ino` with `flags`; `kill_suidgid`: an O_TRUNC open by a caller
+    /// that may not keep setuid/setgid (the kernel leaves it to us).
+    pub fn open(&self, ino: u64, flags: i32, kill_suidgid: bool) -> Result<Opened> {
         let node = self.resolve.node(ino)?;
         if node.is_dir() {
             return Err(Errno::EISDIR);
@@ -86,6 +88,9 @@ impl Union {
         // change either sees this handle or is seen by it.
         let _steady = self.resolve.steady(&bs)?;
         let fd = self.resolve.open_in(&bs, &node, idx, oflags)?;
+        if kill_suidgid && trunc {
+            sys::kill_suidgid(fd.as_fd())?;
+        }
         let mut opened =
             self.handles
                 .add_file(node, sys::into_file(fd), oflags, top, bs.generation);
@@ -97,7 +102,7 @@ impl Union {
             Passthrough::Off => false,
             Passthrough::All => true,
             Passthrough::On => bs.get(idx).writable() || bs.writable_above(idx).is_none(),
-        };
+        } && !drops_privileges(&opened.file);
         opened.keep_cache = !bs.get(idx).writable();
         Ok(opened)
     }
@@ -200,10 +205,15 @@ impl Union {
         })
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+    /// Write `data` at `offset`; `kill_suidgid`: the writer may not keep
+    /// setuid/setgid (cleared first, as the kernel does).
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], kill_suidgid: bool) -> Result<u32> {
         let h = self.handles.file(fh)?;
         if !h.writable {
             return Err(Errno::EBADF);
+        }
+        if kill_suidgid {
+            sys::kill_suidgid(h.file().as_fd())?;
         }
         h.file().write_all_at(data, offset).map_err(io_errno)?;
         Ok(data.len() as u32)
@@ -291,6 +301,17 @@ impl Union {
             .open_in(&bs, &node, idx, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
         sys::fsync(fd.as_fd(), false)
     }
+}
+
+/// Whether a write may have to clear setuid/setgid: the kernel leaves that to
+/// the daemon (HANDLE_KILLPRIV_V2) but never tells it of a passthrough write,
+/// so such files are served by the daemon.
+fn drops_privileges(file: &File) -> bool {
+    sys::fstat(file.as_fd()).map_or(true, |st| {
+        let m = st.st_mode;
+        m & libc::S_ISUID != 0
+            || m & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP
+    })
 }
 
 pub(crate) fn io_errno(e: std::io::Error) -> Errno {

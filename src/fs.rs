@@ -312,11 +312,11 @@ impl UnionFs {
         self.patiently(reply.unique(), op, |res| reply_empty(reply, res));
     }
 
-    fn open(&self, ino: u64, flags: i32, reply: Reply) {
+    fn open(&self, ino: u64, flags: i32, kill_suidgid: bool, reply: Reply) {
         let (io, backings, union) = (self.io.clone(), self.backings.clone(), self.union.clone());
         self.patiently(
             reply.unique(),
-            move |u| u.open(ino, flags),
+            move |u| u.open(ino, flags, kill_suidgid),
             move |res| match res.and_then(|o| io.choose(backings.as_ref(), ino, o, &union)) {
                 Ok((opened, backing)) => reply.open(&open_out(&opened, backing.as_deref())),
                 Err(e) => reply.error(e),
@@ -589,6 +589,7 @@ impl Dispatch for UnionFs {
                     size: a.size,
                     atime: a.atime.map(to_time),
                     mtime: a.mtime.map(to_time),
+                    kill_suidgid: a.kill_suidgid,
                 };
                 let ttl = self.ttl_of(ino);
                 self.patiently(
@@ -659,12 +660,20 @@ impl Dispatch for UnionFs {
                     u.rename(ino, &name, newdir, &newname, flags)
                 });
             }
-            Op::Open { flags } => self.open(ino, flags as i32, reply),
+            Op::Open {
+                flags,
+                kill_suidgid,
+            } => self.open(ino, flags as i32, kill_suidgid, reply),
             Op::Create { name, mode, flags } => {
                 self.create(&req, ino, name, mode, flags as i32, reply)
             }
             Op::Read { fh, offset, size } => self.read(fh, offset, size, reply),
-            Op::Write { fh, offset, data } => match u.write(fh, offset, data) {
+            Op::Write {
+                fh,
+                offset,
+                data,
+                kill_suidgid,
+            } => match u.write(fh, offset, data, kill_suidgid) {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(e),
             },

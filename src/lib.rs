@@ -113,8 +113,18 @@ fn want(opts: &MountOptions, ring: bool) -> fuse::Want {
     // only to change its names); symlink targets never change in place; a
     // file whose mtime or size changed under the kernel's page cache
     // (directly in a branch) has its cached pages dropped.
-    let mut flags =
-        ASYNC_READ | BIG_WRITES | MAX_PAGES | PARALLEL_DIROPS | CACHE_SYMLINKS | AUTO_INVAL_DATA;
+    // The daemon clears setuid/setgid itself when the kernel says the caller
+    // may not keep them (so the kernel stops asking for security.capability
+    // before every write), and takes O_TRUNC with the open (no SETATTR
+    // after it; a copy-up for it copies no data).
+    let mut flags = ASYNC_READ
+        | BIG_WRITES
+        | MAX_PAGES
+        | PARALLEL_DIROPS
+        | CACHE_SYMLINKS
+        | AUTO_INVAL_DATA
+        | HANDLE_KILLPRIV_V2
+        | ATOMIC_O_TRUNC;
     if opts.readdirplus {
         flags |= DO_READDIRPLUS | READDIRPLUS_AUTO;
     }

@@ -410,6 +410,21 @@ pub fn chmod_fd(fd: BorrowedFd, mode: u32) -> Result<()> {
     chmod_obj(Obj::fd(fd), mode)
 }
 
+/// Clear setuid, and setgid where the group may execute, as the kernel does
+/// when a caller without CAP_FSETID writes or truncates (setgid without
+/// group execute marks mandatory locking and stays).
+pub fn kill_suidgid(fd: BorrowedFd) -> Result<()> {
+    let mode = fstat(fd)?.st_mode & 0o7777;
+    let mut keep = mode & !libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 {
+        keep &= !libc::S_ISGID;
+    }
+    if keep != mode {
+        chmod_fd(fd, keep)?;
+    }
+    Ok(())
+}
+
 fn c_name(name: &OsStr) -> Result<CString> {
     CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)
 }

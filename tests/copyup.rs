@@ -205,6 +205,44 @@ fn no_writable_branch_above_means_erofs() {
 }
 
 #[test]
+fn an_open_with_o_trunc_copies_up_no_data() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    // Room for no copy of the lower file: only a copy-up without its data fits.
+    sh(&format!(
+        "mount -t tmpfs -o size=1m tmpfs {}",
+        u.b("rw").display()
+    ));
+    let _tmpfs = Tmpfs(u.b("rw"));
+    let big: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
+    fs::write(u.b("ro/big"), &big).unwrap();
+    u.mount("rw=rw:ro=ro", &[]);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(u.m("big"))
+        .unwrap();
+    f.write_all(b"small").unwrap();
+    drop(f);
+    assert_eq!(read(u.m("big")), "small");
+    assert_eq!(read(u.b("rw/big")), "small");
+    assert_eq!(fs::read(u.b("ro/big")).unwrap(), big);
+    u.unmount();
+}
+
+/// A tmpfs mounted on a branch for one test, lazily unmounted at its end.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
 fn enospc_during_copy_up_leaves_the_union_as_it_was() {
     need_fuse!();
     let mut u = Union::new(&["rw", "ro"]);
@@ -212,15 +250,6 @@ fn enospc_during_copy_up_leaves_the_union_as_it_was() {
         "mount -t tmpfs -o size=1m tmpfs {}",
         u.b("rw").display()
     ));
-    struct Tmpfs(std::path::PathBuf);
-    impl Drop for Tmpfs {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
     let _tmpfs = Tmpfs(u.b("rw"));
     let big: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
     fs::write(u.b("ro/big"), &big).unwrap();

@@ -79,6 +79,7 @@ pub mod init {
     pub const PARALLEL_DIROPS: u64 = 1 << 18;
     pub const MAX_PAGES: u64 = 1 << 22;
     pub const CACHE_SYMLINKS: u64 = 1 << 23;
+    pub const HANDLE_KILLPRIV_V2: u64 = 1 << 28;
     pub const INIT_EXT: u64 = 1 << 30;
     pub const HAS_EXPIRE_ONLY: u64 = 1 << 35;
     pub const PASSTHROUGH: u64 = 1 << 37;
@@ -94,6 +95,12 @@ pub const FATTR_MTIME: u32 = 1 << 5;
 pub const FATTR_FH: u32 = 1 << 6;
 pub const FATTR_ATIME_NOW: u32 = 1 << 7;
 pub const FATTR_MTIME_NOW: u32 = 1 << 8;
+/// With HANDLE_KILLPRIV_V2: the caller may not keep setuid/setgid.
+pub const FATTR_KILL_SUIDGID: u32 = 1 << 11;
+/// WRITE's `write_flags` (ReadIn's `read_flags`): the same for a write.
+pub const WRITE_KILL_SUIDGID: u32 = 1 << 2;
+/// OPEN's `open_flags`: the same for an open with O_TRUNC.
+pub const OPEN_KILL_SUIDGID: u32 = 1 << 0;
 
 pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
 pub const FOPEN_CACHE_DIR: u32 = 1 << 3;

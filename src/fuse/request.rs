@@ -37,6 +37,8 @@ pub struct Setattr {
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
     pub fh: Option<u64>,
+    /// The caller may not keep setuid/setgid (HANDLE_KILLPRIV_V2).
+    pub kill_suidgid: bool,
 }
 
 #[derive(Debug)]
@@ -89,6 +91,8 @@ pub enum Op<'a> {
     },
     Open {
         flags: u32,
+        /// The caller may not keep setuid/setgid (an O_TRUNC open).
+        kill_suidgid: bool,
     },
     Read {
         fh: u64,
@@ -99,6 +103,8 @@ pub enum Op<'a> {
         fh: u64,
         offset: u64,
         data: &'a [u8],
+        /// The caller may not keep setuid/setgid.
+        kill_suidgid: bool,
     },
     Statfs,
     Release {
@@ -220,6 +226,7 @@ fn setattr(a: &abi::SetattrIn) -> Setattr {
             a.mtimensec,
         ),
         fh: has(abi::FATTR_FH).then_some(a.fh),
+        kill_suidgid: has(abi::FATTR_KILL_SUIDGID),
     }
 }
 
@@ -314,9 +321,13 @@ pub fn parse<'a>(h: &InHeader, oph: &'a [u8], rest: &'a [u8]) -> Result<Request<
             oldnodeid: arg::<u64>(oph, o)?,
             newname: name(rest, o)?,
         },
-        op::OPEN => Op::Open {
-            flags: arg::<abi::OpenIn>(oph, o)?.flags,
-        },
+        op::OPEN => {
+            let a: abi::OpenIn = arg(oph, o)?;
+            Op::Open {
+                flags: a.flags,
+                kill_suidgid: a.open_flags & abi::OPEN_KILL_SUIDGID != 0,
+            }
+        }
         op::OPENDIR => Op::Opendir,
         op::READ | op::READDIR | op::READDIRPLUS => {
             let a: abi::ReadIn = arg(oph, o)?;
@@ -341,6 +352,7 @@ pub fn parse<'a>(h: &InHeader, oph: &'a [u8], rest: &'a [u8]) -> Result<Request<
                 fh: a.fh,
                 offset: a.offset,
                 data: rest.get(..a.size as usize).ok_or(Malformed(o))?,
+                kill_suidgid: a.read_flags & abi::WRITE_KILL_SUIDGID != 0,
             }
         }
         op::STATFS => Op::Statfs,
@@ -483,7 +495,7 @@ mod tests {
         };
         let m = message(op::WRITE, a.as_bytes(), b"data");
         assert!(
-            matches!(decode(&m).unwrap().op, Op::Write { fh: 3, offset: 10, data } if data == b"data")
+            matches!(decode(&m).unwrap().op, Op::Write { fh: 3, offset: 10, data, kill_suidgid: false } if data == b"data")
         );
         let short = abi::WriteIn { size: 5, ..a };
         let m = message(op::WRITE, short.as_bytes(), b"data");

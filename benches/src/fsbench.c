@@ -8,6 +8,8 @@
  *   fsbench stat LIST             lstat every path in LIST (one per line)
  *   fsbench chmod LIST            chmod 0600 every path in LIST
  *   fsbench readdir DIR           list DIR (no stat)
+ *   fsbench read LIST             open and read every path in LIST to its end
+ *                                 (the count is of bytes)
  *   fsbench lookup PATH           one lstat, in microseconds
  */
 #define _GNU_SOURCE
@@ -75,6 +77,19 @@ int main(int argc, char **argv)
 		struct stat st;
 		for (long i = 0; i < n; i++)
 			ok += (op[1] == 't' ? lstat(v[i], &st) : chmod(v[i], 0600)) == 0;
+	} else if (!strcmp(op, "read")) {
+		long n;
+		char **v = read_list(argv[2], &n);
+		static char buf[1 << 16];
+		t0 = now_ms();
+		for (long i = 0; i < n; i++) {
+			int fd = open(v[i], O_RDONLY);
+			if (fd < 0) continue;
+			ssize_t r;
+			while ((r = read(fd, buf, sizeof(buf))) > 0)
+				ok += r;
+			close(fd);
+		}
 	} else if (!strcmp(op, "readdir")) {
 		DIR *d = opendir(argv[2]);
 		if (!d) { perror(argv[2]); return 1; }

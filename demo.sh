@@ -6,12 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")"
 # fuse3, attr and busybox-static for the demo; libseccomp-dev and pkg-config
 # to build the launcher's seccomp filter; the seccomp profile Podman ships
-# (golang-github-containers-common), which the tests load.
+# (golang-github-containers-common), which the tests load; xfsprogs, for the
+# reflink tests' xfs images.
 if ! command -v mount.fuse3 >/dev/null || ! command -v getfattr >/dev/null || [ ! -x /bin/busybox ] \
-    || ! pkg-config --exists libseccomp 2>/dev/null || [ ! -e /usr/share/containers/seccomp.json ]; then
+    || ! pkg-config --exists libseccomp 2>/dev/null || [ ! -e /usr/share/containers/seccomp.json ] \
+    || ! command -v mkfs.xfs >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 attr busybox-static \
-        libseccomp-dev pkg-config golang-github-containers-common >/dev/null
+        libseccomp-dev pkg-config golang-github-containers-common xfsprogs >/dev/null
 fi
 cargo build --release --quiet --workspace
 install -m 0755 target/release/unionfs-mount target/release/unionctl target/release/snapmerge target/release/unionfs-driver target/release/unionfs-run /usr/local/bin/

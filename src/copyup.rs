@@ -248,7 +248,10 @@ impl Union {
                     return Err(Errno::EINPROGRESS);
                 }
             }
-            let tmp = self.build_copy(bs, target, Obj::at(&sdir, &name), node.kind, data)?;
+            let tmp = match self.copy_from_clone(bs, target, node, &sdir, &name, data)? {
+                Some(tmp) => tmp,
+                None => self.build_copy(bs, target, Obj::at(&sdir, &name), node.kind, data)?,
+            };
             let _lock = self.resolve.lock(bs, pino)?;
             if node.is_unlinked() {
                 return Err(Errno::ENOENT);

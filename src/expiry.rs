@@ -55,6 +55,9 @@ fn tell(u: &Union, n: &Notifier, p: Pending) -> bool {
     }
     let mut told = 0;
     for (ino, data) in &p.inodes {
+        if *data {
+            u.reclone(*ino);
+        }
         if gone(n.inval_inode(*ino, *data)) {
             return false;
         }

@@ -19,7 +19,7 @@ use crate::branch::BranchSet;
 use crate::handles::{FileHandle, Opened};
 use crate::options::Passthrough;
 use crate::readdir::{self, Entry};
-use crate::resolve::Node;
+use crate::resolve::{Node, BRANCHES_CHANGED};
 use crate::sys::{self, Errno, Result};
 use crate::union::Union;
 
@@ -60,9 +60,16 @@ impl Union {
         let moves = (writable || trunc)
             && !bs.get(idx).writable()
             && self.handles.pinned(node.ino).is_none();
-        let dest = match moves {
-            true => bs.writable_above(idx).map(|t| bs.get(t).id),
-            false => Some(bs.get(idx).id),
+        // A read-only open of a lower file may be backed by a clone in its
+        // copy-up target (see clone.rs): the file is then there.
+        let clone_at = match writable || trunc {
+            true => None,
+            false => self.clone_target(&bs, idx),
+        };
+        let dest = match (moves, clone_at) {
+            (true, _) => bs.writable_above(idx).map(|t| bs.get(t).id),
+            (false, Some(t)) => Some(bs.get(t).id),
+            (false, None) => Some(bs.get(idx).id),
         };
         if dest.is_some_and(|d| {
             self.handles.older_elsewhere(node.ino, bs.generation, d)
@@ -87,6 +94,20 @@ impl Union {
         // Opened, truncated and counted on a steady branch set: a branch
         // change either sees this handle or is seen by it.
         let _steady = self.resolve.steady(&bs)?;
+        if let Some(t) = clone_at {
+            // One clone per node: made and counted in the node's turn.
+            let _turn = node.copying.enter()?;
+            if self.resolve.top_idx(&bs, &node)? != idx {
+                // Copied up meanwhile: open it again, where it is now.
+                return Err(BRANCHES_CHANGED);
+            }
+            let clone = self.clone_of(&bs, &node, idx, t)?;
+            let mut opened =
+                self.handles
+                    .add_clone(node.clone(), clone, bs.get(t).id, bs.generation);
+            opened.passthrough_ok = !drops_privileges(&opened.file);
+            return Ok(opened);
+        }
         let fd = self.resolve.open_in(&bs, &node, idx, oflags)?;
         if kill_suidgid && trunc {
             sys::kill_suidgid(fd.as_fd())?;

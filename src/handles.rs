@@ -32,6 +32,9 @@ pub struct FileHandle {
     /// The kernel does this handle's I/O on its backing file itself (FUSE
     /// passthrough): it can never be re-pointed.
     pub(crate) passthrough: AtomicBool,
+    /// The file is a clone of the lower file in branch `branch`, not yet
+    /// named (see clone.rs): shared by the node's read-only opens.
+    pub(crate) clone: bool,
 }
 
 impl FileHandle {
@@ -159,8 +162,31 @@ impl Handles {
         branch: u32,
         branches: u64,
     ) -> Opened {
+        self.add(node, Arc::new(file), flags, branch, branches, false)
+    }
+
+    /// A new read-only handle on `clone`, the clone of `node`'s file in
+    /// branch `branch` (see clone.rs).
+    pub fn add_clone(
+        &self,
+        node: Arc<Node>,
+        clone: Arc<File>,
+        branch: u32,
+        branches: u64,
+    ) -> Opened {
+        self.add(node, clone, OFlag::O_RDONLY, branch, branches, true)
+    }
+
+    fn add(
+        &self,
+        node: Arc<Node>,
+        file: Arc<File>,
+        flags: OFlag,
+        branch: u32,
+        branches: u64,
+        clone: bool,
+    ) -> Opened {
         let fh = self.number();
-        let file = Arc::new(file);
         let writable = flags & OFlag::O_ACCMODE != OFlag::O_RDONLY;
         if writable {
             node.writers.fetch_add(1, Ordering::AcqRel);
@@ -176,6 +202,7 @@ impl Handles {
             flags,
             branch: branch.into(),
             passthrough: AtomicBool::new(false),
+            clone,
         };
         let mut files = self.files.lock();
         files.by_fh.insert(fh, Arc::new(h));
@@ -186,6 +213,16 @@ impl Handles {
             passthrough_ok: false,
             keep_cache: false,
         }
+    }
+
+    /// The clone of `ino`'s lower file in branch `branch` that its open
+    /// handles share, if there is one.
+    pub fn clone_of(&self, ino: u64, branch: u32) -> Option<Arc<File>> {
+        self.files
+            .lock()
+            .of(ino)
+            .find(|h| h.clone && h.on_branch() == branch)
+            .map(|h| h.file())
     }
 
     pub fn file(&self, fh: u64) -> Result<Arc<FileHandle>> {

@@ -26,6 +26,7 @@ pub mod whiteout;
 
 // The union itself: the FUSE adapter over the model.
 mod attr;
+mod clone;
 mod copyup;
 mod create;
 mod delete;

@@ -187,6 +187,24 @@ pub fn link_at(from_dir: &Dir, from: &OsStr, to_dir: &Dir, to: &OsStr) -> Result
     unistd::linkat(from_dir, from, to_dir, to, AtFlags::empty())
 }
 
+/// A file with no name in directory `dir` (O_TMPFILE), open for reading and
+/// writing: gone with its last fd unless linked (see `link_fd_at`).
+pub fn tmpfile_in(dir: &Dir, mode: u32) -> Result<OwnedFd> {
+    openat2(
+        dir.as_fd(),
+        Path::new("."),
+        OFlag::O_TMPFILE | OFlag::O_RDWR,
+        mode,
+        RESOLVE,
+    )
+}
+
+/// Give the file open as `fd` the name `dir/name` (linkat with AT_EMPTY_PATH,
+/// which takes CAP_DAC_READ_SEARCH).
+pub fn link_fd_at(fd: BorrowedFd, dir: &Dir, name: &OsStr) -> Result<()> {
+    unistd::linkat(fd, "", dir, name, AtFlags::AT_EMPTY_PATH)
+}
+
 pub fn mknod_at(dir: &Dir, name: &OsStr, mode: u32, rdev: u64) -> Result<()> {
     let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
     let perm = Mode::from_bits_truncate(mode & !libc::S_IFMT);

@@ -30,6 +30,8 @@ pub struct Union {
     pub delete: DeleteMode,
     /// Which opens may be served by the kernel itself (see file.rs).
     pub passthrough: Passthrough,
+    /// Which branch pairs share extents (see clone.rs).
+    pub(crate) reflinks: crate::clone::Reflinks,
     /// Serializes branch changes (never held by a request).
     pub change_lock: Mutex<()>,
 }
@@ -51,6 +53,7 @@ impl Union {
             handles: Handles::default(),
             delete,
             passthrough: Passthrough::On,
+            reflinks: Default::default(),
             change_lock: Mutex::new(()),
         })
     }

@@ -67,7 +67,7 @@ fn help_reads_like_a_man_page() {
         "allow_other",
         "default_permissions",
         "threads=N",
-        "passthrough=on|off",
+        "passthrough=on|all|off",
         "entry_timeout",
         "fsname=",
         "FSTAB:",

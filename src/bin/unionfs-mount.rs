@@ -52,11 +52,19 @@ MOUNT OPTIONS (-o OPT[,OPT...]):
     ro            Mount read-only.
     threads=N     Threads reading /dev/fuse (default: the number of CPUs, at
                   least 2); over io_uring there is one thread per CPU instead.
-    passthrough=on|off
-                  FUSE passthrough: the kernel reads and writes files on writable
-                  branches directly (default on where the kernel has it). Files
-                  that a copy-up could still move are read through the daemon,
-                  with the kernel's page cache kept across opens.
+    passthrough=on|all|off
+                  FUSE passthrough (Linux 6.9+, root): the kernel reads and
+                  writes files itself. on (default): files on writable branches,
+                  files no copy-up can move, and lower files whose copy-up
+                  target shares extents with them (xfs reflink=1, btrfs: a
+                  read-only open reads a reflink clone, which a copy-up makes
+                  the copy); a file opened read-only before a copy-up sees the
+                  writes made after it. Other lower files are read through the
+                  daemon, their page cache kept across opens. all: every open;
+                  a file opened read-only before a copy-up keeps the data it had
+                  (as overlayfs before Linux 4.19). off: the daemon serves all
+                  data. Without passthrough (not root, older kernel, a stacked
+                  branch) reads go through the daemon; the log says why.
     io_uring=auto|on|off
                   How requests reach the daemon. auto (default): FUSE over
                   io_uring where the kernel offers it (Linux 6.14+, with

@@ -27,8 +27,7 @@
 # unionfs, unionfs-uring, unionfs-all and unionfs-off mount with the defaults
 # (passthrough=on for the first two). unionfs-all and unionfs-off run only the
 # read workloads (seq-read, rand-read, small-read); their other cells are "-".
-# A filesystem that does not mount shows "mount failed" (so does unionfs-all
-# with a daemon that knows no passthrough=all). The workload small-read is
+# A filesystem that does not mount shows "mount failed". The workload small-read is
 # the first read of each of the small lower files, on a fresh mount.
 # unionfs-uring turns the kernel's FUSE over io_uring on for the run
 # (/sys/module/fuse/parameters/enable_uring) and back as it was after.

@@ -207,6 +207,11 @@ impl Union {
 
     /// The node `ino`, on a read-only branch, with the clone its readers hold.
     fn held_clone(&self, ino: u64) -> Option<Held> {
+        // Nothing is resolved (nor settled, off a request) for the files
+        // that have no clone: nearly all of them.
+        if !self.handles.has_clone(ino) {
+            return None;
+        }
         let node = self.resolve.node(ino).ok()?;
         let bs = self.branches();
         let idx = self.resolve.top_idx(&bs, &node).ok()?;

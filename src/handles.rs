@@ -215,6 +215,11 @@ impl Handles {
         }
     }
 
+    /// Whether a handle of `ino` holds a clone of its lower file.
+    pub fn has_clone(&self, ino: u64) -> bool {
+        self.files.lock().of(ino).any(|h| h.clone)
+    }
+
     /// The clone of `ino`'s lower file in branch `branch` that its open
     /// handles share, if there is one.
     pub fn clone_of(&self, ino: u64, branch: u32) -> Option<Arc<File>> {

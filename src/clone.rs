@@ -24,6 +24,10 @@ use crate::resolve::{Node, BRANCHES_CHANGED};
 use crate::sys::{self, Dir, Errno, Obj, Result};
 use crate::union::Union;
 
+/// Files smaller than this are read through the daemon: measured on xfs,
+/// a clone (an inode made and freed) costs more than serving a small file.
+const CLONE_MIN: i64 = 1 << 20;
+
 /// Which filesystems (by the target branch's st_dev) share extents, tried
 /// once with two files of its work directory, and which branch pairs were
 /// found not to after all (another mount of it, say): said once in the log.
@@ -90,6 +94,18 @@ impl Union {
             && !self.reflinks.refused(bs, idx, t)
             && self.reflinks.can(bs, t);
         fits.then_some(t)
+    }
+
+    /// Whether a read-only open of `node` is worth a clone: its readers hold
+    /// one already (they must share it), or the file is large enough that
+    /// reads by the kernel repay making one (a small file is read in a
+    /// request or two, and its page cache is kept across opens anyway).
+    pub(crate) fn worth_a_clone(&self, bs: &BranchSet, node: &Node) -> bool {
+        self.handles.has_clone(node.ino)
+            || self
+                .resolve
+                .on_top(bs, node, |top| top.stat())
+                .is_ok_and(|st| st.st_size >= CLONE_MIN)
     }
 
     /// The clone of `node` (on branch `idx`) in branch `t` its open handles

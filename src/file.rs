@@ -64,7 +64,9 @@ impl Union {
         // copy-up target (see clone.rs): the file is then there.
         let clone_at = match writable || trunc {
             true => None,
-            false => self.clone_target(&bs, idx),
+            false => self
+                .clone_target(&bs, idx)
+                .filter(|_| self.worth_a_clone(&bs, &node)),
         };
         let dest = match (moves, clone_at) {
             (true, _) => bs.writable_above(idx).map(|t| bs.get(t).id),

@@ -68,6 +68,21 @@ fn union_on(xfs: &Xfs, opts: &[&str]) -> (Union, PathBuf, PathBuf) {
     (u, rw, ro)
 }
 
+/// `head`, then zeros to 1 MiB and more: large enough to be cloned.
+fn big_file(head: &str) -> Vec<u8> {
+    let mut v = head.as_bytes().to_vec();
+    v.resize((1 << 20) + head.len(), 0);
+    v
+}
+
+/// The text before the padding of a file read at offset 0 of `f`.
+fn head_of(f: &fs::File) -> String {
+    let mut buf = vec![0u8; 64];
+    let n = f.read_at(&mut buf, 0).unwrap();
+    let end = buf[..n].iter().position(|&b| b == 0).unwrap_or(n);
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
 }
@@ -132,14 +147,14 @@ fn a_clone_follows_the_metadata_and_is_gone_with_its_last_reader() {
     need_fuse!();
     let xfs = Xfs::new();
     fs::create_dir_all(xfs.dir.join("ro/d")).unwrap();
-    fs::write(xfs.dir.join("ro/d/g"), "lower g").unwrap();
+    fs::write(xfs.dir.join("ro/d/g"), big_file("lower g")).unwrap();
     sh(&format!(
         "chown 42:43 '{0}' && chmod 640 '{0}' && setfattr -n user.k -v v '{0}'",
         xfs.dir.join("ro/d/g").display()
     ));
     let (u, rw, _ro) = union_on(&xfs, &["passthrough=on"]);
     // Opened and closed: the clone went with it, nothing stays.
-    assert_eq!(read(u.m("d/g")), "lower g");
+    assert_eq!(head_of(&fs::File::open(u.m("d/g")).unwrap()), "lower g");
     assert_eq!(ls_branch(&rw), Vec::<String>::new());
     assert!(ls(rw.join(".wh..wh.work")).is_empty());
     // Held across a metadata copy-up (a chmod): the copy is the clone, with
@@ -155,11 +170,13 @@ fn a_clone_follows_the_metadata_and_is_gone_with_its_last_reader() {
         rw.join("d/g").display()
     ))
     .contains("v"));
-    assert_eq!(fs::read_to_string(rw.join("d/g")).unwrap(), "lower g");
+    assert_eq!(fs::read(rw.join("d/g")).unwrap(), big_file("lower g"));
+    assert!(
+        read_while_stopped(&u, &r, 1 << 19),
+        "the clone is not read by the kernel"
+    );
     fs::write(u.m("d/g"), "rewritten").unwrap();
-    let mut buf = vec![0u8; 64];
-    let n = r.read_at(&mut buf, 0).unwrap();
-    assert_eq!(&buf[..n], b"rewritten");
+    assert_eq!(head_of(&r), "rewritten");
     assert!(ls(rw.join(".wh..wh.work")).is_empty());
 }
 
@@ -168,23 +185,25 @@ fn a_direct_change_of_the_lower_file_reaches_its_readers() {
     need_fuse!();
     let xfs = Xfs::new();
     fs::create_dir_all(xfs.dir.join("ro")).unwrap();
-    fs::write(xfs.dir.join("ro/f"), "first version").unwrap();
+    fs::write(xfs.dir.join("ro/f"), big_file("first version")).unwrap();
+    fs::write(xfs.dir.join("ro/small"), "small file").unwrap();
     let (u, _rw, ro) = union_on(&xfs, &["passthrough=on"]);
     let r = fs::File::open(u.m("f")).unwrap();
-    let read_all = |f: &fs::File| {
-        let mut buf = vec![0u8; 64];
-        let n = f.read_at(&mut buf, 0).unwrap();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
-    assert_eq!(read_all(&r), "first version");
+    assert_eq!(head_of(&r), "first version");
+    assert!(read_while_stopped(&u, &r, 1 << 19));
     // Written directly in the read-only branch (udba=notify sees it).
-    fs::write(ro.join("f"), "second, longer version").unwrap();
+    fs::write(ro.join("f"), big_file("second, longer version")).unwrap();
     wait_for("the reader to see the direct change", || {
-        read_all(&r) == "second, longer version"
+        head_of(&r) == "second, longer version"
     });
     fs::write(ro.join("f"), "third").unwrap();
     wait_for("the reader to see the file shrink", || {
-        read_all(&r) == "third"
+        head_of(&r) == "third"
     });
+    assert_eq!(r.metadata().unwrap().len(), 5);
     assert_eq!(read(u.m("f")), "third");
+    // A small file is not worth a clone: read through the daemon.
+    let s = fs::File::open(u.m("small")).unwrap();
+    assert!(!read_while_stopped(&u, &s, 0));
+    assert_eq!(head_of(&s), "small file");
 }

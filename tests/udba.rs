@@ -117,7 +117,11 @@ fn notify_shows_direct_changes_in_every_branch_at_once() {
     assert_eq!(read(u.m("y/below")), "merged");
     // An opaque marker made directly hides the lower instances.
     write(u.b("rw/y/.wh..wh..opq"), "");
-    within(SOON, "y made opaque", || !lists(&u, "y", "below"));
+    // The listing is the daemon's; the name the kernel keeps is expired
+    // by the notifier thread an instant later.
+    within(SOON, "y made opaque", || {
+        !lists(&u, "y", "below") && !u.m("y/below").exists()
+    });
     assert_errno(fs::metadata(u.m("y/below")), libc::ENOENT);
     // A directory renamed in its branch.
     write(u.b("ro1/a/b/c"), "deep");
@@ -302,7 +306,8 @@ fn an_event_queue_overflow_drops_every_cache() {
     fs::write(u.b("ro/d/f0"), "after, longer").unwrap();
     fs::remove_file(u.b("ro/d/f1")).unwrap();
     nix::sys::signal::kill(pid, nix::sys::signal::SIGCONT).unwrap();
-    within(Duration::from_secs(10), "the overflow", || {
+    // Tens of milliseconds alone; the suite's other tests share two CPUs.
+    within(Duration::from_secs(30), "the overflow", || {
         stat_n(&u, "overflows") > 0
     });
     within(SOON, "changes made during the overflow", || {

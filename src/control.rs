@@ -806,6 +806,17 @@ fn may_see(bs: &BranchSet, path: &Path, who: &sys::Peer) -> Result<(), Errno> {
     })
 }
 
+/// Whether `mount` is a union: a FUSE mount (of any subtype: the type is
+/// whatever the user named it) with a control socket where its owner's
+/// daemon puts one. Who serves the socket is checked by `request`.
+pub fn is_union(mount: &Mount) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    let owner = mount.fuse_owner().unwrap_or(0);
+    mount.is_fuse()
+        && std::fs::symlink_metadata(socket_dir(owner).join(socket_name(&mount.mount_point)))
+            .is_ok_and(|m| m.file_type().is_socket())
+}
+
 /// Send one request to the daemon serving `mount`, after checking that it is
 /// root or the mount's owner as the kernel records it: a socket someone else
 /// bound is never believed.

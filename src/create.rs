@@ -9,6 +9,7 @@ use std::path::Path;
 
 use nix::fcntl::OFlag;
 
+use crate::acl;
 use crate::copyup::{make_node, Temp};
 use crate::handles::Opened;
 use crate::resolve::Attr;
@@ -77,30 +78,45 @@ impl Union {
         let gid = if setgid { pst.st_gid } else { caller.gid };
         // What the kernel gives a new entry of this daemon anyway needs no chown.
         let chown = uid != sys::geteuid() || (!setgid && gid != sys::getegid());
+        // A default ACL of the parent is what the new entry inherits; the
+        // caller's umask applies only where there is none.
+        let default_acl = match new {
+            New::Symlink { .. } => None,
+            _ => acl::default_of(pdir)?,
+        };
+        let masked = |mode: u32| match default_acl {
+            Some(_) => mode,
+            None => mode & !caller.umask,
+        };
         let mut file = None;
         match new {
             New::File { mode, flags } => {
                 let acc = OFlag::from_bits_truncate(
                     flags & (libc::O_ACCMODE | libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC),
                 );
-                let mode = mode & 0o7777;
+                let mode = masked(mode & 0o7777);
+                // The branch gives it the parent's default ACL, if any.
                 let fd = sys::open_at(pdir, name, acc | OFlag::O_CREAT | OFlag::O_EXCL, mode)?;
                 let owned = if chown {
                     sys::chown_fd(fd.as_fd(), Some(uid), Some(gid))
                 } else {
                     Ok(())
                 };
-                // The umask took bits, or the chown took setuid ones: exactly the mode asked for.
-                let moded = if mode & sys::UMASK != 0 || (chown && mode & 0o6000 != 0) {
-                    sys::chmod_fd(fd.as_fd(), mode)
-                } else {
-                    Ok(())
+                // The daemon's umask took bits, or the chown took setuid
+                // ones: exactly the mode asked for (or the ACL gave).
+                let moded = match &default_acl {
+                    None if mode & sys::UMASK != 0 || (chown && mode & 0o6000 != 0) => {
+                        sys::chmod_fd(fd.as_fd(), mode)
+                    }
+                    Some(d) if chown && mode & 0o6000 != 0 => acl::inherit(d, mode)
+                        .and_then(|(m, _)| sys::chmod_fd(fd.as_fd(), m & 0o7777)),
+                    _ => Ok(()),
                 };
                 undo_on_err(pdir, name, false, owned.and(moded))?;
                 file = Some((fd, acc));
             }
             New::Dir { mode } => {
-                let mode = (mode & 0o7777) | if setgid { libc::S_ISGID } else { 0 };
+                let mode = masked(mode & 0o7777) | if setgid { libc::S_ISGID } else { 0 };
                 let mut tmp = Temp::new(bs.get(up).work()?);
                 let tname = tmp.name.clone();
                 sys::mkdir_at(tmp.dir(), &tname, 0o700)?;
@@ -110,10 +126,16 @@ impl Union {
                     whiteout::make_opaque(&t)?;
                 }
                 sys::chown_obj(t.as_fd(), Some(uid), Some(gid))?;
-                sys::chmod_fd(t.as_fd(), mode)?;
+                // Made in the work directory: what the parent would give it.
+                match &default_acl {
+                    Some(d) => _ = acl::apply(t.as_fd(), d, mode, true)?,
+                    None => sys::chmod_fd(t.as_fd(), mode)?,
+                }
                 tmp.commit(pdir, name, libc::RENAME_NOREPLACE)?;
             }
-            New::Special { mode, rdev } if chown || mode & sys::UMASK != 0 => {
+            New::Special { mode, rdev }
+                if chown || (default_acl.is_none() && masked(mode) & sys::UMASK != 0) =>
+            {
                 // Owner and mode are set on the new node through its fd in
                 // the work directory, then it is renamed into place.
                 let mut tmp = Temp::new(bs.get(up).work()?);
@@ -122,10 +144,13 @@ impl Union {
                 tmp.arm();
                 let fd = made?;
                 sys::chown_obj(fd.as_fd(), Some(uid), Some(gid))?;
-                sys::chmod_fd(fd.as_fd(), mode & 0o7777)?;
+                match &default_acl {
+                    Some(d) => _ = acl::apply(fd.as_fd(), d, mode & 0o7777, false)?,
+                    None => sys::chmod_fd(fd.as_fd(), masked(mode) & 0o7777)?,
+                }
                 tmp.commit(pdir, name, libc::RENAME_NOREPLACE)?;
             }
-            New::Special { mode, rdev } => sys::mknod_at(pdir, name, mode, rdev)?,
+            New::Special { mode, rdev } => sys::mknod_at(pdir, name, masked(mode), rdev)?,
             New::Symlink { target } if chown => {
                 let mut tmp = Temp::new(bs.get(up).work()?);
                 let tname = tmp.name.clone();

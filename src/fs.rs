@@ -174,10 +174,13 @@ fn to_time(t: SetTime) -> Time {
     }
 }
 
-fn caller(req: &Request) -> Caller {
+/// Who asks; `umask` for the requests that make entries (the kernel leaves
+/// it to the daemon, FUSE_DONT_MASK), 0 for the rest.
+fn caller(req: &Request, umask: u32) -> Caller {
     Caller {
         uid: req.uid,
         gid: req.gid,
+        umask,
     }
 }
 
@@ -324,16 +327,8 @@ impl UnionFs {
         );
     }
 
-    fn create(
-        &self,
-        req: &Request,
-        parent: u64,
-        name: &OsStr,
-        mode: u32,
-        flags: i32,
-        reply: Reply,
-    ) {
-        let (ttl, who, name) = (self.ttl_in(parent), caller(req), name.to_os_string());
+    fn create(&self, who: Caller, parent: u64, name: &OsStr, mode: u32, flags: i32, reply: Reply) {
+        let (ttl, name) = (self.ttl_in(parent), name.to_os_string());
         let (io, backings, union) = (self.io.clone(), self.backings.clone(), self.union.clone());
         self.patiently(
             reply.unique(),
@@ -602,7 +597,12 @@ impl Dispatch for UnionFs {
                 Ok(t) => reply.data(std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str())),
                 Err(e) => reply.error(e),
             },
-            Op::Mknod { name, mode, rdev } => {
+            Op::Mknod {
+                name,
+                mode,
+                rdev,
+                umask,
+            } => {
                 let new = if mode & libc::S_IFMT == libc::S_IFREG {
                     New::File {
                         mode,
@@ -614,7 +614,7 @@ impl Dispatch for UnionFs {
                         rdev: rdev as u64,
                     }
                 };
-                let (who, name) = (caller(&req), name.to_os_string());
+                let (who, name) = (caller(&req, umask), name.to_os_string());
                 self.make(ino, reply, move |u| {
                     let (a, f) = u.create(ino, &name, who, new)?;
                     if let Some(f) = f {
@@ -623,15 +623,15 @@ impl Dispatch for UnionFs {
                     Ok(a)
                 });
             }
-            Op::Mkdir { name, mode } => {
-                let (who, name) = (caller(&req), name.to_os_string());
+            Op::Mkdir { name, mode, umask } => {
+                let (who, name) = (caller(&req, umask), name.to_os_string());
                 self.make(ino, reply, move |u| {
                     Ok(u.create(ino, &name, who, New::Dir { mode })?.0)
                 });
             }
             Op::Symlink { name, target } => {
                 let (who, name, target) =
-                    (caller(&req), name.to_os_string(), target.to_os_string());
+                    (caller(&req, 0), name.to_os_string(), target.to_os_string());
                 self.make(ino, reply, move |u| {
                     Ok(u.create(ino, &name, who, New::Symlink { target: &target })?
                         .0)
@@ -664,8 +664,14 @@ impl Dispatch for UnionFs {
                 flags,
                 kill_suidgid,
             } => self.open(ino, flags as i32, kill_suidgid, reply),
-            Op::Create { name, mode, flags } => {
-                self.create(&req, ino, name, mode, flags as i32, reply)
+            Op::Create {
+                name,
+                mode,
+                flags,
+                umask,
+            } => {
+                let who = caller(&req, umask);
+                self.create(who, ino, name, mode, flags as i32, reply)
             }
             Op::Read { fh, offset, size } => self.read(fh, offset, size, reply),
             Op::Write {

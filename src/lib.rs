@@ -25,6 +25,7 @@ pub mod view;
 pub mod whiteout;
 
 // The union itself: the FUSE adapter over the model.
+mod acl;
 mod attr;
 mod clone;
 mod copyup;
@@ -90,7 +91,7 @@ fn mount_args(opts: &MountOptions) -> fuse::MountArgs {
     }
     fuse::MountArgs {
         fsname: opts.fsname.clone().unwrap_or_else(|| "unionfs".to_string()),
-        subtype: "unionfs".to_string(),
+        subtype: opts.subtype.clone(),
         default_permissions: opts.default_permissions,
         // allow_root is allow_other for the kernel, narrowed by the daemon.
         allow_other: opts.allow_other || opts.allow_root,
@@ -117,7 +118,9 @@ fn want(opts: &MountOptions, ring: bool) -> fuse::Want {
     // The daemon clears setuid/setgid itself when the kernel says the caller
     // may not keep them (so the kernel stops asking for security.capability
     // before every write), and takes O_TRUNC with the open (no SETATTR
-    // after it; a copy-up for it copies no data).
+    // after it; a copy-up for it copies no data). The kernel enforces POSIX
+    // ACLs (the branches store them) and leaves the umask to the daemon,
+    // which applies it only where no default ACL is inherited.
     let mut flags = ASYNC_READ
         | BIG_WRITES
         | MAX_PAGES
@@ -126,6 +129,10 @@ fn want(opts: &MountOptions, ring: bool) -> fuse::Want {
         | AUTO_INVAL_DATA
         | HANDLE_KILLPRIV_V2
         | ATOMIC_O_TRUNC;
+    if opts.default_permissions {
+        // POSIX_ACL turns the kernel's permission checks on by itself.
+        flags |= POSIX_ACL | DONT_MASK;
+    }
     if opts.readdirplus {
         flags |= DO_READDIRPLUS | READDIRPLUS_AUTO;
     }

@@ -23,6 +23,11 @@ pub struct Mount {
 }
 
 impl Mount {
+    /// A FUSE mount, whatever its subtype (`fuse`, `fuse.NAME`, `fuseblk`).
+    pub fn is_fuse(&self) -> bool {
+        self.fstype == "fuse" || self.fstype == "fuseblk" || self.fstype.starts_with("fuse.")
+    }
+
     /// The uid the kernel records as the owner of a FUSE mount (`user_id=`),
     /// the only account of who mounted it that its daemon cannot forge.
     pub fn fuse_owner(&self) -> Option<u32> {

@@ -97,6 +97,8 @@ pub struct MountOptions {
     /// Readahead of the mount in KiB.
     pub readahead_kb: u32,
     pub fsname: Option<String>,
+    /// The type shown is `fuse.SUBTYPE` (plain `fuse` when empty).
+    pub subtype: String,
     pub flags: Vec<Flag>,
 }
 
@@ -122,9 +124,28 @@ impl Default for MountOptions {
             dir_cache: 32768,
             readahead_kb: 1024,
             fsname: None,
+            subtype: program_name(),
             flags: Vec::new(),
         }
     }
+}
+
+/// The subtype a mount shows by default: the program's name, as libfuse
+/// gives it (so `mount -t fuse.unionfs-mount`, which runs the program of
+/// that name, shows that type).
+fn program_name() -> String {
+    std::env::args_os()
+        .next()
+        .as_deref()
+        .map(std::path::Path::new)
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .filter(|n| {
+            n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c))
+        })
+        .unwrap_or("unionfs")
+        .to_string()
 }
 
 /// How long the kernel may keep names, attributes and misses.
@@ -296,7 +317,15 @@ impl MountOptions {
                     })?
                 }
                 ("fsname", Some(v)) if !v.is_empty() => self.fsname = Some(v.to_string()),
-                ("subtype", Some(_)) => {}
+                ("subtype", Some(v)) => {
+                    let fits = |c: char| c.is_ascii_alphanumeric() || "._+-".contains(c);
+                    if !v.chars().all(fits) {
+                        return Err(format!(
+                            "option subtype: '{v}' may hold only letters, digits and ._+-"
+                        ));
+                    }
+                    self.subtype = v.to_string()
+                }
                 ("dev", None) => self.flags.push(Flag::Dev),
                 ("nodev", None) => self.flags.push(Flag::NoDev),
                 ("suid", None) => self.flags.push(Flag::Suid),
@@ -316,7 +345,7 @@ impl MountOptions {
                 (
                     "delete" | "threads" | "passthrough" | "io_uring" | "readdirplus"
                     | "entry_timeout" | "attr_timeout" | "negative_timeout" | "dir_cache"
-                    | "readahead" | "fsname" | "udba" | "max_watches",
+                    | "readahead" | "fsname" | "subtype" | "udba" | "max_watches",
                     None,
                 ) => return Err(format!("option {key} needs a value ({key}=...)")),
                 _ => return Err(format!("unknown mount option '{opt}'")),

@@ -22,6 +22,9 @@ use crate::whiteout;
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
+    /// Taken from the mode of an entry it makes, unless the directory has
+    /// a default ACL (the kernel leaves that to the daemon).
+    pub umask: u32,
 }
 
 pub struct Union {

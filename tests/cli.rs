@@ -224,7 +224,18 @@ fn mount_t_fuse_unionfs_mount_works_as_from_fstab() {
         .lines()
         .find(|l| l.contains(u.mnt.to_str().unwrap()))
         .unwrap();
-    assert!(line.contains("fuse.unionfs"), "{line}");
+    // The type is what it was mounted as (mount.fuse3 passes subtype=).
+    assert_eq!(line.split(' ').nth(2), Some("fuse.unionfs-mount"), "{line}");
+    let out = Command::new(UNIONCTL)
+        .arg(&u.mnt)
+        .arg("--list")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("/rw (rw)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::remove_file(u.m("f")).unwrap();
     assert!(
         exists(u.b("rw/.wh.f")),

@@ -153,6 +153,34 @@ fn o_tmpfile_and_o_direct_opens() {
 }
 
 #[test]
+fn times_before_1970_keep_their_fraction() {
+    need_fuse!();
+    use std::os::unix::fs::MetadataExt;
+    let mut u = Union::new(&["rw", "ro"]);
+    write(u.b("ro/old"), "x");
+    u.mount("rw=rw:ro=ro", &[]);
+    // 1969-12-31 23:59:59.25 is -1 s + 0.25 s (a timespec's nanoseconds
+    // are never negative): not 23:59:58.75.
+    let out = std::process::Command::new("touch")
+        .args(["-d", "1969-12-31 23:59:59.25 UTC"])
+        .arg(u.m("old"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for st in [
+        fs::metadata(u.b("rw/old")).unwrap(),
+        fs::metadata(u.m("old")).unwrap(),
+    ] {
+        assert_eq!((st.mtime(), st.mtime_nsec()), (-1, 250_000_000));
+        assert_eq!((st.atime(), st.atime_nsec()), (-1, 250_000_000));
+    }
+}
+
+#[test]
 fn concurrent_writers_copy_up_once() {
     need_fuse!();
     let mut u = Union::new(&["rw", "ro"]);

@@ -327,6 +327,49 @@ fn a_live_rw_branch_is_recognised_at_any_mount_point_name() {
 }
 
 #[test]
+fn a_live_rw_branch_is_recognised_whatever_type_the_mount_shows() {
+    need_fuse!();
+    let mut u = Union::new(&["base", "snap"]);
+    write(u.b("snap/f"), "x");
+    for (sub, shown) in [
+        ("subtype=", "fuse"),
+        ("subtype=other.name", "fuse.other.name"),
+    ] {
+        u.mount("base", &[sub]);
+        let info = fs::read_to_string("/proc/self/mounts").unwrap();
+        let line = info
+            .lines()
+            .find(|l| l.split(' ').nth(1) == u.mnt.to_str())
+            .unwrap();
+        assert_eq!(line.split(' ').nth(2), Some(shown), "{line}");
+        let out = merge(&[&u.b("base"), &u.b("snap")]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("read-write branch of the live union"), "{err}");
+        assert!(!exists(u.b("base/f")));
+        let out = Command::new(UNIONCTL)
+            .arg(&u.mnt)
+            .arg("--list")
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("/base (rw)"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        u.unmount();
+    }
+    // Unmounted, the directory is on no union.
+    let out = Command::new(UNIONCTL)
+        .arg(&u.mnt)
+        .arg("--list")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not on a unionfs mount"), "{err}");
+}
+
+#[test]
 fn a_user_merges_away_their_own_read_only_directories() {
     need_fuse!();
     let u = Union::new(&["base", "snap"]);

@@ -71,7 +71,7 @@ fn rw_user(base: &Path) -> Result<Option<PathBuf>, String> {
     let mut unknown = Vec::new();
     for m in mounts
         .iter()
-        .filter(|m| m.fstype == "fuse.unionfs" && may_write(m.fuse_owner().unwrap_or(0)))
+        .filter(|m| control::is_union(m) && may_write(m.fuse_owner().unwrap_or(0)))
     {
         let shown = m.mount_point.display();
         match control::request(m, &Request::List) {

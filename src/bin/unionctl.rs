@@ -118,7 +118,7 @@ fn find_mount(path: &Path) -> Result<(Mount, PathBuf), String> {
         .filter(|m| canon.starts_with(&m.mount_point))
         .max_by_key(|m| m.mount_point.as_os_str().len());
     match best {
-        Some(m) if m.fstype == "fuse.unionfs" => {
+        Some(m) if control::is_union(&m) => {
             let rel = canon
                 .strip_prefix(&m.mount_point)
                 .unwrap_or(Path::new(""))

@@ -107,6 +107,8 @@ MOUNT OPTIONS (-o OPT[,OPT...]):
                   (the kernel's adaptive mode): fewer requests for ls -l, du,
                   rsync; more work for plain listings (default off).
     fsname=NAME   The source shown in /proc/mounts (default unionfs).
+    subtype=NAME  The type shown in /proc/mounts is fuse.NAME (default: the
+                  program's name, fuse.unionfs-mount; empty: plain fuse).
     Generic options that mount(8) passes from /etc/fstab are accepted: rw,
     defaults, dev, nodev, suid, nosuid, exec, noexec, atime, noatime, sync,
     async, dirsync, auto, noauto, user, users, _netdev, nofail, x-*.

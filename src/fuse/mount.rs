@@ -21,7 +21,7 @@ use nix::unistd::{getgid, getuid};
 pub struct MountArgs {
     /// The source shown in /proc/mounts.
     pub fsname: String,
-    /// The type shown is `fuse.SUBTYPE`.
+    /// The type shown is `fuse.SUBTYPE`, or `fuse` when it is empty.
     pub subtype: String,
     pub default_permissions: bool,
     /// Users other than the owner may enter the mount (the daemon may still
@@ -81,7 +81,10 @@ pub fn mount(mountpoint: &Path, args: &MountArgs) -> std::io::Result<OwnedFd> {
         data.push(',');
         data.push_str(&o);
     }
-    let fstype = format!("fuse.{}", args.subtype);
+    let fstype = match args.subtype.as_str() {
+        "" => "fuse".to_string(),
+        sub => format!("fuse.{sub}"),
+    };
     match nix::mount::mount(
         Some(args.fsname.as_str()),
         mountpoint,
@@ -106,10 +109,10 @@ fn fusermount(mountpoint: &Path, args: &MountArgs) -> std::io::Result<OwnedFd> {
         SockFlag::empty(),
     )?;
     fcntl::fcntl(&ours, fcntl::FcntlArg::F_SETFD(fcntl::FdFlag::FD_CLOEXEC))?;
-    let mut opts = vec![
-        format!("fsname={}", args.fsname),
-        format!("subtype={}", args.subtype),
-    ];
+    let mut opts = vec![format!("fsname={}", args.fsname)];
+    if !args.subtype.is_empty() {
+        opts.push(format!("subtype={}", args.subtype));
+    }
     opts.extend(args.fs_options());
     for (flag, on, off) in FLAG_WORDS {
         let word = if args.flags.contains(flag) { on } else { off };

@@ -68,10 +68,13 @@ pub enum Op<'a> {
         name: &'a OsStr,
         mode: u32,
         rdev: u32,
+        /// The caller's umask, for the daemon to apply (DONT_MASK).
+        umask: u32,
     },
     Mkdir {
         name: &'a OsStr,
         mode: u32,
+        umask: u32,
     },
     Unlink {
         name: &'a OsStr,
@@ -145,6 +148,7 @@ pub enum Op<'a> {
         name: &'a OsStr,
         mode: u32,
         flags: u32,
+        umask: u32,
     },
     Fallocate {
         fh: u64,
@@ -287,6 +291,7 @@ pub fn parse<'a>(h: &InHeader, oph: &'a [u8], rest: &'a [u8]) -> Result<Request<
                 name: name(rest, o)?,
                 mode: a.mode,
                 rdev: a.rdev,
+                umask: a.umask,
             }
         }
         op::MKDIR => {
@@ -294,6 +299,7 @@ pub fn parse<'a>(h: &InHeader, oph: &'a [u8], rest: &'a [u8]) -> Result<Request<
             Op::Mkdir {
                 name: name(rest, o)?,
                 mode: a.mode,
+                umask: a.umask,
             }
         }
         op::UNLINK => Op::Unlink {
@@ -397,6 +403,7 @@ pub fn parse<'a>(h: &InHeader, oph: &'a [u8], rest: &'a [u8]) -> Result<Request<
                 name: name(rest, o)?,
                 mode: a.mode,
                 flags: a.flags,
+                umask: a.umask,
             }
         }
         op::FALLOCATE => {

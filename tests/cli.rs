@@ -226,16 +226,7 @@ fn mount_t_fuse_unionfs_mount_works_as_from_fstab() {
         .unwrap();
     // The type is what it was mounted as (mount.fuse3 passes subtype=).
     assert_eq!(line.split(' ').nth(2), Some("fuse.unionfs-mount"), "{line}");
-    let out = Command::new(UNIONCTL)
-        .arg(&u.mnt)
-        .arg("--list")
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("/rw (rw)"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(listed(&u.mnt).contains("/rw (rw)"));
     std::fs::remove_file(u.m("f")).unwrap();
     assert!(
         exists(u.b("rw/.wh.f")),

@@ -355,6 +355,17 @@ pub fn unionctl(mnt: &Path, args: &[&str]) -> Output {
     Command::new(UNIONCTL).arg(mnt).args(args).output().unwrap()
 }
 
+/// `unionctl MNT --list`, which must succeed; what it prints.
+pub fn listed(mnt: &Path) -> String {
+    let out = unionctl(mnt, &["--list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `--snapshot` to branch `b` while writers open and close files: a
 /// snapshot is refused (EBUSY, naming the file) while one is open for
 /// writing, so retry until it lands between two writes.

@@ -9,7 +9,6 @@
 //! instead of copying. The readers' backing file then is the copy. A clone
 //! costs a few metadata writes in the target; it goes with its last open.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -27,59 +26,6 @@ use crate::union::Union;
 /// Files smaller than this are read through the daemon: measured on xfs,
 /// a clone (an inode made and freed) costs more than serving a small file.
 const CLONE_MIN: i64 = 1 << 20;
-
-/// Which filesystems (by the target branch's st_dev) share extents, tried
-/// once with two files of its work directory, and which branch pairs were
-/// found not to after all (another mount of it, say): said once in the log.
-#[derive(Default)]
-pub struct Reflinks {
-    by_dev: parking_lot::Mutex<HashMap<u64, bool>>,
-    refused: parking_lot::Mutex<std::collections::HashSet<(u32, u32)>>,
-}
-
-impl Reflinks {
-    /// Whether branch `t`'s filesystem can clone (tried on first use).
-    fn can(&self, bs: &BranchSet, t: usize) -> bool {
-        let b = bs.get(t);
-        let mut by_dev = self.by_dev.lock();
-        if let Some(&can) = by_dev.get(&b.dev) {
-            return can;
-        }
-        let tried = b.work().and_then(|work| {
-            let src = sys::tmpfile_in(&work, 0o600)?;
-            sys::truncate_fd(src.as_fd(), 4096)?;
-            let dst = sys::tmpfile_in(&work, 0o600)?;
-            sys::ficlone(dst.as_fd(), src.as_fd())
-        });
-        let path = b.path.display();
-        match tried {
-            Ok(()) => log::info!(
-                "{path} shares extents (reflink): lower files opened read-only are clones there, read by the kernel"
-            ),
-            Err(e) => log::info!(
-                "{path} cannot reflink ({e}): reads of the lower files it would copy up go through the daemon"
-            ),
-        }
-        by_dev.insert(b.dev, tried.is_ok());
-        tried.is_ok()
-    }
-
-    fn refuse(&self, bs: &BranchSet, idx: usize, t: usize, e: Errno) {
-        if self.refused.lock().insert((bs.get(idx).id, bs.get(t).id)) {
-            log::info!(
-                "no reflink from {} to {} ({e}): reads of its files go through the daemon",
-                bs.get(idx).path.display(),
-                bs.get(t).path.display()
-            );
-        }
-    }
-
-    fn refused(&self, bs: &BranchSet, idx: usize, t: usize) -> bool {
-        self.refused
-            .lock()
-            .contains(&(bs.get(idx).id, bs.get(t).id))
-    }
-}
 
 impl Union {
     /// The branch whose clone would back a read-only open of a file on

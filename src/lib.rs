@@ -37,6 +37,7 @@ mod fs;
 mod fuse;
 mod handles;
 mod readdir;
+mod reflinks;
 mod rename;
 mod resolve;
 mod sys;

@@ -34,7 +34,7 @@ pub struct Union {
     /// Which opens may be served by the kernel itself (see file.rs).
     pub passthrough: Passthrough,
     /// Which branch pairs share extents (see clone.rs).
-    pub(crate) reflinks: crate::clone::Reflinks,
+    pub(crate) reflinks: crate::reflinks::Reflinks,
     /// Serializes branch changes (never held by a request).
     pub change_lock: Mutex<()>,
 }

@@ -350,6 +350,12 @@ impl Branch {
                 ),
             ));
         }
+        // What is built here gets the ACL its destination gives (acl.rs),
+        // never one inherited from a default ACL of the branch root.
+        match sys::remove_xattr_obj(sys::Obj::fd(fd.as_fd()), OsStr::new(crate::acl::DEFAULT)) {
+            Ok(()) | Err(Errno::ENODATA | Errno::EOPNOTSUPP) => {}
+            Err(e) => return Err(bad(e, format!("{WORK_DIR}: its default ACL: {e}"))),
+        }
         let fd = Arc::new(fd);
         *work = Some(fd.clone());
         Ok(fd)

@@ -23,12 +23,18 @@ fn perms(p: &Path) -> u32 {
 }
 
 fn mounted(spec: &str, branches: &[&str]) -> Union {
+    mounted_after(spec, branches, |_| {})
+}
+
+/// Mounted once `prepare` has set the branches up.
+fn mounted_after(spec: &str, branches: &[&str], prepare: impl FnOnce(&Union)) -> Union {
     need_acl_tools();
     let mut u = Union::new(branches);
     open_up(&u);
     for b in branches {
         fs::set_permissions(u.b(b), fs::Permissions::from_mode(0o755)).unwrap();
     }
+    prepare(&u);
     u.mount(spec, &["allow_other"]);
     u
 }
@@ -63,10 +69,17 @@ fn an_access_acl_set_through_the_mount_is_enforced_for_another_user() {
 #[test]
 fn a_default_acl_is_inherited_and_the_umask_applies_only_without_one() {
     need_fuse!();
-    let u = mounted("rw", &["rw"]);
     let (uid, _) = attacker();
+    // The branch root has a default ACL (so the work directory would
+    // inherit one); "plain" is made without.
+    let u = mounted_after("rw", &["rw"], |u| {
+        fs::create_dir(u.b("rw/plain")).unwrap();
+        sh(&format!(
+            "setfacl -d -m u:{uid}:rwx '{}'",
+            u.b("rw").display()
+        ));
+    });
     fs::create_dir(u.m("shared")).unwrap();
-    fs::create_dir(u.m("plain")).unwrap();
     sh(&format!(
         "setfacl -d -m u:{uid}:rwx '{}'",
         u.m("shared").display()
@@ -97,6 +110,15 @@ fn a_default_acl_is_inherited_and_the_umask_applies_only_without_one() {
             acl.contains(&format!("user:{uid}:rwx")),
             "shared/{name}: {acl}"
         );
+    }
+    // Nothing of the root's default ACL reaches what is built in the work
+    // directory for "plain".
+    for name in ["f", "sub", "fifo"] {
+        let acl = sh(&format!(
+            "getfacl -n '{}'",
+            u.b(&format!("rw/plain/{name}")).display()
+        ));
+        assert!(!acl.contains(&format!("user:{uid}")), "plain/{name}: {acl}");
     }
     // A new directory gets the default ACL itself (made in the work
     // directory, then renamed into place).

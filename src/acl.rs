@@ -23,22 +23,10 @@ const OTHER: u16 = 0x20;
 
 /// The default ACL of `dir`, if it has one.
 pub fn default_of(dir: &Dir) -> Result<Option<Vec<u8>>> {
-    let obj = Obj::fd(dir.as_fd());
-    let name = OsStr::new(DEFAULT);
-    let mut buf = vec![0u8; 1024];
-    loop {
-        match sys::get_xattr_obj(obj, name, &mut buf) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(Some(buf));
-            }
-            Err(Errno::ENODATA | Errno::EOPNOTSUPP) => return Ok(None),
-            Err(Errno::ERANGE) => {
-                let n = sys::get_xattr_obj(obj, name, &mut [])?;
-                buf.resize(n.max(buf.len() * 2), 0);
-            }
-            Err(e) => return Err(e),
-        }
+    match sys::xattr_value(Obj::fd(dir.as_fd()), OsStr::new(DEFAULT)) {
+        Ok(acl) => Ok(Some(acl)),
+        Err(Errno::ENODATA | Errno::EOPNOTSUPP) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -96,9 +84,9 @@ pub fn inherit(default: &[u8], mode: u32) -> Result<(u32, Option<Vec<u8>>)> {
 
 /// Give the entry behind `fd`, made by this daemon in a work directory,
 /// what `default` (its future parent's default ACL) gives an entry of
-/// `mode`: its access ACL, and for a directory the default ACL too. The
-/// mode it must then have is answered (set with the ACL's own chmod).
-pub fn apply(fd: std::os::fd::BorrowedFd, default: &[u8], mode: u32, is_dir: bool) -> Result<u32> {
+/// `mode`: that mode, its access ACL, and for a directory the default ACL
+/// too.
+pub fn apply(fd: std::os::fd::BorrowedFd, default: &[u8], mode: u32, is_dir: bool) -> Result<()> {
     let (mode, access) = inherit(default, mode)?;
     let obj = Obj::fd(fd);
     sys::chmod_obj(obj, mode & 0o7777)?;
@@ -108,7 +96,7 @@ pub fn apply(fd: std::os::fd::BorrowedFd, default: &[u8], mode: u32, is_dir: boo
     if is_dir {
         sys::set_xattr_obj(obj, OsStr::new(DEFAULT), default, 0)?;
     }
-    Ok(mode)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -811,18 +811,24 @@ fn may_see(bs: &BranchSet, path: &Path, who: &sys::Peer) -> Result<(), Errno> {
 /// daemon puts one. Who serves the socket is checked by `request`.
 pub fn is_union(mount: &Mount) -> bool {
     use std::os::unix::fs::FileTypeExt;
-    let owner = mount.fuse_owner().unwrap_or(0);
     mount.is_fuse()
-        && std::fs::symlink_metadata(socket_dir(owner).join(socket_name(&mount.mount_point)))
-            .is_ok_and(|m| m.file_type().is_socket())
+        && std::fs::symlink_metadata(socket_of(mount).0).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// Where the daemon of `mount` serves it, and the mount's owner.
+fn socket_of(mount: &Mount) -> (PathBuf, u32) {
+    let owner = mount.fuse_owner().unwrap_or(0);
+    (
+        socket_dir(owner).join(socket_name(&mount.mount_point)),
+        owner,
+    )
 }
 
 /// Send one request to the daemon serving `mount`, after checking that it is
 /// root or the mount's owner as the kernel records it: a socket someone else
 /// bound is never believed.
 pub fn request(mount: &Mount, req: &Request) -> Result<Response, String> {
-    let owner = mount.fuse_owner().unwrap_or(0);
-    let path = socket_dir(owner).join(socket_name(&mount.mount_point));
+    let (path, owner) = socket_of(mount);
     let shown = path.display();
     let mut stream = UnixStream::connect(&path)
         .map_err(|e| format!("cannot reach its daemon at {shown}: {e}"))?;

@@ -128,7 +128,7 @@ impl Union {
                 sys::chown_obj(t.as_fd(), Some(uid), Some(gid))?;
                 // Made in the work directory: what the parent would give it.
                 match &default_acl {
-                    Some(d) => _ = acl::apply(t.as_fd(), d, mode, true)?,
+                    Some(d) => acl::apply(t.as_fd(), d, mode, true)?,
                     None => sys::chmod_fd(t.as_fd(), mode)?,
                 }
                 tmp.commit(pdir, name, libc::RENAME_NOREPLACE)?;
@@ -145,7 +145,7 @@ impl Union {
                 let fd = made?;
                 sys::chown_obj(fd.as_fd(), Some(uid), Some(gid))?;
                 match &default_acl {
-                    Some(d) => _ = acl::apply(fd.as_fd(), d, mode & 0o7777, false)?,
+                    Some(d) => acl::apply(fd.as_fd(), d, mode & 0o7777, false)?,
                     None => sys::chmod_fd(fd.as_fd(), masked(mode) & 0o7777)?,
                 }
                 tmp.commit(pdir, name, libc::RENAME_NOREPLACE)?;

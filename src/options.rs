@@ -381,6 +381,24 @@ mod tests {
     }
 
     #[test]
+    fn subtype_is_checked_and_may_be_empty() {
+        let mut o = MountOptions::default();
+        o.apply("subtype=unionfs-mount").unwrap();
+        assert_eq!(o.subtype, "unionfs-mount");
+        o.apply("subtype=").unwrap();
+        assert_eq!(o.subtype, "");
+        assert_eq!(
+            o.apply("subtype=a/b").unwrap_err(),
+            "option subtype: 'a/b' may hold only letters, digits and ._+-"
+        );
+        assert_eq!(
+            o.apply("subtype").unwrap_err(),
+            "option subtype needs a value (subtype=...)"
+        );
+        assert_eq!(o.subtype, "");
+    }
+
+    #[test]
     fn rejects_bad_options() {
         let mut o = MountOptions::default();
         assert_eq!(

@@ -591,17 +591,32 @@ pub fn all_xattrs_obj(obj: Obj) -> Result<Vec<(OsString, Vec<u8>)>> {
     let mut out = Vec::new();
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let name = OsStr::from_bytes(name);
-        let len = match get_xattr_obj(fd, name, &mut []) {
-            Ok(len) => len,
+        match xattr_value(fd, name) {
+            Ok(value) => out.push((name.to_os_string(), value)),
             Err(Errno::ENODATA) => continue,
             Err(e) => return Err(e),
-        };
-        let mut value = vec![0u8; len];
-        let len = get_xattr_obj(fd, name, &mut value)?;
-        value.truncate(len);
-        out.push((name.to_os_string(), value));
+        }
     }
     Ok(out)
+}
+
+/// The whole value of one xattr of an object (one call where it fits in
+/// 1 KiB; a value that grows meanwhile is read again).
+pub fn xattr_value(obj: Obj, name: &OsStr) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        match get_xattr_obj(obj, name, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(Errno::ERANGE) => {
+                let n = get_xattr_obj(obj, name, &mut [])?;
+                buf.resize(n.max(buf.len() * 2), 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 nix::ioctl_write_int!(ficlone_ioctl, 0x94, 9);

@@ -110,8 +110,11 @@ fn a_file_renamed_during_its_copy_up_moves_once_with_its_data() {
         let (from, to) = (u.m("f"), u.m("g"));
         std::thread::spawn(move || fs::rename(from, to))
     };
-    wait_for("the rename to wait for the copy-up", || {
-        waiting_threads(&u.mnt) == 1
+    // Two threads of its own: the large copy (copyup::SLOW_COPY) and the
+    // rename that waits for it (one alone is the copy, seen before the
+    // rename arrives).
+    wait_for("the rename to wait for the copy-up, and the copy", || {
+        waiting_threads(&u.mnt) == 2
     });
     let mut f = copy.finish().expect("the open that copied the file up");
     mv.join().unwrap().unwrap();

@@ -815,6 +815,14 @@ pub fn is_union(mount: &Mount) -> bool {
         && std::fs::symlink_metadata(socket_of(mount).0).is_ok_and(|m| m.file_type().is_socket())
 }
 
+/// Whether the FUSE connection of `mount` is gone (its daemon died and the
+/// mount was left behind): the kernel answers ENOTCONN for it, and nothing
+/// can change a branch through it any more.
+pub fn is_dead(mount: &Mount) -> bool {
+    std::fs::symlink_metadata(&mount.mount_point)
+        .is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+}
+
 /// Where the daemon of `mount` serves it, and the mount's owner.
 fn socket_of(mount: &Mount) -> (PathBuf, u32) {
     let owner = mount.fuse_owner().unwrap_or(0);

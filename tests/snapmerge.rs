@@ -347,6 +347,24 @@ fn a_live_rw_branch_is_recognised_whatever_type_the_mount_shows() {
 }
 
 #[test]
+fn a_mount_whose_daemon_died_holds_up_no_merge() {
+    need_fuse!();
+    let mut u = Union::new(&["base", "snap"]);
+    write(u.b("snap/f"), "x");
+    u.mount("base", &[]);
+    let pid = daemon_pid(&u.mnt);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    wait_for("the connection to end", || {
+        fs::metadata(&u.mnt).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+    });
+    // The dead mount and its socket are still there; the merge goes ahead.
+    assert!(is_mounted(&u.mnt));
+    let out = merge(&[&u.b("base"), &u.b("snap")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(read(u.b("base/f")), "x");
+}
+
+#[test]
 fn a_user_merges_away_their_own_read_only_directories() {
     need_fuse!();
     let u = Union::new(&["base", "snap"]);

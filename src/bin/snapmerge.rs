@@ -58,6 +58,7 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
 /// The live union (if any) that uses `base` as a read-write branch. A union
 /// whose daemon cannot be asked, or answers without being root or the
 /// mount's owner, might: that is an error too (`--force` skips the check).
+/// A mount left behind by a daemon that died is not asked: it is no union.
 /// Unions of users who cannot write `base` are not asked: they cannot change
 /// it (so one user's broken or hostile daemon cannot hold up a merge).
 fn rw_user(base: &Path) -> Result<Option<PathBuf>, String> {
@@ -72,6 +73,8 @@ fn rw_user(base: &Path) -> Result<Option<PathBuf>, String> {
     for m in mounts
         .iter()
         .filter(|m| control::is_union(m) && may_write(m.fuse_owner().unwrap_or(0)))
+        // A union whose daemon died changes nothing any more.
+        .filter(|m| !control::is_dead(m))
     {
         let shown = m.mount_point.display();
         match control::request(m, &Request::List) {

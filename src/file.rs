@@ -270,7 +270,10 @@ impl Union {
         if !node.is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        Ok(self.handles.add_dir(node))
+        let bs = self.branches();
+        let top = self.resolve.layer_fds(&bs, &node)?.into_iter().next();
+        let (_, top) = top.ok_or(Errno::ENOENT)?;
+        Ok(self.handles.add_dir(node, top))
     }
 
     /// The listing of an open directory, `.` and `..` first, in cookie

@@ -12,7 +12,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::readdir::Entry;
 use crate::resolve::Node;
-use crate::sys::{Errno, Result};
+use crate::sys::{Dir, Errno, Result};
 use crate::waiting;
 
 #[derive(Debug)]
@@ -61,6 +61,9 @@ impl FileHandle {
 pub struct DirHandle {
     pub node: Arc<Node>,
     pub(crate) entries: Mutex<Arc<Vec<Entry>>>,
+    /// The topmost instance when opened: what `fstat` reports once the
+    /// directory is removed or replaced while open.
+    top: Arc<Dir>,
 }
 
 /// What `open` answers: the handle number, its backing file, and whether the
@@ -367,12 +370,13 @@ impl Handles {
         }
     }
 
-    /// A new directory stream on `node`.
-    pub fn add_dir(&self, node: Arc<Node>) -> u64 {
+    /// A new directory stream on `node`, whose topmost instance is `top`.
+    pub fn add_dir(&self, node: Arc<Node>, top: Arc<Dir>) -> u64 {
         let fh = self.number();
         let h = DirHandle {
             node,
             entries: Mutex::new(Arc::new(Vec::new())),
+            top,
         };
         self.dirs.lock().insert(fh, Arc::new(h));
         fh
@@ -380,6 +384,13 @@ impl Handles {
 
     pub fn dir(&self, fh: u64) -> Result<Arc<DirHandle>> {
         self.dirs.lock().get(&fh).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// The instance an open stream of directory `ino` holds, if one is open.
+    pub fn dir_instance(&self, ino: u64) -> Option<Arc<Dir>> {
+        let dirs = self.dirs.lock();
+        let h = dirs.values().find(|h| h.node.ino == ino)?;
+        Some(h.top.clone())
     }
 
     pub fn close_dir(&self, fh: u64) {

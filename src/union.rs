@@ -111,8 +111,7 @@ impl Union {
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr> {
         let node = self.resolve.node(ino)?;
         if node.is_unlinked() {
-            let h = self.handles.file_for(&node, fh)?;
-            let mut st = sys::fstat(h.file().as_fd())?;
+            let mut st = self.open_instance_stat(&node, fh)?;
             // Whited out or removed: no name reaches it any more.
             st.st_nlink = 0;
             return Ok(Attr::of(&node, st));
@@ -123,13 +122,23 @@ impl Union {
             // Gone from the union (its branch was removed, say) but open:
             // fstat an open handle (fstat(2) does not always say which).
             Err(e @ (Errno::ENOENT | Errno::ESTALE)) => {
-                let h = self.handles.file_for(&node, fh).map_err(|_| e)?;
-                let mut st = sys::fstat(h.file().as_fd())?;
+                let mut st = self.open_instance_stat(&node, fh).map_err(|_| e)?;
                 st.st_nlink = 0;
                 Ok(Attr::of(&node, st))
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The stat of the instance an open handle of `node` holds (a file
+    /// handle, `fh` first, or a directory stream): ENOENT without one.
+    fn open_instance_stat(&self, node: &crate::resolve::Node, fh: Option<u64>) -> Result<sys::FileStat> {
+        if node.is_dir() {
+            let dir = self.handles.dir_instance(node.ino).ok_or(Errno::ENOENT)?;
+            return sys::fstat(dir.as_fd());
+        }
+        let h = self.handles.file_for(node, fh)?;
+        sys::fstat(h.file().as_fd())
     }
 
     pub fn readlink(&self, ino: u64) -> Result<std::ffi::OsString> {

@@ -222,6 +222,37 @@ fn fstat_of_open_unlinked_files_reports_nlink_zero() {
 }
 
 #[test]
+fn fstat_of_open_files_and_directories_replaced_by_rename_reports_nlink_zero() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    for n in ["lf1", "lf2"] {
+        write(u.b(&format!("ro/{n}")), n);
+    }
+    for d in ["ld1", "ld2"] {
+        fs::create_dir(u.b(&format!("ro/{d}"))).unwrap();
+    }
+    u.mount("rw=rw:ro=ro", &[]);
+    write(u.m("uf1"), "uf1");
+    write(u.m("uf2"), "uf2");
+    fs::create_dir(u.m("ud1")).unwrap();
+    fs::create_dir(u.m("ud2")).unwrap();
+    // Upper over upper, lower over lower, for files and for directories.
+    for (from, to, dir) in [
+        ("uf1", "uf2", false),
+        ("lf1", "lf2", false),
+        ("ud1", "ud2", true),
+        ("ld1", "ld2", true),
+    ] {
+        let victim = fs::File::open(u.m(to)).unwrap();
+        fs::rename(u.m(from), u.m(to)).unwrap();
+        let st = victim.metadata().unwrap();
+        assert_eq!(st.nlink(), 0, "{to}");
+        assert_eq!(st.is_dir(), dir, "{to}");
+        assert!(u.m(to).is_dir() == dir && !exists(u.m(from)), "{to}");
+    }
+}
+
+#[test]
 fn cached_directories_follow_direct_branch_changes_after_the_timeout() {
     need_fuse!();
     let mut u = Union::new(&["rw", "ro"]);

@@ -13,7 +13,9 @@ use parking_lot::Mutex;
 use crate::attr::SetAttr;
 use crate::create::New;
 use crate::fuse::abi::{self, EntryOut};
-use crate::fuse::{Backing, Backings, Conn, DirBuf, Dispatch, Op, Reply, Request, SetTime};
+use crate::fuse::{
+    Backing, Backings, Conn, DirBuf, Dispatch, Notifier, Op, Reply, Request, SetTime,
+};
 use crate::handles::Opened;
 use crate::options::{MountOptions, Passthrough, Ttl};
 use crate::resolve::{Attr, BRANCHES_CHANGED, ROOT};
@@ -98,6 +100,7 @@ pub struct UnionFs {
     /// Where passthrough opens get their backing ids; None: no passthrough.
     backings: Option<Backings>,
     io: Arc<IoModes>,
+    notifier: Notifier,
 }
 
 fn attr_out(a: &Attr) -> abi::Attr {
@@ -148,20 +151,24 @@ fn absent(negative: Duration) -> EntryOut {
 /// changes only by a copy-up, which copies it as it is; writes after that go
 /// through this same cache, since an inode with cached opens gets no
 /// passthrough ones).
-fn open_out(opened: &Opened, backing: Option<&Backing>) -> abi::OpenOut {
+/// The open reply. Only a passthrough file open for writing is flushed on
+/// close (see `Op::Flush`); every other close asks the daemon nothing.
+fn open_out(opened: &Opened, backing: Option<&Backing>, flags: i32) -> abi::OpenOut {
+    let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
     match backing {
         Some(b) => abi::OpenOut {
             fh: opened.fh,
-            open_flags: abi::FOPEN_PASSTHROUGH,
+            open_flags: abi::FOPEN_PASSTHROUGH | if writable { 0 } else { abi::FOPEN_NOFLUSH },
             backing_id: b.id as i32,
         },
         None => abi::OpenOut {
             fh: opened.fh,
-            open_flags: if opened.keep_cache {
-                abi::FOPEN_KEEP_CACHE
-            } else {
-                0
-            },
+            open_flags: abi::FOPEN_NOFLUSH
+                | if opened.keep_cache {
+                    abi::FOPEN_KEEP_CACHE
+                } else {
+                    0
+                },
             backing_id: 0,
         },
     }
@@ -187,7 +194,13 @@ fn caller(req: &Request, umask: u32) -> Caller {
 impl UnionFs {
     /// The adapter for a connection INIT settled as `conn`; passthrough
     /// when the options ask for it and the kernel granted it.
-    pub fn new(union: Arc<Union>, opts: &MountOptions, conn: &Conn, backings: Backings) -> UnionFs {
+    pub fn new(
+        union: Arc<Union>,
+        opts: &MountOptions,
+        conn: &Conn,
+        backings: Backings,
+        notifier: Notifier,
+    ) -> UnionFs {
         let wanted = opts.passthrough != Passthrough::Off;
         let passthrough = wanted && conn.has(abi::init::PASSTHROUGH);
         if wanted && !passthrough {
@@ -200,6 +213,7 @@ impl UnionFs {
             backings: passthrough.then_some(backings),
             io: Arc::default(),
             waiters: Arc::default(),
+            notifier,
         }
     }
 
@@ -321,7 +335,7 @@ impl UnionFs {
             reply.unique(),
             move |u| u.open(ino, flags, kill_suidgid),
             move |res| match res.and_then(|o| io.choose(backings.as_ref(), ino, o, &union)) {
-                Ok((opened, backing)) => reply.open(&open_out(&opened, backing.as_deref())),
+                Ok((opened, backing)) => reply.open(&open_out(&opened, backing.as_deref(), flags)),
                 Err(e) => reply.error(e),
             },
         );
@@ -340,7 +354,10 @@ impl UnionFs {
                 });
                 match res {
                     Ok((a, (opened, backing))) => {
-                        reply.create(&entry_out(ttl, &a), &open_out(&opened, backing.as_deref()))
+                        reply.create(
+                            &entry_out(ttl, &a),
+                            &open_out(&opened, backing.as_deref(), flags),
+                        )
                     }
                     Err(e) => reply.error(e),
                 }
@@ -683,8 +700,14 @@ impl Dispatch for UnionFs {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(e),
             },
-            // Nothing to do on close(2): ENOSYS tells the kernel to stop asking.
-            Op::Flush => reply.error(Errno::ENOSYS),
+            // The close of a passthrough file open for writing (no other
+            // open asks for a flush): its writes through a shared mapping
+            // changed the backing file's times without the kernel's
+            // attributes of our inode knowing; the next stat asks again.
+            Op::Flush => {
+                let _ = self.notifier.inval_inode(ino, false);
+                reply.ok();
+            }
             Op::Release { fh } => {
                 // The I/O mode first: an open racing this release either still sees
                 // the handle (and, on another copy, gets a node of its own) or finds

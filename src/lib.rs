@@ -312,9 +312,15 @@ pub fn mount(
             return Err(e);
         }
     };
-    let fs = fs::UnionFs::new(union.clone(), opts, &session.conn, session.backings());
-    set_readahead(mountpoint, opts.readahead_kb);
     let notifier = session.notifier();
+    let fs = fs::UnionFs::new(
+        union.clone(),
+        opts,
+        &session.conn,
+        session.backings(),
+        notifier.clone(),
+    );
+    set_readahead(mountpoint, opts.readahead_kb);
     expiry::spawn_watcher(&union, notifier.clone())?;
     // After a branch change, every name and inode the kernel may hold: the
     // next access asks again.

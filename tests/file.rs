@@ -6,7 +6,7 @@ use common::*;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::time::Duration;
 
 #[test]
@@ -123,6 +123,37 @@ fn mmap_reads_and_writes_through_the_union() {
     drop(f);
     assert_eq!(fs::read(u.b("rw/m")).unwrap()[0], b'Z');
     assert_eq!(fs::read(u.b("ro/m")).unwrap()[0], b'a');
+}
+
+#[test]
+fn a_write_through_a_shared_mapping_updates_mtime_and_ctime() {
+    need_fuse!();
+    for pt in ["passthrough=on", "passthrough=off"] {
+        let mut u = Union::new(&["rw", "ro"]);
+        u.mount("rw=rw:ro=ro", &[pt]);
+        let f = u.m("f");
+        let mut w = fs::File::create(&f).unwrap();
+        w.write_all(&[b'a'; 4096]).unwrap();
+        w.sync_all().unwrap();
+        drop(w);
+        // The kernel's attributes cached: nanosecond times tell the change.
+        let before = fs::metadata(&f).unwrap();
+        // As xfstests' generic/080 does it: map, read, write, exit.
+        sh(&format!(
+            "xfs_io -c 'mmap 0 4k' -c 'mread 0 4k' -c 'mwrite -S 0x5a 0 4k' '{}' > /dev/null",
+            f.display()
+        ));
+        let after = fs::metadata(&f).unwrap();
+        assert!(
+            (after.mtime(), after.mtime_nsec()) > (before.mtime(), before.mtime_nsec()),
+            "{pt}: mtime kept"
+        );
+        assert!(
+            (after.ctime(), after.ctime_nsec()) > (before.ctime(), before.ctime_nsec()),
+            "{pt}: ctime kept"
+        );
+        assert_eq!(fs::read(&f).unwrap()[0], b'Z', "{pt}");
+    }
 }
 
 #[test]

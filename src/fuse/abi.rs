@@ -106,6 +106,7 @@ pub const OPEN_KILL_SUIDGID: u32 = 1 << 0;
 
 pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
 pub const FOPEN_CACHE_DIR: u32 = 1 << 3;
+pub const FOPEN_NOFLUSH: u32 = 1 << 5;
 pub const FOPEN_PASSTHROUGH: u32 = 1 << 7;
 
 pub const GETATTR_FH: u32 = 1 << 0;

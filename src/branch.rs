@@ -246,7 +246,7 @@ impl Branch {
                 format!("branch {}: {}", spec.path.display(), e.desc()),
             )
         };
-        let root = Dir::open_root(&spec.path).map_err(named)?;
+        let root = sys::open_branch_root(&spec.path).map_err(named)?;
         let st = sys::fstat(root.as_fd()).map_err(named)?;
         let name_max = sys::statvfs(root.as_fd())
             .map(|s| s.name_max())

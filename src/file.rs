@@ -126,7 +126,7 @@ impl Union {
             Passthrough::All => true,
             Passthrough::On => bs.get(idx).writable() || bs.writable_above(idx).is_none(),
         } && !drops_privileges(&opened.file);
-        opened.keep_cache = !bs.get(idx).writable();
+        opened.keep_cache = !bs.get(idx).writable() && !self.strictatime;
         Ok(opened)
     }
 

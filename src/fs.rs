@@ -353,12 +353,10 @@ impl UnionFs {
                     Ok((a, io.choose(backings.as_ref(), a.ino, opened, &union)?))
                 });
                 match res {
-                    Ok((a, (opened, backing))) => {
-                        reply.create(
-                            &entry_out(ttl, &a),
-                            &open_out(&opened, backing.as_deref(), flags),
-                        )
-                    }
+                    Ok((a, (opened, backing))) => reply.create(
+                        &entry_out(ttl, &a),
+                        &open_out(&opened, backing.as_deref(), flags),
+                    ),
                     Err(e) => reply.error(e),
                 }
             },

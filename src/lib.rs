@@ -83,12 +83,18 @@ fn mount_args(opts: &MountOptions) -> fuse::MountArgs {
             Flag::NoSuid => flags.insert(MsFlags::MS_NOSUID),
             Flag::Exec => flags.remove(MsFlags::MS_NOEXEC),
             Flag::NoExec => flags.insert(MsFlags::MS_NOEXEC),
-            Flag::Atime => flags.remove(MsFlags::MS_NOATIME),
-            Flag::NoAtime => flags.insert(MsFlags::MS_NOATIME),
             Flag::Sync => flags.insert(MsFlags::MS_SYNCHRONOUS),
             Flag::Async => flags.remove(MsFlags::MS_SYNCHRONOUS),
             Flag::DirSync => flags.insert(MsFlags::MS_DIRSYNC),
         }
+    }
+    flags |= match opts.atime {
+        options::Atime::Relatime => MsFlags::MS_RELATIME,
+        options::Atime::Strict => MsFlags::MS_STRICTATIME,
+        options::Atime::No => MsFlags::MS_NOATIME,
+    };
+    if opts.nodiratime {
+        flags |= MsFlags::MS_NODIRATIME;
     }
     fuse::MountArgs {
         fsname: opts.fsname.clone().unwrap_or_else(|| "unionfs".to_string()),
@@ -293,6 +299,7 @@ pub fn mount(
     );
     let mut union = union.map_err(std::io::Error::from)?;
     union.passthrough = opts.passthrough;
+    union.strictatime = opts.atime == options::Atime::Strict;
     let union = Arc::new(union);
     let ring = io_uring_wanted(opts).map_err(std::io::Error::other)?;
     let dev = fuse::mount(mountpoint, &mount_args(opts))?;

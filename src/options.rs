@@ -64,8 +64,6 @@ pub enum Flag {
     NoSuid,
     Exec,
     NoExec,
-    Atime,
-    NoAtime,
     Sync,
     Async,
     DirSync,
@@ -100,6 +98,22 @@ pub struct MountOptions {
     /// The type shown is `fuse.SUBTYPE` (plain `fuse` when empty).
     pub subtype: String,
     pub flags: Vec<Flag>,
+    /// When reads update the access time (the mount(8) words).
+    pub atime: Atime,
+    /// noatime for directories only.
+    pub nodiratime: bool,
+}
+
+/// Access time updates, as the kernel applies them to local filesystems.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Atime {
+    /// Only when the access time is older than the change or modification
+    /// time, or a day old (the default).
+    Relatime,
+    /// On every read.
+    Strict,
+    /// Never.
+    No,
 }
 
 impl Default for MountOptions {
@@ -126,6 +140,8 @@ impl Default for MountOptions {
             fsname: None,
             subtype: program_name(),
             flags: Vec::new(),
+            atime: Atime::Relatime,
+            nodiratime: false,
         }
     }
 }
@@ -214,20 +230,32 @@ const IGNORED: &[&str] = &[
     "group",
     "_netdev",
     "nofail",
-    "relatime",
-    "norelatime",
-    "strictatime",
-    "nostrictatime",
     "lazytime",
     "nolazytime",
-    "diratime",
-    "nodiratime",
     "silent",
     "loud",
     "nosymfollow",
 ];
 
 impl MountOptions {
+    /// Make the atime options this process's policy for reading branches
+    /// (see `sys::set_atime_policy`).
+    pub fn apply_atime(&self) {
+        use crate::sys::{MOUNT_ATTR_NOATIME, MOUNT_ATTR_NODIRATIME, MOUNT_ATTR_STRICTATIME};
+        let no = self.atime == Atime::No;
+        let mount_attr = match self.atime {
+            // The kernel's own default: the branch mount as it is.
+            Atime::Relatime => 0,
+            Atime::Strict => MOUNT_ATTR_STRICTATIME,
+            Atime::No => MOUNT_ATTR_NOATIME,
+        } | if self.nodiratime {
+            MOUNT_ATTR_NODIRATIME
+        } else {
+            0
+        };
+        crate::sys::set_atime_policy(no, no || self.nodiratime, mount_attr);
+    }
+
     /// Apply one comma-separated `-o` list on top of the current options.
     pub fn apply(&mut self, list: &str) -> Result<(), String> {
         for opt in list.split(',').filter(|o| !o.is_empty()) {
@@ -332,8 +360,15 @@ impl MountOptions {
                 ("nosuid", None) => self.flags.push(Flag::NoSuid),
                 ("exec", None) => self.flags.push(Flag::Exec),
                 ("noexec", None) => self.flags.push(Flag::NoExec),
-                ("atime", None) => self.flags.push(Flag::Atime),
-                ("noatime", None) => self.flags.push(Flag::NoAtime),
+                // As mount(2) takes them: "atime", "nostrictatime" and
+                // "norelatime" undo the word they name.
+                ("noatime", None) => self.atime = Atime::No,
+                ("relatime", None) | ("atime" | "nostrictatime", None) => {
+                    self.atime = Atime::Relatime
+                }
+                ("strictatime" | "norelatime", None) => self.atime = Atime::Strict,
+                ("nodiratime", None) => self.nodiratime = true,
+                ("diratime", None) => self.nodiratime = false,
                 ("sync", None) => self.flags.push(Flag::Sync),
                 ("async", None) => self.flags.push(Flag::Async),
                 ("dirsync", None) => self.flags.push(Flag::DirSync),
@@ -377,7 +412,12 @@ mod tests {
             "option passthrough: 'some' is not on, all or off"
         );
         assert_eq!(o.entry_timeout, Some(Duration::from_millis(500)));
-        assert_eq!(o.flags, vec![Flag::NoAtime]);
+        assert!(o.flags.is_empty());
+        assert_eq!(o.atime, Atime::No);
+        o.apply("nodiratime,strictatime").unwrap();
+        assert_eq!((o.atime, o.nodiratime), (Atime::Strict, true));
+        o.apply("nostrictatime,diratime").unwrap();
+        assert_eq!((o.atime, o.nodiratime), (Atime::Relatime, false));
     }
 
     #[test]

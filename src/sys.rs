@@ -15,7 +15,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub use nix::errno::Errno;
 use nix::fcntl::{self, AtFlags, OFlag, OpenHow, ResolveFlag};
@@ -63,6 +63,64 @@ impl Dir {
         .map(Dir)
     }
 
+    /// The directory at `path` (as [`Dir::open_root`]) on a private copy of
+    /// the mount it is on, with the access time policy `atime` (MOUNT_ATTR_*
+    /// bits) whatever the mount's own: the kernel applies a mount's policy
+    /// to the files opened through it, passthrough reads included (those
+    /// read through a file of the kernel's with the caller's open flags, so
+    /// O_NOATIME cannot reach them). The copy is detached (no one else sees
+    /// it) and holds only that mount, not the ones inside it. Needs
+    /// CAP_SYS_ADMIN.
+    fn open_root_with_atime(path: &Path, atime: u64) -> Result<Dir> {
+        const OPEN_TREE_CLONE: libc::c_uint = 1;
+        /// `struct mount_attr`, version 0.
+        #[repr(C)]
+        struct MountAttr {
+            attr_set: u64,
+            attr_clr: u64,
+            propagation: u64,
+            userns_fd: u64,
+        }
+        let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+        // SAFETY: open_tree reads a NUL-terminated path from a live CString
+        // and returns a new fd (or -1), which is owned from here on.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+            )
+        };
+        let fd = Errno::result(fd)?;
+        // SAFETY: the kernel just returned this fd, and nothing else owns it.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+        let attr = MountAttr {
+            attr_set: atime,
+            attr_clr: match atime & MOUNT_ATTR_ATIME_MASK {
+                0 => 0,
+                _ => MOUNT_ATTR_ATIME_MASK,
+            },
+            propagation: 0,
+            userns_fd: 0,
+        };
+        // SAFETY: mount_setattr reads `size` bytes of a live MountAttr and an
+        // empty NUL-terminated path; the fd stays open across the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH as libc::c_uint,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        Errno::result(r)?;
+        fstat(fd.as_fd())?;
+        Ok(Dir(fd))
+    }
+
     /// The directory at `path`, refusing a symlink in its last component.
     pub fn open_nofollow(path: &Path) -> Result<Dir> {
         fcntl::open(
@@ -98,6 +156,75 @@ pub fn open_dir_here(dir: &Dir, name: &OsStr) -> Result<Dir> {
     .map(Dir)
 }
 
+/// Reads through this process leave access times alone: of files (the
+/// mount's noatime) and of directories (noatime, nodiratime). Set once at
+/// startup from the mount options; a property of the process, like its umask.
+static NOATIME_FILES: AtomicBool = AtomicBool::new(false);
+static NOATIME_DIRS: AtomicBool = AtomicBool::new(false);
+/// The MOUNT_ATTR_* access time bits branch roots are opened with, on
+/// private copies of their mounts (0: the branch's own mount as it is).
+static MOUNT_ATIME: AtomicU64 = AtomicU64::new(0);
+const MOUNT_ATTR_ATIME_MASK: u64 = 0x70;
+pub const MOUNT_ATTR_NOATIME: u64 = 0x10;
+pub const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
+pub const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
+
+/// The access time policy of this process's reads in branches: O_NOATIME
+/// on files and on directories, and the MOUNT_ATTR_* bits of the private
+/// mounts branch roots are opened on (0: none).
+pub fn set_atime_policy(noatime_files: bool, noatime_dirs: bool, mount_attr: u64) {
+    NOATIME_FILES.store(noatime_files, Ordering::Relaxed);
+    NOATIME_DIRS.store(noatime_dirs, Ordering::Relaxed);
+    MOUNT_ATIME.store(mount_attr, Ordering::Relaxed);
+}
+
+/// The root of a branch at `path`: on a private copy of its mount with the
+/// policy's access time bits where the daemon may make one (else, said once
+/// in the log, passthrough reads follow the branch's own mount).
+pub fn open_branch_root(path: &Path) -> Result<Dir> {
+    static TOLD: std::sync::Once = std::sync::Once::new();
+    let atime = MOUNT_ATIME.load(Ordering::Relaxed);
+    if atime != 0 {
+        match Dir::open_root_with_atime(path, atime) {
+            Ok(d) => return Ok(d),
+            Err(e) => TOLD.call_once(|| {
+                log::warn!(
+                    "no private mount of {} for the atime options ({e}): reads the kernel does itself follow the branch mount's own policy",
+                    path.display()
+                )
+            }),
+        }
+    }
+    Dir::open_root(path)
+}
+
+/// `flags` with O_NOATIME where the policy asks for it: opens that read
+/// (not O_PATH handles, which read nothing).
+fn noatime(flags: OFlag) -> OFlag {
+    if flags.contains(OFlag::O_PATH) || flags & OFlag::O_ACCMODE == OFlag::O_WRONLY {
+        return flags;
+    }
+    let policy = match flags.contains(OFlag::O_DIRECTORY) {
+        true => &NOATIME_DIRS,
+        false => &NOATIME_FILES,
+    };
+    match policy.load(Ordering::Relaxed) {
+        true => flags | OFlag::O_NOATIME,
+        false => flags,
+    }
+}
+
+/// Run `open` with `flags` and O_NOATIME where the policy asks for it;
+/// without it when the kernel refuses it (EPERM: the file is another
+/// user's and the daemon may not override that).
+fn open_reading(flags: OFlag, open: impl Fn(OFlag) -> Result<OwnedFd>) -> Result<OwnedFd> {
+    let with = noatime(flags);
+    match open(with) {
+        Err(Errno::EPERM) if with != flags => open(flags),
+        other => other,
+    }
+}
+
 fn openat2(
     root: BorrowedFd,
     rel: &Path,
@@ -110,18 +237,20 @@ fn openat2(
     } else {
         rel
     };
-    let how = OpenHow::new()
-        .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-        .mode(Mode::from_bits_truncate(mode))
-        .resolve(resolve);
-    // openat2 answers EAGAIN when a concurrent rename raced the lookup.
-    for _ in 0..16 {
-        match fcntl::openat2(root, rel, how) {
-            Err(Errno::EAGAIN) => continue,
-            other => return other,
+    open_reading(flags, |flags| {
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+            .mode(Mode::from_bits_truncate(mode))
+            .resolve(resolve);
+        // openat2 answers EAGAIN when a concurrent rename raced the lookup.
+        for _ in 0..16 {
+            match fcntl::openat2(root, rel, how) {
+                Err(Errno::EAGAIN) => continue,
+                other => return other,
+            }
         }
-    }
-    Err(Errno::EAGAIN)
+        Err(Errno::EAGAIN)
+    })
 }
 
 /// An `O_PATH` handle on the directory `rel` beneath `root`.
@@ -341,14 +470,21 @@ impl<'a> Obj<'a> {
         if !self.name.is_empty() {
             return openat2(self.dir, Path::new(self.name), flags, 0, RESOLVE);
         }
-        if fstat(self.dir)?.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        let st = fstat(self.dir)?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
             return Err(Errno::ELOOP);
         }
-        fcntl::open(
-            proc_path(self.dir).as_c_str(),
-            flags | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
+        let flags = match st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            true => flags | OFlag::O_DIRECTORY,
+            false => flags,
+        };
+        open_reading(flags, |flags| {
+            fcntl::open(
+                proc_path(self.dir).as_c_str(),
+                flags | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+        })
     }
 
     pub fn chown(&self, uid: Option<u32>, gid: Option<u32>) -> Result<()> {

@@ -33,6 +33,9 @@ pub struct Union {
     pub delete: DeleteMode,
     /// Which opens may be served by the kernel itself (see file.rs).
     pub passthrough: Passthrough,
+    /// strictatime: every read reaches the backing file (no page cache
+    /// kept across opens), so every read updates its access time.
+    pub strictatime: bool,
     /// Which branch pairs share extents (see clone.rs).
     pub(crate) reflinks: crate::reflinks::Reflinks,
     /// Serializes branch changes (never held by a request).
@@ -56,6 +59,7 @@ impl Union {
             handles: Handles::default(),
             delete,
             passthrough: Passthrough::On,
+            strictatime: false,
             reflinks: Default::default(),
             change_lock: Mutex::new(()),
         })
@@ -132,7 +136,11 @@ impl Union {
 
     /// The stat of the instance an open handle of `node` holds (a file
     /// handle, `fh` first, or a directory stream): ENOENT without one.
-    fn open_instance_stat(&self, node: &crate::resolve::Node, fh: Option<u64>) -> Result<sys::FileStat> {
+    fn open_instance_stat(
+        &self,
+        node: &crate::resolve::Node,
+        fh: Option<u64>,
+    ) -> Result<sys::FileStat> {
         if node.is_dir() {
             let dir = self.handles.dir_instance(node.ino).ok_or(Errno::ENOENT)?;
             return sys::fstat(dir.as_fd());

@@ -360,7 +360,11 @@ fn a_mount_whose_daemon_died_holds_up_no_merge() {
     // The dead mount and its socket are still there; the merge goes ahead.
     assert!(is_mounted(&u.mnt));
     let out = merge(&[&u.b("base"), &u.b("snap")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(read(u.b("base/f")), "x");
 }
 

@@ -109,9 +109,19 @@ MOUNT OPTIONS (-o OPT[,OPT...]):
     fsname=NAME   The source shown in /proc/mounts (default unionfs).
     subtype=NAME  The type shown in /proc/mounts is fuse.NAME (default: the
                   program's name, fuse.unionfs-mount; empty: plain fuse).
+    relatime, strictatime, noatime, nodiratime
+                  When reads (exec included) update access times. relatime
+                  (default): as the branch's own mount does it (relatime
+                  there, unless that mount says otherwise). strictatime: on
+                  every read; as root the branches are read through private
+                  strictatime copies of their mounts (these leave out mounts
+                  inside a branch); others get relatime's behaviour.
+                  noatime: never (backing files are opened O_NOATIME).
+                  nodiratime: never for directories.
     Generic options that mount(8) passes from /etc/fstab are accepted: rw,
-    defaults, dev, nodev, suid, nosuid, exec, noexec, atime, noatime, sync,
-    async, dirsync, auto, noauto, user, users, _netdev, nofail, x-*.
+    defaults, dev, nodev, suid, nosuid, exec, noexec, atime, diratime,
+    norelatime, nostrictatime, lazytime, sync, async, dirsync, auto, noauto,
+    user, users, _netdev, nofail, x-*.
 
 ENVIRONMENT:
     RUST_LOG      Log filter (error, warn, info, debug, trace; default warn).
@@ -189,6 +199,8 @@ fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => return usage_error(format!("mount point {}: {e}", cli.mountpoint.display())),
     };
+    // Before any branch is opened: strictatime opens their roots on private mounts.
+    opts.apply_atime();
     let branches = match BranchSet::open(&specs) {
         Ok(b) => b,
         Err(e) => return usage_error(e),

@@ -32,12 +32,15 @@ pub struct MountArgs {
 }
 
 /// The option words of the mount flags, as mount(8) and fusermount3 spell them.
-const FLAG_WORDS: [(MsFlags, &str, &str); 7] = [
+const FLAG_WORDS: [(MsFlags, &str, &str); 10] = [
     (MsFlags::MS_RDONLY, "ro", "rw"),
     (MsFlags::MS_NOSUID, "nosuid", "suid"),
     (MsFlags::MS_NODEV, "nodev", "dev"),
     (MsFlags::MS_NOEXEC, "noexec", "exec"),
-    (MsFlags::MS_NOATIME, "noatime", "atime"),
+    (MsFlags::MS_NOATIME, "noatime", ""),
+    (MsFlags::MS_RELATIME, "relatime", ""),
+    (MsFlags::MS_STRICTATIME, "strictatime", ""),
+    (MsFlags::MS_NODIRATIME, "nodiratime", ""),
     (MsFlags::MS_SYNCHRONOUS, "sync", "async"),
     (MsFlags::MS_DIRSYNC, "dirsync", ""),
 ];

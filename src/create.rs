@@ -20,10 +20,25 @@ use crate::whiteout;
 /// What to create.
 #[derive(Clone, Copy, Debug)]
 pub enum New<'a> {
-    File { mode: u32, flags: i32 },
-    Dir { mode: u32 },
-    Special { mode: u32, rdev: u64 },
-    Symlink { target: &'a OsStr },
+    File {
+        mode: u32,
+        flags: i32,
+    },
+    /// A file with no name (O_TMPFILE), until a link gives it one.
+    Tmpfile {
+        mode: u32,
+        flags: i32,
+    },
+    Dir {
+        mode: u32,
+    },
+    Special {
+        mode: u32,
+        rdev: u64,
+    },
+    Symlink {
+        target: &'a OsStr,
+    },
 }
 
 impl Union {
@@ -35,18 +50,22 @@ impl Union {
         caller: Caller,
         new: New,
     ) -> Result<(Attr, Option<Opened>)> {
-        self.check_new_name(name)?;
+        let unnamed = matches!(new, New::Tmpfile { .. });
+        if !unnamed {
+            self.check_new_name(name)?;
+        }
         let _admitted = match new {
-            New::File { .. } => Some(self.handles.admit_writer()?),
+            New::File { .. } | New::Tmpfile { .. } => Some(self.handles.admit_writer()?),
             _ => None,
         };
         let bs = self.branches();
         let pnode = self.resolve.node(parent)?;
-        if self
-            .resolve
-            .scan_in(&bs, &pnode, name, false)?
-            .top()
-            .is_some()
+        if !unnamed
+            && self
+                .resolve
+                .scan_in(&bs, &pnode, name, false)?
+                .top()
+                .is_some()
         {
             return Err(Errno::EEXIST);
         }
@@ -60,13 +79,19 @@ impl Union {
             return Err(Errno::ENOENT);
         }
         let layers = self.resolve.dir_layers(&bs, &pnode)?;
-        let scan = self.resolve.scan_at(&bs, &pnode, &layers, name, false)?;
-        if scan.top().is_some() {
-            return Err(Errno::EEXIST);
-        }
-        let replaces_whiteout = whiteout::has_whiteout(pdir, name)?;
-        // Something below may be hidden by a whiteout: a new directory must not reveal it.
-        let opaque = replaces_whiteout || scan.whiteout.is_some();
+        let (replaces_whiteout, opaque) = match unnamed {
+            true => (false, false),
+            false => {
+                let scan = self.resolve.scan_at(&bs, &pnode, &layers, name, false)?;
+                if scan.top().is_some() {
+                    return Err(Errno::EEXIST);
+                }
+                let replaces = whiteout::has_whiteout(pdir, name)?;
+                // Something below may be hidden by a whiteout: a new
+                // directory must not reveal it.
+                (replaces, replaces || scan.whiteout.is_some())
+            }
+        };
         // The union attributes of the parent are its top instance's.
         let pst = if layers.first() == Some(&up) {
             sys::fstat(pdir.as_fd())?
@@ -90,13 +115,22 @@ impl Union {
         };
         let mut file = None;
         match new {
-            New::File { mode, flags } => {
+            New::File { mode, flags } | New::Tmpfile { mode, flags } => {
                 let acc = OFlag::from_bits_truncate(
                     flags & (libc::O_ACCMODE | libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC),
                 );
                 let mode = masked(mode & 0o7777);
                 // The branch gives it the parent's default ACL, if any.
-                let fd = sys::open_at(pdir, name, acc | OFlag::O_CREAT | OFlag::O_EXCL, mode)?;
+                let fd = match unnamed {
+                    // O_EXCL: never to be linked, in the branch too.
+                    true => sys::open_at(
+                        pdir,
+                        OsStr::new("."),
+                        acc | OFlag::O_TMPFILE | OFlag::from_bits_truncate(flags & libc::O_EXCL),
+                        mode,
+                    )?,
+                    false => sys::open_at(pdir, name, acc | OFlag::O_CREAT | OFlag::O_EXCL, mode)?,
+                };
                 let owned = if chown {
                     sys::chown_fd(fd.as_fd(), Some(uid), Some(gid))
                 } else {
@@ -112,7 +146,11 @@ impl Union {
                         .and_then(|(m, _)| sys::chmod_fd(fd.as_fd(), m & 0o7777)),
                     _ => Ok(()),
                 };
-                undo_on_err(pdir, name, false, owned.and(moded))?;
+                match unnamed {
+                    // Nothing to take back: it goes with its fd.
+                    true => owned.and(moded)?,
+                    false => undo_on_err(pdir, name, false, owned.and(moded))?,
+                }
                 file = Some((fd, acc));
             }
             New::Dir { mode } => {
@@ -168,7 +206,10 @@ impl Union {
             Some((fd, _)) => sys::fstat(fd.as_fd())?,
             None => sys::stat_at(pdir, name)?,
         };
-        let (node, attr) = self.resolve.created(&bs, up, parent, name, st);
+        let (node, attr) = match unnamed {
+            true => self.resolve.created_unnamed(&bs, up, parent, st),
+            false => self.resolve.created(&bs, up, parent, name, st),
+        };
         let id = bs.get(up).id;
         let opened = file.map(|(fd, flags)| {
             let file = sys::into_file(fd);
@@ -187,6 +228,9 @@ impl Union {
         let node = self.resolve.node(ino)?;
         if node.is_dir() {
             return Err(Errno::EPERM);
+        }
+        if node.is_unlinked() {
+            return self.link_unnamed(&node, newparent, newname);
         }
         let pnode = self.resolve.node(newparent)?;
         let scan = self
@@ -218,6 +262,44 @@ impl Union {
         sys::link_at(&src_fd, &src_name, &pdir, newname)?;
         whiteout::remove_whiteout(&pdir, newname)?;
         self.resolve.linked(&node, newparent, newname);
+        let st = sys::stat_at(&pdir, newname)?;
+        let (_, attr) = self.resolve.created(&bs, idx, newparent, newname, st);
+        Ok(attr)
+    }
+}
+
+impl Union {
+    /// A name for a file that has none (an O_TMPFILE one, or one whose last
+    /// name is gone, which the branch refuses with ENOENT), made in the
+    /// branch its open file is on.
+    fn link_unnamed(
+        &self,
+        node: &crate::resolve::Node,
+        newparent: u64,
+        newname: &OsStr,
+    ) -> Result<Attr> {
+        let h = self.handles.file_for(node, None)?;
+        let bs = self.branches();
+        let idx = bs.index_of(h.on_branch()).ok_or(Errno::ENOENT)?;
+        if !bs.get(idx).writable() {
+            return Err(Errno::EROFS);
+        }
+        let pnode = self.resolve.node(newparent)?;
+        let pdir = self.dir_in(&bs, idx, &pnode)?;
+        let _lock = self.resolve.lock(&bs, newparent)?;
+        let scan = self.resolve.scan_in(&bs, &pnode, newname, false)?;
+        if pnode.is_unlinked() {
+            return Err(Errno::ENOENT);
+        }
+        if scan.top().is_some() {
+            return Err(Errno::EEXIST);
+        }
+        if scan.whiteout.is_some_and(|w| w < idx) {
+            return Err(Errno::EXDEV);
+        }
+        sys::link_fd_at(h.file().as_fd(), &pdir, newname)?;
+        whiteout::remove_whiteout(&pdir, newname)?;
+        // The node's key finds it: it now has this name.
         let st = sys::stat_at(&pdir, newname)?;
         let (_, attr) = self.resolve.created(&bs, idx, newparent, newname, st);
         Ok(attr)

@@ -341,12 +341,24 @@ impl UnionFs {
         );
     }
 
-    fn create(&self, who: Caller, parent: u64, name: &OsStr, mode: u32, flags: i32, reply: Reply) {
-        let (ttl, name) = (self.ttl_in(parent), name.to_os_string());
+    /// CREATE of `name`, or (None) TMPFILE.
+    fn create(
+        &self,
+        who: Caller,
+        parent: u64,
+        name: Option<&OsStr>,
+        mode: u32,
+        flags: i32,
+        reply: Reply,
+    ) {
+        let (ttl, name) = (self.ttl_in(parent), name.map(OsStr::to_os_string));
         let (io, backings, union) = (self.io.clone(), self.backings.clone(), self.union.clone());
         self.patiently(
             reply.unique(),
-            move |u| u.create(parent, &name, who, New::File { mode, flags }),
+            move |u| match &name {
+                Some(name) => u.create(parent, name, who, New::File { mode, flags }),
+                None => u.create(parent, OsStr::new(""), who, New::Tmpfile { mode, flags }),
+            },
             move |res| {
                 let res = res.and_then(|(a, opened)| {
                     let opened = opened.ok_or(Errno::EIO)?;
@@ -686,7 +698,11 @@ impl Dispatch for UnionFs {
                 umask,
             } => {
                 let who = caller(&req, umask);
-                self.create(who, ino, name, mode, flags as i32, reply)
+                self.create(who, ino, Some(name), mode, flags as i32, reply)
+            }
+            Op::Tmpfile { mode, flags, umask } => {
+                let who = caller(&req, umask);
+                self.create(who, ino, None, mode, flags as i32, reply)
             }
             Op::Read { fh, offset, size } => self.read(fh, offset, size, reply),
             Op::Write {

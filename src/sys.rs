@@ -328,10 +328,21 @@ pub fn tmpfile_in(dir: &Dir, mode: u32) -> Result<OwnedFd> {
     )
 }
 
-/// Give the file open as `fd` the name `dir/name` (linkat with AT_EMPTY_PATH,
-/// which takes CAP_DAC_READ_SEARCH).
+/// Give the file open as `fd` the name `dir/name`: linkat with AT_EMPTY_PATH
+/// (which takes CAP_DAC_READ_SEARCH), else through its /proc/self/fd link
+/// (which any owner of an O_TMPFILE file may). A file with no links that
+/// is not an O_TMPFILE one (or one opened O_EXCL) gets ENOENT.
 pub fn link_fd_at(fd: BorrowedFd, dir: &Dir, name: &OsStr) -> Result<()> {
-    unistd::linkat(fd, "", dir, name, AtFlags::AT_EMPTY_PATH)
+    match unistd::linkat(fd, "", dir, name, AtFlags::AT_EMPTY_PATH) {
+        Err(Errno::ENOENT) => unistd::linkat(
+            fcntl::AT_FDCWD,
+            proc_path(fd).as_c_str(),
+            dir,
+            name,
+            AtFlags::AT_SYMLINK_FOLLOW,
+        ),
+        other => other,
+    }
 }
 
 pub fn mknod_at(dir: &Dir, name: &OsStr, mode: u32, rdev: u64) -> Result<()> {

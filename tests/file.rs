@@ -157,16 +157,10 @@ fn a_write_through_a_shared_mapping_updates_mtime_and_ctime() {
 }
 
 #[test]
-fn o_tmpfile_and_o_direct_opens() {
+fn o_direct_opens() {
     need_fuse!();
     let mut u = Union::new(&["rw"]);
     u.mount("rw", &[]);
-    // FUSE has no O_TMPFILE: the kernel answers EOPNOTSUPP, as for any FUSE fs without it
-    let r = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_TMPFILE)
-        .open(&u.mnt);
-    assert!(r.is_err());
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -181,6 +175,83 @@ fn o_tmpfile_and_o_direct_opens() {
     f.write_all(&page.0).unwrap();
     drop(f);
     assert_eq!(fs::read(u.m("d")).unwrap(), vec![5u8; 4096]);
+}
+
+/// linkat(fd, "", dir, name, AT_EMPTY_PATH): how a file with no name gets one.
+fn flink(f: &fs::File, to: &std::path::Path) -> std::io::Result<()> {
+    let to = cstr(to);
+    let rc = unsafe {
+        libc::linkat(
+            f.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[test]
+fn o_tmpfile_files_have_no_name_until_linked() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    write(u.b("ro/lower/keep"), "k");
+    u.mount("rw=rw:ro=ro", &[]);
+    // In a directory of the writable branch, and in one only a lower
+    // branch has: that one is copied up to hold the file.
+    for dir in ["", "lower"] {
+        let d = u.m(dir);
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .mode(0o640)
+            .open(&d)
+            .unwrap_or_else(|e| panic!("O_TMPFILE in /{dir}: {e}"));
+        f.write_all(b"no name yet").unwrap();
+        let st = f.metadata().unwrap();
+        assert_eq!(st.nlink(), 0, "/{dir}");
+        assert_eq!(st.mode() & 0o7777, 0o640, "/{dir}");
+        let before = ls(&d);
+        assert!(!before.iter().any(|n| n == "named"), "/{dir}: {before:?}");
+        flink(&f, &d.join("named")).unwrap();
+        assert_eq!(read(d.join("named")), "no name yet", "/{dir}");
+        let named = fs::metadata(d.join("named")).unwrap();
+        assert_eq!(named.ino(), f.metadata().unwrap().ino(), "/{dir}");
+        assert_eq!(f.metadata().unwrap().nlink(), 1, "/{dir}");
+        // Written through the open fd after the link: one file.
+        f.write_all(b"!").unwrap();
+        drop(f);
+        assert_eq!(read(d.join("named")), "no name yet!");
+        assert_eq!(read(u.b("rw").join(dir).join("named")), "no name yet!");
+        // A second name for it: the name exists now.
+        assert_errno(
+            flink(&fs::File::open(d.join("named")).unwrap(), &d.join("named")),
+            libc::EEXIST,
+        );
+    }
+    assert_eq!(read(u.b("ro/lower/keep")), "k");
+    // O_EXCL: never to be linked.
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE | libc::O_EXCL)
+        .open(&u.mnt)
+        .unwrap();
+    assert_errno(flink(&f, &u.m("excl")), libc::ENOENT);
+    assert!(!exists(u.m("excl")));
+    // A read-only union has nowhere to put one.
+    drop(f);
+    u.remount("rw=ro", &[]);
+    let r = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .open(&u.mnt);
+    assert_errno(r, libc::EROFS);
 }
 
 #[test]

@@ -150,6 +150,12 @@ pub enum Op<'a> {
         flags: u32,
         umask: u32,
     },
+    /// open(dir, O_TMPFILE): a file with no name in the directory.
+    Tmpfile {
+        mode: u32,
+        flags: u32,
+        umask: u32,
+    },
     Fallocate {
         fh: u64,
         offset: u64,
@@ -401,6 +407,15 @@ pub fn parse<'a>(h: &InHeader, oph: &'a [u8], rest: &'a [u8]) -> Result<Request<
             let a: abi::CreateIn = arg(oph, o)?;
             Op::Create {
                 name: name(rest, o)?,
+                mode: a.mode,
+                flags: a.flags,
+                umask: a.umask,
+            }
+        }
+        op::TMPFILE => {
+            // The kernel sends a name too ("/"): none is made.
+            let a: abi::CreateIn = arg(oph, o)?;
+            Op::Tmpfile {
                 mode: a.mode,
                 flags: a.flags,
                 umask: a.umask,

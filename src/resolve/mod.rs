@@ -389,6 +389,22 @@ impl Resolver {
         (node, attr)
     }
 
+    /// A file with no name (O_TMPFILE) made in directory `parent`: unlinked
+    /// until a link names it (its key stays, so that link finds this node).
+    /// Its attributes say one link: the kernel takes that one away itself.
+    pub fn created_unnamed(
+        &self,
+        bs: &BranchSet,
+        idx: usize,
+        parent: u64,
+        mut st: FileStat,
+    ) -> (Arc<Node>, Attr) {
+        st.st_nlink = 1;
+        let (node, attr) = self.created(bs, idx, parent, OsStr::new(""), st);
+        node.loc.write().unlinked = true;
+        (node, attr)
+    }
+
     /// `parent/name` is a new hard link to `node`.
     pub fn linked(&self, node: &Node, parent: u64, name: &OsStr) {
         node.aliases.lock().push((parent, name.to_os_string()));

@@ -426,7 +426,8 @@ pub struct BranchSet {
     /// Distinct for every set made: node locations computed against another
     /// generation are re-resolved before use.
     pub generation: u64,
-    /// The longest name the union accepts: the branches' limit less `.wh.`.
+    /// The longest name the union accepts: the branches' limit (a name
+    /// within 4 bytes of it has no room for a whiteout; see whiteout.rs).
     pub name_max: u64,
 }
 
@@ -436,7 +437,7 @@ impl BranchSet {
         BranchSet {
             branches,
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
-            name_max: min.saturating_sub(crate::whiteout::PREFIX.len() as u64),
+            name_max: min,
         }
     }
 

@@ -76,7 +76,7 @@ impl Union {
         self.resolve.exact(&self.branches(), dir)
     }
 
-    /// The longest name the union accepts: the branches' limit less `.wh.`.
+    /// The longest name the union accepts: the branches' limit.
     pub fn name_max(&self) -> u64 {
         self.branches().name_max
     }

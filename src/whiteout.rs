@@ -43,8 +43,13 @@ pub fn is_dot_whiteout(entry: &OsStr) -> bool {
     matches!(entry.as_bytes(), b".wh.." | b".wh...")
 }
 
+/// Whether `dir` holds a whiteout of `name`. A name within 4 bytes of the
+/// branch's limit (an image layer may hold one) cannot have one.
 pub fn has_whiteout(dir: &Dir, name: &OsStr) -> Result<bool> {
-    sys::exists_at(dir, &whiteout_name(name))
+    match sys::exists_at(dir, &whiteout_name(name)) {
+        Err(Errno::ENAMETOOLONG) => Ok(false),
+        other => other,
+    }
 }
 
 /// Whether the directory `name` in `dir` holds the opaque marker.
@@ -70,6 +75,9 @@ pub fn create_marker(dir: &Dir, name: &OsStr) -> Result<()> {
     }
 }
 
+/// A whiteout of `name` in `dir`: ENAMETOOLONG for a name too long to have
+/// one (`.wh.` and it are more than the branch takes), before anything
+/// changed.
 pub fn create_whiteout(dir: &Dir, name: &OsStr) -> Result<()> {
     create_marker(dir, &whiteout_name(name))
 }
@@ -81,7 +89,7 @@ pub fn make_opaque(dir: &Dir) -> Result<()> {
 
 pub fn remove_whiteout(dir: &Dir, name: &OsStr) -> Result<()> {
     match sys::unlink_at(dir, &whiteout_name(name), false) {
-        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Ok(()) | Err(Errno::ENOENT | Errno::ENAMETOOLONG) => Ok(()),
         Err(e) => Err(e),
     }
 }

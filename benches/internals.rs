@@ -10,7 +10,9 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use unionfs::branch::{BranchSet, BranchSpec, Mode};
-use unionfs::internals::{merged, open_layers_at, scan, scan_path, Dir, InodeTable, NameIndex};
+use unionfs::internals::{
+    merged, open_layers_at, scan, scan_path, Dir, InodeTable, NameIndex, Numbers,
+};
 use unionfs::whiteout;
 
 /// `k` branches under `dir`; the name `bottom` only in the last one.
@@ -75,7 +77,7 @@ fn merged_readdir(c: &mut Criterion) {
         let t = tempfile::tempdir().unwrap();
         let bs = branches(t.path(), k, n);
         let layers: Vec<usize> = (0..k).collect();
-        let inodes = InodeTable::new((0, 0), Vec::new());
+        let inodes = InodeTable::new((0, 0), Vec::new(), Numbers::new(&bs));
         g.bench_with_input(
             BenchmarkId::from_parameter(format!("{n}x{k}")),
             &n,

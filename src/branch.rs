@@ -14,7 +14,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::sys::{self, Dir, Errno};
-use crate::whiteout::WORK_DIR;
+use crate::whiteout::{INDEX_DIR, WORK_DIR};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -234,6 +234,8 @@ pub struct Branch {
     pub remote: Option<&'static str>,
     root: Arc<Dir>,
     work: Mutex<Option<Arc<Dir>>>,
+    /// The index of copied-up objects' numbers, once there is one.
+    index: Mutex<Option<Arc<Dir>>>,
 }
 
 impl Branch {
@@ -260,7 +262,11 @@ impl Branch {
             remote: sys::remote_fs(root.as_fd()),
             root: Arc::new(root),
             work: Mutex::new(None),
+            index: Mutex::new(None),
         };
+        // Read too where the branch is read-only now: its copied-up objects
+        // keep their numbers when it is a lower branch (a snapshot, say).
+        *b.index.lock() = b.open_index(false).ok();
         b.prepare_work()?;
         Ok(b)
     }
@@ -277,6 +283,7 @@ impl Branch {
             remote: self.remote,
             root: self.root.clone(),
             work: Mutex::new(self.work.lock().clone()),
+            index: Mutex::new(self.index.lock().clone()),
         };
         if self.mode != Mode::Rw {
             b.prepare_work()?;
@@ -286,6 +293,71 @@ impl Branch {
 
     pub fn writable(&self) -> bool {
         self.mode == Mode::Rw
+    }
+
+    /// The index directory beside the work directory (INDEX_DIR), made
+    /// if `make`: this daemon's own (owner, mode 0700, this filesystem, no
+    /// symlink), like the work directory.
+    fn open_index(&self, make: bool) -> sys::Result<Arc<Dir>> {
+        let name = OsStr::new(INDEX_DIR);
+        if make {
+            match sys::mkdir_at(self.root(), name, 0o700) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let fd = sys::open_dir_here(self.root(), name)?;
+        let st = sys::fstat(fd.as_fd())?;
+        if st.st_uid != sys::geteuid() || st.st_mode & 0o077 != 0 || st.st_dev != self.dev {
+            log::warn!(
+                "{}: {INDEX_DIR} is not this daemon's (owner uid {}, mode {:o}): not used",
+                self.path.display(),
+                st.st_uid,
+                st.st_mode & 0o7777
+            );
+            return Err(Errno::EPERM);
+        }
+        Ok(Arc::new(fd))
+    }
+
+    /// The number recorded for this branch's object `ino` (a copy-up of an
+    /// object that had it), if any.
+    pub fn origin_of(&self, ino: u64) -> Option<u64> {
+        let index = self.index.lock().clone()?;
+        let name = ino.to_string();
+        let target = sys::Obj::at(&index, OsStr::new(&name)).readlink().ok()?;
+        target.to_str()?.parse().ok()
+    }
+
+    /// Record that this branch's object `ino` is union object `number`:
+    /// a symlink `ino` -> `number` in the index, replaced whole.
+    pub fn record_origin(&self, ino: u64, number: u64) -> sys::Result<()> {
+        let index = {
+            let mut slot = self.index.lock();
+            match &*slot {
+                Some(i) => i.clone(),
+                None => {
+                    let i = self.open_index(true)?;
+                    *slot = Some(i.clone());
+                    i
+                }
+            }
+        };
+        let tmp = OsString::from(format!(".{ino}.new"));
+        let _ = sys::unlink_at(&index, &tmp, false);
+        sys::symlink_at(OsStr::new(&number.to_string()), &index, &tmp)?;
+        sys::rename_at(&index, &tmp, &index, OsStr::new(&ino.to_string()), 0)
+    }
+
+    pub fn has_index(&self) -> bool {
+        self.index.lock().is_some()
+    }
+
+    /// This branch's object `ino` is gone: its number with it.
+    pub fn forget_origin(&self, ino: u64) {
+        if let Some(index) = self.index.lock().clone() {
+            let _ = sys::unlink_at(&index, OsStr::new(&ino.to_string()), false);
+        }
     }
 
     pub fn root(&self) -> &Dir {

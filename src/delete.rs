@@ -81,9 +81,20 @@ impl Union {
                 if dir {
                     clear_whiteouts(&pdir, name)?;
                 }
+                // Its last name gone, the object's number record goes too
+                // (a new object may get its st_ino).
+                let last = match bs.get(idx).has_index() {
+                    true => sys::stat_at(&pdir, name)
+                        .ok()
+                        .filter(|st| dir || st.st_nlink == 1),
+                    false => None,
+                };
                 match sys::unlink_at(&pdir, name, dir) {
                     Ok(()) | Err(Errno::ENOENT) => {}
                     Err(e) => return Err(e),
+                }
+                if let Some(st) = last {
+                    bs.get(idx).forget_origin(st.st_ino);
                 }
             }
             self.resolve.name_gone(&bs, &top, parent, name);

@@ -55,7 +55,7 @@ pub mod daemon {
 #[doc(hidden)]
 pub mod internals {
     pub use crate::readdir::merged;
-    pub use crate::resolve::{open_layers_at, scan, scan_path, InodeTable, NameIndex};
+    pub use crate::resolve::{open_layers_at, scan, scan_path, InodeTable, NameIndex, Numbers};
     pub use crate::sys::Dir;
 }
 

@@ -20,7 +20,7 @@ use nix::fcntl::OFlag;
 use crate::copyup::{copy_data, copy_meta, make_node};
 use crate::sys::{self, Dir, Errno, FileStat};
 use crate::tree::remove_tree;
-use crate::whiteout::{self, OPAQUE, WORK_DIR};
+use crate::whiteout::{self, OPAQUE};
 
 /// Temporary names in base directories: `.wh..wh.` names are never shown by
 /// a union, and a later run removes leftovers.
@@ -152,7 +152,7 @@ impl<'a> Merge<'a> {
             (self.on_entry)();
             let name = e.name.as_os_str();
             let path = rel.join(name);
-            if name == OPAQUE || (rel.as_os_str().is_empty() && name == WORK_DIR) {
+            if name == OPAQUE || (rel.as_os_str().is_empty() && whiteout::is_daemon_dir(name)) {
                 continue;
             }
             if let Some(hidden) = whiteout::hidden_name(name) {

@@ -66,7 +66,7 @@ pub fn names(bs: &BranchSet, path: &Path) -> Vec<OsString> {
         Ok((_, Some(scan))) if scan.top().is_some_and(|t| t.is_dir()) => scan.layers(),
         _ => return Vec::new(),
     };
-    let inodes = InodeTable::new((0, 0), Vec::new());
+    let inodes = InodeTable::new((0, 0), Vec::new(), resolve::Numbers::new(bs));
     resolve::open_layers_at(bs, &layers, path)
         .and_then(|dirs| crate::readdir::merged(bs, &dirs, &inodes))
         .map(|v| v.into_iter().map(|e| e.name).collect())

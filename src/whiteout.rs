@@ -13,6 +13,14 @@ pub const PREFIX: &str = ".wh.";
 pub const OPAQUE: &str = ".wh..wh..opq";
 /// The daemon's work directory at the root of each writable branch.
 pub const WORK_DIR: &str = ".wh..wh.work";
+/// Beside it: the index of copied-up objects' numbers (see resolve/numbers.rs).
+pub const INDEX_DIR: &str = ".wh..wh.index";
+
+/// The daemon's own directories at a branch root: never part of the union,
+/// of a layer or of a snapshot merge.
+pub fn is_daemon_dir(name: &OsStr) -> bool {
+    name == WORK_DIR || name == INDEX_DIR
+}
 
 /// Names that are whiteouts on disk and so cannot exist in the union.
 pub fn is_reserved(name: &OsStr) -> bool {

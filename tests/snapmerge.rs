@@ -16,8 +16,8 @@ const SNAPMERGE: &str = env!("CARGO_BIN_EXE_snapmerge");
 /// directory is left out, and so are directory sizes and link counts.
 fn snapshot_of(root: &Path) -> String {
     sh(&format!(
-        "cd {} && find . -path ./.wh..wh.work -prune -o -type d -printf '%P d %m %u\\n' -o -printf '%P %y %m %u %s %n %l\\n' | sort && \
-         find . -path ./.wh..wh.work -prune -o -type f -print0 | sort -z | xargs -0 -r md5sum",
+        "cd {} && find . \\( -path ./.wh..wh.work -o -path ./.wh..wh.index \\) -prune -o -type d -printf '%P d %m %u\\n' -o -printf '%P %y %m %u %s %n %l\\n' | sort && \
+         find . \\( -path ./.wh..wh.work -o -path ./.wh..wh.index \\) -prune -o -type f -print0 | sort -z | xargs -0 -r md5sum",
         root.display()
     ))
 }

@@ -383,7 +383,7 @@ fn changes_in(
         }
     }
     for e in &entries {
-        if (rel.as_os_str().is_empty() && e.name == whiteout::WORK_DIR)
+        if (rel.as_os_str().is_empty() && whiteout::is_daemon_dir(&e.name))
             || e.name == whiteout::OPAQUE
         {
             continue;

@@ -193,8 +193,8 @@ impl Extractor<'_> {
         if whiteout::is_dot_whiteout(name) {
             return Err(TarError::DotWhiteout(raw));
         }
-        // The daemon's work directory, and anything below it.
-        if path.iter().next() == Some(OsStr::new(whiteout::WORK_DIR)) {
+        // The daemon's own directories, and anything below them.
+        if path.iter().next().is_some_and(whiteout::is_daemon_dir) {
             return Err(TarError::Reserved(raw));
         }
         let xattrs = pax_xattrs(entry)?;
@@ -352,7 +352,7 @@ fn walk<W: Write>(
     let mut entries = fsat::read_dir(dir)?;
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     for e in entries {
-        if rel.as_os_str().is_empty() && e.name == whiteout::WORK_DIR {
+        if rel.as_os_str().is_empty() && whiteout::is_daemon_dir(&e.name) {
             continue;
         }
         let path = rel.join(&e.name);

@@ -10,6 +10,7 @@ mod dirs;
 mod locks;
 mod nameindex;
 mod node;
+mod numbers;
 mod scan;
 mod watch;
 
@@ -28,6 +29,7 @@ pub use dirs::open_layers_at;
 use locks::DirGuard;
 pub use nameindex::NameIndex;
 pub use node::{InodeTable, Loc, Negatives, Node, ROOT};
+pub use numbers::Numbers;
 pub use scan::{scan, scan_path, Instance, Scan};
 pub use watch::{Pending, Stats, Watch};
 
@@ -138,7 +140,7 @@ impl Resolver {
             ),
         }
         let resolver = Resolver {
-            inodes: InodeTable::new((top.dev, st.st_ino), layers),
+            inodes: InodeTable::new((top.dev, st.st_ino), layers, Numbers::new(&bs)),
             branches: RwLock::new(Arc::new(bs)),
             negatives: Negatives::new(NEGATIVE_CAP),
             locks: locks::DirLocks::new(),
@@ -168,6 +170,7 @@ impl Resolver {
     ) -> std::result::Result<(), E> {
         let mut current = self.branches.write();
         ready()?;
+        self.inodes.numbers.write().update(&bs);
         *current = bs;
         Ok(())
     }
@@ -427,7 +430,26 @@ impl Resolver {
             }
         }
         self.inodes.add_key(node, (b.dev, st.st_ino));
+        self.keep_number(node, b, st.st_ino);
         node.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The copy `ino` in branch `b` of `node` keeps the node's number after
+    /// a remount too (see numbers.rs). A number allocated for this mount
+    /// only is not recorded.
+    fn keep_number(&self, node: &Node, b: &crate::branch::Branch, ino: u64) {
+        if node.number >= numbers::ALLOCATED || node.number == ROOT {
+            return;
+        }
+        if self.inodes.numbers.read().of((b.dev, ino)) == Some(node.number) {
+            return;
+        }
+        if let Err(e) = b.record_origin(ino, node.number) {
+            log::warn!(
+                "{}: the number of a copied-up object is not recorded ({e}): it changes at the next mount",
+                b.path.display()
+            );
+        }
     }
 
     /// A directory gained an instance in branch `target` (made opaque there:
@@ -455,6 +477,9 @@ impl Resolver {
             loc.generation = bs.generation;
         }
         self.inodes.add_key(node, (bs.get(target).dev, st.st_ino));
+        if indices(bs, &node.loc.read().layers).first() == Some(&target) {
+            self.keep_number(node, bs.get(target), st.st_ino);
+        }
     }
 
     /// A directory is now whole in branch `up` alone (a rename made it so).

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::dircache::DirFds;
+use super::numbers::{Numbers, ALLOCATED};
 use crate::sys::{Errno, Result};
 use crate::waiting;
 
@@ -153,13 +154,16 @@ pub struct InodeTable {
     keys: Mutex<HashMap<Key, u64>>,
     /// Object number -> node id, for the numbers whose node id differs.
     renumbered: Mutex<HashMap<u64, u64>>,
+    /// How an instance's number is derived (see numbers.rs).
+    pub(super) numbers: RwLock<Numbers>,
+    /// The next allocated number or node id (above every derived one).
     next: AtomicU64,
     /// Ticks of location changes made under directory locks (see `Loc::moved`).
     moves: AtomicU64,
 }
 
 impl InodeTable {
-    pub fn new(root_key: Key, root_layers: Vec<u32>) -> InodeTable {
+    pub fn new(root_key: Key, root_layers: Vec<u32>, numbers: Numbers) -> InodeTable {
         let top = root_layers.first().copied().unwrap_or(0);
         let root = Arc::new(Node {
             ino: ROOT,
@@ -193,7 +197,8 @@ impl InodeTable {
             }),
             keys: Mutex::new(keys),
             renumbered: Mutex::new(HashMap::new()),
-            next: AtomicU64::new(ROOT + 1),
+            numbers: RwLock::new(numbers),
+            next: AtomicU64::new(ALLOCATED),
             moves: AtomicU64::new(0),
         }
     }
@@ -211,21 +216,24 @@ impl InodeTable {
             .unwrap_or(number)
     }
 
-    /// The union inode number for `key` in the key map, allocated on first sight.
-    fn ino_in(&self, map: &mut HashMap<Key, u64>, key: Key) -> u64 {
-        *map.entry(key)
-            .or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed))
-    }
-
-    /// The union inode number for an instance key, allocated on first sight.
+    /// The union inode number for an instance key: derived on first sight
+    /// (numbers.rs; the index read there is no work for the key map's lock),
+    /// else allocated.
     pub fn ino_for(&self, key: Key) -> u64 {
-        self.ino_in(&mut self.keys.lock(), key)
+        if let Some(&n) = self.keys.lock().get(&key) {
+            return n;
+        }
+        let derived = self.numbers.read().of(key);
+        *self
+            .keys
+            .lock()
+            .entry(key)
+            .or_insert_with(|| derived.unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed)))
     }
 
-    /// Union inode numbers for many instance keys at once (one lock).
+    /// Union inode numbers for many instance keys.
     pub fn inos_for(&self, keys: impl Iterator<Item = Key>) -> Vec<u64> {
-        let mut map = self.keys.lock();
-        keys.map(|key| self.ino_in(&mut map, key)).collect()
+        keys.map(|key| self.ino_for(key)).collect()
     }
 
     /// The node an instance key names, if the kernel knows it.
@@ -254,7 +262,11 @@ impl InodeTable {
         let mut id = self.node_id(number);
         let mut nodes = self.nodes.write();
         if let Some(node) = nodes.get(&id) {
-            if node.kind == kind {
+            // An object whose last name is gone keeps no key: one with this
+            // key is a new object on the st_ino the branch reused (an
+            // O_TMPFILE node kept its key, and is this one).
+            let gone = node.is_unlinked() && !node.has_key(key);
+            if node.kind == kind && !gone {
                 let node = node.clone();
                 // Counted under the table lock, so a racing forget cannot drop it.
                 node.lookups.fetch_add(1, Ordering::Relaxed);
@@ -262,10 +274,17 @@ impl InodeTable {
                 self.refresh(&node, loc, seen);
                 return node;
             }
-            // The key was reused by the branch for an object of another type.
-            number = self.next.fetch_add(1, Ordering::Relaxed);
-            id = number;
-            self.keys.lock().insert(key, number);
+            if node.kind == kind {
+                // The kernel may still hold the old node: the new object
+                // keeps the number (its st_ino) on a node id of its own.
+                id = self.next.fetch_add(1, Ordering::Relaxed);
+                self.renumbered.lock().insert(number, id);
+            } else {
+                // The key was reused by the branch for an object of another type.
+                number = self.next.fetch_add(1, Ordering::Relaxed);
+                id = number;
+                self.keys.lock().insert(key, number);
+            }
         }
         // A renumbered object's new node takes all its keys (see `renumber`).
         let keys = match id == number {

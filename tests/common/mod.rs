@@ -284,7 +284,10 @@ pub fn daemon_pid(mnt: &Path) -> i32 {
 
 /// Sorted names of a branch directory, without the daemon's work directory.
 pub fn ls_branch(p: impl AsRef<Path>) -> Vec<String> {
-    ls(p).into_iter().filter(|n| n != ".wh..wh.work").collect()
+    ls(p)
+        .into_iter()
+        .filter(|n| n != ".wh..wh.work" && n != ".wh..wh.index")
+        .collect()
 }
 
 /// An unprivileged local account, for the attacks a local user could make:

@@ -334,7 +334,7 @@ pub fn ls(p: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(p)
         .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n != ".wh..wh.work")
+        .filter(|n| n != ".wh..wh.work" && n != ".wh..wh.index")
         .collect();
     v.sort();
     v

@@ -147,6 +147,25 @@ fn hard_links_in_a_branch_are_one_object() {
 }
 
 #[test]
+fn a_hard_link_first_looked_up_after_a_copy_up_is_the_copied_object() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    write(u.b("ro/a"), "shared");
+    fs::hard_link(u.b("ro/a"), u.b("ro/b")).unwrap();
+    u.mount("rw=rw:ro=ro", &[]);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(u.m("a"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"+more"))
+        .unwrap();
+    // b was never looked up before the copy-up: it is the same object, and
+    // finding it must not send a back to its old copy.
+    assert_eq!(read(u.m("b")), "shared+more");
+    assert_eq!(read(u.m("a")), "shared+more");
+    assert_eq!(ino(u.m("a")), ino(u.m("b")));
+}
+
+#[test]
 fn statfs_name_length_and_enametoolong() {
     need_fuse!();
     let mut u = Union::new(&["rw", "ro"]);

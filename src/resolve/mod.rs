@@ -539,6 +539,8 @@ impl Resolver {
             if let Some((p, n)) = aliases.pop() {
                 loc.parent = p;
                 loc.name = n;
+                // Where that name's instance is: found again at next use.
+                loc.generation = node::UNSETTLED;
             } else {
                 loc.unlinked = true;
                 drop(aliases);

@@ -342,7 +342,9 @@ impl InodeTable {
             {
                 aliases.push((new.parent, new.name.clone()));
             }
-            loc.top = new.top;
+            // The location stays the first name's (where a copy-up of it
+            // put the object: the other name's instance in its branch may
+            // be the old copy).
             return;
         }
         *loc = new;

@@ -122,6 +122,37 @@ impl Union {
         })
     }
 
+    /// `lsattr`/`chattr` and struct fsxattr (the FS_IOC_* ioctls FUSE passes
+    /// on) on the topmost instance of a file or directory; a change copies
+    /// it up first. The kernel has checked the caller (owner, and
+    /// CAP_LINUX_IMMUTABLE for `i` and `a`). Anything else: ENOTTY.
+    pub fn file_attr(&self, ino: u64, cmd: u32, input: &[u8], out_size: u32) -> Result<Vec<u8>> {
+        let set = matches!(cmd, sys::FS_IOC_SETFLAGS | sys::FS_IOC_FSSETXATTR);
+        if !set && !matches!(cmd, sys::FS_IOC_GETFLAGS | sys::FS_IOC_FSGETXATTR) {
+            return Err(Errno::ENOTTY);
+        }
+        let node = self.resolve.node(ino)?;
+        // Never an open of a device node or fifo: only files and directories.
+        let flags = match node.kind {
+            libc::S_IFDIR => OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            libc::S_IFREG => OFlag::O_RDONLY | OFlag::O_NONBLOCK,
+            _ => return Err(Errno::ENOTTY),
+        };
+        let bs = match set {
+            true => self.copy_up(&node, true)?,
+            false => self.branches(),
+        };
+        let _steady = self.resolve.steady(&bs)?;
+        let idx = self.resolve.top_idx(&bs, &node)?;
+        let fd = self.resolve.open_in(&bs, &node, idx, flags)?;
+        let mut buf = vec![0u8; 28];
+        let n = input.len().min(buf.len());
+        buf[..n].copy_from_slice(&input[..n]);
+        sys::file_attr_ioctl(fd.as_fd(), cmd, &mut buf)?;
+        buf.truncate(if set { 0 } else { out_size as usize });
+        Ok(buf)
+    }
+
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
         let node = self.resolve.node(ino)?;
         {

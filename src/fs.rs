@@ -765,6 +765,21 @@ impl Dispatch for UnionFs {
                 xattr_reply(reply, size, |buf| u.getxattr(ino, name, buf))
             }
             Op::Listxattr { size } => xattr_reply(reply, size, |buf| u.listxattr(ino, buf)),
+            Op::Ioctl {
+                cmd,
+                input,
+                out_size,
+            } => {
+                let input = input.to_vec();
+                self.patiently(
+                    reply.unique(),
+                    move |u| u.file_attr(ino, cmd, &input, out_size),
+                    move |res| match res {
+                        Ok(out) => reply.ioctl(0, &out),
+                        Err(e) => reply.error(e),
+                    },
+                );
+            }
             Op::Removexattr { name } => {
                 let name = name.to_os_string();
                 self.change(reply, move |u| u.removexattr(ino, &name));

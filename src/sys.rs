@@ -316,6 +316,31 @@ pub fn link_at(from_dir: &Dir, from: &OsStr, to_dir: &Dir, to: &OsStr) -> Result
     unistd::linkat(from_dir, from, to_dir, to, AtFlags::empty())
 }
 
+/// The ioctls of `chattr`/`lsattr` (inode flags) and of project ids and
+/// extent size hints (struct fsxattr), the ones FUSE passes on for them.
+pub const FS_IOC_GETFLAGS: u32 = 0x8008_6601;
+pub const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
+pub const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
+pub const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
+
+/// One of the four ioctls above on the open file `fd`, its argument in
+/// `buf` (an int's 4 bytes for the flags, 28 for a struct fsxattr): read
+/// from it, or written into it. Any other command: ENOTTY.
+pub fn file_attr_ioctl(fd: BorrowedFd, cmd: u32, buf: &mut [u8]) -> Result<()> {
+    let size = match cmd {
+        FS_IOC_GETFLAGS | FS_IOC_SETFLAGS => 4,
+        FS_IOC_FSGETXATTR | FS_IOC_FSSETXATTR => 28,
+        _ => return Err(Errno::ENOTTY),
+    };
+    if buf.len() < size {
+        return Err(Errno::EINVAL);
+    }
+    // SAFETY: each of these commands reads or writes at most `size` bytes
+    // (checked above) at the pointer, into a live buffer; fd stays open.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), cmd as _, buf.as_mut_ptr()) };
+    Errno::result(r).map(drop)
+}
+
 /// A file with no name in directory `dir` (O_TMPFILE), open for reading and
 /// writing: gone with its last fd unless linked (see `link_fd_at`).
 pub fn tmpfile_in(dir: &Dir, mode: u32) -> Result<OwnedFd> {

@@ -508,3 +508,41 @@ fn direct_data_changes_in_a_lower_branch_show_after_the_timeout() {
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(read(u.m("f")), "again");
 }
+
+#[test]
+fn chattr_and_lsattr_work_through_the_union() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    write(u.b("ro/f"), "lower");
+    u.mount("rw=rw:ro=ro", &[]);
+    let f = u.m("f");
+    let lsattr = |p: &std::path::Path| sh(&format!("lsattr -d '{}' | cut -d' ' -f1", p.display()));
+    assert!(!lsattr(&f).contains('i'));
+    // A change copies the file up first; the lower one keeps its flags.
+    sh(&format!("chattr +i '{}'", f.display()));
+    // Whatever happens below, the flag goes before the branches are removed.
+    struct Mutable(std::path::PathBuf);
+    impl Drop for Mutable {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _m = Mutable(u.b("rw/f"));
+    assert!(lsattr(&f).contains('i'));
+    assert!(lsattr(&u.b("rw/f")).contains('i'));
+    assert!(!lsattr(&u.b("ro/f")).contains('i'));
+    assert_errno(fs::OpenOptions::new().append(true).open(&f), libc::EPERM);
+    assert_errno(fs::remove_file(&f), libc::EPERM);
+    sh(&format!("chattr -i '{}'", f.display()));
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .unwrap()
+        .write_all(b"+")
+        .unwrap();
+    assert_eq!(read(&f), "lower+");
+    assert_eq!(read(u.b("ro/f")), "lower");
+}

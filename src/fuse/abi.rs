@@ -392,6 +392,26 @@ pub struct GetxattrIn {
 
 #[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
+pub struct IoctlIn {
+    pub fh: u64,
+    pub flags: u32,
+    pub cmd: u32,
+    pub arg: u64,
+    pub in_size: u32,
+    pub out_size: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct IoctlOut {
+    pub result: i32,
+    pub flags: u32,
+    pub in_iovs: u32,
+    pub out_iovs: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
 pub struct FallocateIn {
     pub fh: u64,
     pub offset: u64,
@@ -451,6 +471,7 @@ pub fn op_header_size(opcode: u32) -> usize {
         op::CREATE | op::TMPFILE => size_of::<CreateIn>(),
         op::BATCH_FORGET => 8,
         op::FALLOCATE => size_of::<FallocateIn>(),
+        op::IOCTL => size_of::<IoctlIn>(),
         op::RENAME2 => size_of::<Rename2In>(),
         op::LSEEK => size_of::<LseekIn>(),
         _ => 0,

@@ -150,6 +150,13 @@ pub enum Op<'a> {
         flags: u32,
         umask: u32,
     },
+    /// An ioctl the kernel passes on: `cmd` with `input` (`in_size`
+    /// bytes), answered with at most `out_size` bytes.
+    Ioctl {
+        cmd: u32,
+        input: &'a [u8],
+        out_size: u32,
+    },
     /// open(dir, O_TMPFILE): a file with no name in the directory.
     Tmpfile {
         mode: u32,
@@ -410,6 +417,14 @@ pub fn parse<'a>(h: &InHeader, oph: &'a [u8], rest: &'a [u8]) -> Result<Request<
                 mode: a.mode,
                 flags: a.flags,
                 umask: a.umask,
+            }
+        }
+        op::IOCTL => {
+            let a: abi::IoctlIn = arg(oph, o)?;
+            Op::Ioctl {
+                cmd: a.cmd,
+                input: rest.get(..a.in_size as usize).ok_or(Malformed(o))?,
+                out_size: a.out_size,
             }
         }
         op::TMPFILE => {

@@ -27,13 +27,6 @@ fn get_xattr(p: &std::path::Path, k: &str) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn append(p: &std::path::Path, data: &str) -> std::io::Result<()> {
-    OpenOptions::new()
-        .append(true)
-        .open(p)?
-        .write_all(data.as_bytes())
-}
-
 #[test]
 fn data_is_copied_with_holes_kept() {
     need_fuse!();
@@ -45,7 +38,7 @@ fn data_is_copied_with_holes_kept() {
         f.set_len(8 << 20).unwrap();
     }
     u.mount("rw=rw:ro=ro", &[]);
-    append(&u.m("sparse"), "end").unwrap();
+    append(u.m("sparse"), "end").unwrap();
     let up = fs::metadata(u.b("rw/sparse")).unwrap();
     assert_eq!(up.len(), (8 << 20) + 3);
     assert!(
@@ -147,7 +140,7 @@ fn symlinks_and_parents_are_copied() {
     ));
     std::os::unix::fs::symlink("../somewhere/else", u.b("ro/link")).unwrap();
     u.mount("rw=rw:ro=ro", &[]);
-    append(&u.m("a/b/c/f"), "+").unwrap();
+    append(u.m("a/b/c/f"), "+").unwrap();
     assert_eq!(read(u.b("rw/a/b/c/f")), "deep+");
     assert_eq!(mode(u.b("rw/a")), 0o750);
     assert_eq!(fs::metadata(u.b("rw/a/b")).unwrap().uid(), 7);
@@ -193,7 +186,7 @@ fn no_writable_branch_above_means_erofs() {
     let mut u = Union::new(&["ro"]);
     write(u.b("ro/f"), "x");
     u.mount("ro=ro", &[]);
-    assert_errno(append(&u.m("f"), "y"), libc::EROFS);
+    assert_errno(append(u.m("f"), "y"), libc::EROFS);
     assert_errno(
         fs::set_permissions(u.m("f"), fs::Permissions::from_mode(0o600)),
         libc::EROFS,
@@ -209,11 +202,7 @@ fn an_open_with_o_trunc_copies_up_no_data() {
     need_fuse!();
     let mut u = Union::new(&["rw", "ro"]);
     // Room for no copy of the lower file: only a copy-up without its data fits.
-    sh(&format!(
-        "mount -t tmpfs -o size=1m tmpfs {}",
-        u.b("rw").display()
-    ));
-    let _tmpfs = Tmpfs(u.b("rw"));
+    let _tmpfs = Tmpfs::mount(u.b("rw"), "size=1m");
     let big: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
     fs::write(u.b("ro/big"), &big).unwrap();
     u.mount("rw=rw:ro=ro", &[]);
@@ -230,32 +219,16 @@ fn an_open_with_o_trunc_copies_up_no_data() {
     u.unmount();
 }
 
-/// A tmpfs mounted on a branch for one test, lazily unmounted at its end.
-struct Tmpfs(std::path::PathBuf);
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[test]
 fn enospc_during_copy_up_leaves_the_union_as_it_was() {
     need_fuse!();
     let mut u = Union::new(&["rw", "ro"]);
-    sh(&format!(
-        "mount -t tmpfs -o size=1m tmpfs {}",
-        u.b("rw").display()
-    ));
-    let _tmpfs = Tmpfs(u.b("rw"));
+    let _tmpfs = Tmpfs::mount(u.b("rw"), "size=1m");
     let big: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
     fs::write(u.b("ro/big"), &big).unwrap();
     write(u.b("ro/d/small"), "s");
     u.mount("rw=rw:ro=ro", &[]);
-    assert_errno(append(&u.m("big"), "more"), libc::ENOSPC);
+    assert_errno(append(u.m("big"), "more"), libc::ENOSPC);
     assert_eq!(fs::read(u.m("big")).unwrap(), big);
     assert!(!exists(u.b("rw/big")));
     assert!(
@@ -263,7 +236,7 @@ fn enospc_during_copy_up_leaves_the_union_as_it_was() {
         "temp copy left behind"
     );
     // the union still works: small copy-ups fit
-    append(&u.m("d/small"), "+").unwrap();
+    append(u.m("d/small"), "+").unwrap();
     assert_eq!(read(u.m("d/small")), "s+");
     u.unmount();
 }

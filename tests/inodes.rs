@@ -36,16 +36,8 @@ fn prepare(u: &mut Union, spec: &str) -> BTreeMap<String, u64> {
     );
     write(u.m("new"), "n");
     fs::create_dir(u.m("newdir")).unwrap();
-    fs::OpenOptions::new()
-        .append(true)
-        .open(u.m("copied"))
-        .and_then(|mut f| std::io::Write::write_all(&mut f, b"+"))
-        .unwrap();
-    fs::OpenOptions::new()
-        .append(true)
-        .open(u.m("linked"))
-        .and_then(|mut f| std::io::Write::write_all(&mut f, b"+"))
-        .unwrap();
+    append(u.m("copied"), "+").unwrap();
+    append(u.m("linked"), "+").unwrap();
     write(u.m("dir/added"), "a");
     fs::rename(u.m("tomove"), u.m("renamed")).unwrap();
     let seen = numbers(u, NAMES);
@@ -81,17 +73,7 @@ fn numbers_across_two_filesystems_keep_apart_and_survive_a_remount() {
     let mut u = Union::new(&["rw", "ro"]);
     // The upper branch on a tmpfs of its own (its st_dev differs at every
     // mount of it; its place in the branch list does not).
-    sh(&format!("mount -t tmpfs tmpfs '{}'", u.b("rw").display()));
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _t = Unmount(u.b("rw"));
+    let _t = Tmpfs::mount(u.b("rw"), "mode=755");
     let before = prepare(&mut u, "rw=rw:ro=ro");
     let mut all: Vec<u64> = before.values().copied().collect();
     all.sort();

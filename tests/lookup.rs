@@ -4,7 +4,6 @@
 mod common;
 use common::*;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::{DirEntryExt, MetadataExt, PermissionsExt};
 
 #[test]
@@ -134,11 +133,7 @@ fn hard_links_in_a_branch_are_one_object() {
     assert_eq!(fs::metadata(u.m("a")).unwrap().nlink(), 2);
     fs::set_permissions(u.m("a"), fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(mode(u.m("b")), 0o600);
-    fs::OpenOptions::new()
-        .append(true)
-        .open(u.m("a"))
-        .and_then(|mut f| std::io::Write::write_all(&mut f, b"+more"))
-        .unwrap();
+    append(u.m("a"), "+more").unwrap();
     assert_eq!(read(u.m("b")), "shared+more");
     // the copy-up kept the two names linked on disk
     assert_eq!(ino(u.b("rw/a")), ino(u.b("rw/b")));
@@ -153,11 +148,7 @@ fn a_hard_link_first_looked_up_after_a_copy_up_is_the_copied_object() {
     write(u.b("ro/a"), "shared");
     fs::hard_link(u.b("ro/a"), u.b("ro/b")).unwrap();
     u.mount("rw=rw:ro=ro", &[]);
-    fs::OpenOptions::new()
-        .append(true)
-        .open(u.m("a"))
-        .and_then(|mut f| std::io::Write::write_all(&mut f, b"+more"))
-        .unwrap();
+    append(u.m("a"), "+more").unwrap();
     // b was never looked up before the copy-up: it is the same object, and
     // finding it must not send a back to its old copy.
     assert_eq!(read(u.m("b")), "shared+more");
@@ -504,12 +495,7 @@ fn names_up_to_the_branch_limit_are_usable_and_only_their_whiteout_fails() {
     assert_eq!(read(u.m(&a)), "a");
     assert_eq!(fs::metadata(u.m(&b)).unwrap().len(), 1);
     // Written: copied up, under its own name.
-    fs::OpenOptions::new()
-        .append(true)
-        .open(u.m(&b))
-        .unwrap()
-        .write_all(b"+")
-        .unwrap();
+    append(u.m(&b), "+").unwrap();
     assert_eq!(read(u.m(&b)), "b+");
     assert_eq!(read(u.b(&format!("rw/{b}"))), "b+");
     // Deleting or moving a name a lower branch holds needs a whiteout that

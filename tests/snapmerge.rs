@@ -275,17 +275,7 @@ fn never_crosses_a_mount_point_in_the_base() {
     need_fuse!();
     let u = Union::new(&["base", "snap", "snap2"]);
     fs::create_dir_all(u.b("base/m")).unwrap();
-    sh(&format!(
-        "mount -t tmpfs tmpfs '{}'",
-        u.b("base/m").display()
-    ));
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _m = Unmount(u.b("base/m"));
+    let _m = Tmpfs::mount(u.b("base/m"), "mode=755");
     write(u.b("base/m/victim"), "on another filesystem");
     write(u.b("snap/.wh.m"), "");
     write(u.b("snap2/m/new"), "x");

@@ -190,6 +190,35 @@ pub fn unmount(p: &Path) {
     }
 }
 
+/// A tmpfs mounted on `dir` (with `opts`, e.g. "size=1m") for one test,
+/// lazily unmounted when dropped.
+pub struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: impl AsRef<Path>, opts: &str) -> Tmpfs {
+        let dir = dir.as_ref();
+        sh(&format!(
+            "mount -t tmpfs -o '{opts}' tmpfs '{}'",
+            dir.display()
+        ));
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Append `data` to the file `p`.
+pub fn append(p: impl AsRef<Path>, data: &str) -> io::Result<()> {
+    fs::OpenOptions::new()
+        .append(true)
+        .open(p)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, data.as_bytes()))
+}
+
 pub fn write(p: impl AsRef<Path>, data: &str) {
     let p = p.as_ref();
     if let Some(parent) = p.parent() {

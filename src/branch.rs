@@ -332,6 +332,34 @@ impl Branch {
     /// Record that this branch's object `ino` is union object `number`:
     /// a symlink `ino` -> `number` in the index, replaced whole.
     pub fn record_origin(&self, ino: u64, number: u64) -> sys::Result<()> {
+        self.put_record(&ino.to_string(), OsString::from(number.to_string()))
+    }
+
+    /// Record that union object `number`, hard-linked in a lower branch,
+    /// was copied up here as `ino` at the union path `path`: a symlink
+    /// `oNUMBER` -> `INO/PATH`, so that its other lower names join it when
+    /// they are looked up (after a remount too; see `copy_of`).
+    pub fn record_copy(&self, number: u64, ino: u64, path: &Path) -> sys::Result<()> {
+        let mut target = OsString::from(format!("{ino}/"));
+        target.push(path.as_os_str());
+        self.put_record(&format!("o{number}"), target)
+    }
+
+    /// Where union object `number` was copied up in this branch: its
+    /// `st_ino` there and its union path then (check both before use).
+    pub fn copy_of(&self, number: u64) -> Option<(u64, PathBuf)> {
+        use std::os::unix::ffi::OsStrExt;
+        let index = self.index.lock().clone()?;
+        let name = format!("o{number}");
+        let target = sys::Obj::at(&index, OsStr::new(&name)).readlink().ok()?;
+        let bytes = target.as_bytes();
+        let slash = bytes.iter().position(|&b| b == b'/')?;
+        let ino = std::str::from_utf8(&bytes[..slash]).ok()?.parse().ok()?;
+        Some((ino, PathBuf::from(OsStr::from_bytes(&bytes[slash + 1..]))))
+    }
+
+    /// Write the index entry `name` -> `target`, replacing one there whole.
+    fn put_record(&self, name: &str, target: OsString) -> sys::Result<()> {
         let index = {
             let mut slot = self.index.lock();
             match &*slot {
@@ -343,10 +371,10 @@ impl Branch {
                 }
             }
         };
-        let tmp = OsString::from(format!(".{ino}.new"));
+        let tmp = OsString::from(format!(".{name}.new"));
         let _ = sys::unlink_at(&index, &tmp, false);
-        sys::symlink_at(OsStr::new(&number.to_string()), &index, &tmp)?;
-        sys::rename_at(&index, &tmp, &index, OsStr::new(&ino.to_string()), 0)
+        sys::symlink_at(&target, &index, &tmp)?;
+        sys::rename_at(&index, &tmp, &index, OsStr::new(name), 0)
     }
 
     pub fn has_index(&self) -> bool {

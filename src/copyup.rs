@@ -248,6 +248,9 @@ impl Union {
                     return Err(Errno::EINPROGRESS);
                 }
             }
+            // Other names of a hard-linked file join the copy (see lookup).
+            let linked = node.kind == libc::S_IFREG
+                && sys::stat_at(&sdir, &name).is_ok_and(|st| st.st_nlink > 1);
             let tmp = match self.copy_from_clone(bs, target, node, &sdir, &name, data)? {
                 Some(tmp) => tmp,
                 None => self.build_copy(bs, target, Obj::at(&sdir, &name), node.kind, data)?,
@@ -273,6 +276,10 @@ impl Union {
             tmp.commit(&pdir, &name, RENAME_NOREPLACE)?;
             let new = sys::stat_at(&pdir, &name)?;
             self.resolve.copied_up(node, bs, target, &new);
+            if linked {
+                self.resolve
+                    .copied_up_linked(node, bs.get(target), new.st_ino);
+            }
             self.repoint_readers(bs, node, target);
             drop(_lock);
             self.link_aliases(bs, target, node, &pdir, &name);
@@ -350,6 +357,52 @@ impl Union {
                 log::warn!("hard link {alias:?} not copied up with its object: {e}");
             }
         }
+    }
+
+    /// A lower name of a hard-linked file that another of its names copied
+    /// up (in this mount or an earlier one, see `copied_up_linked`): linked
+    /// to that copy in the copy's branch, so the names stay one file. True
+    /// when it was (the name is then to be looked up again).
+    pub(crate) fn join_copy(
+        &self,
+        bs: &BranchSet,
+        pnode: &Node,
+        name: &OsStr,
+        top: &crate::resolve::Instance,
+    ) -> Result<bool> {
+        let st = &top.stat;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink < 2 {
+            return Ok(false);
+        }
+        let Some(w) = bs.writable_above(top.idx) else {
+            return Ok(false);
+        };
+        let number = self
+            .resolve
+            .inodes
+            .ino_for((bs.get(top.idx).dev, st.st_ino));
+        let Some((ino, path)) = bs.get(w).copy_of(number) else {
+            return Ok(false);
+        };
+        // The copy where it was made, still that file (else: nothing to join).
+        let Ok(copy) = sys::open_beneath(bs.get(w).root(), &path, OFlag::O_PATH, 0) else {
+            return Ok(false);
+        };
+        let cst = sys::fstat(copy.as_fd())?;
+        if cst.st_ino != ino || cst.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(false);
+        }
+        let pdir = self.dir_in(bs, w, pnode)?;
+        let _lock = self.resolve.lock(bs, pnode.ino)?;
+        let again = self.resolve.scan_in(bs, pnode, name, false)?;
+        if !again
+            .top()
+            .is_some_and(|t| t.idx == top.idx && t.stat.st_ino == st.st_ino)
+        {
+            return Ok(false);
+        }
+        sys::link_fd_at(copy.as_fd(), &pdir, name)?;
+        Ok(true)
     }
 
     /// The directory `dir` in branch `idx`, created there (with its parents,

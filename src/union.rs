@@ -104,7 +104,16 @@ impl Union {
         }
         let bs = self.branches();
         let pnode = self.resolve.node(parent)?;
-        let scan = self.resolve.scan_in(&bs, &pnode, name, false)?;
+        let mut scan = self.resolve.scan_in(&bs, &pnode, name, false)?;
+        let joined = scan.top().is_some_and(|top| {
+            self.join_copy(&bs, &pnode, name, top).unwrap_or_else(|e| {
+                log::debug!("{name:?} not linked to its copied-up hard link: {e}");
+                false
+            })
+        });
+        if joined {
+            scan = self.resolve.scan_in(&bs, &pnode, name, false)?;
+        }
         Ok(self.resolve.remember(&bs, parent, name, &scan)?.1)
     }
 

@@ -154,3 +154,37 @@ fn a_reused_inode_number_is_a_new_object_while_the_kernel_holds_the_old() {
         u.b("rw").display()
     );
 }
+
+#[test]
+fn hard_links_stay_linked_across_a_copy_up_after_a_remount() {
+    need_fuse!();
+    let mut u = Union::new(&["rw", "ro"]);
+    write(u.b("ro/a"), "one file");
+    fs::create_dir(u.b("ro/x")).unwrap();
+    fs::hard_link(u.b("ro/a"), u.b("ro/x/b")).unwrap();
+    u.mount("rw=rw:ro=ro", &[]);
+    // Copied up through a, in a mount that never met x/b.
+    append(u.m("a"), "+").unwrap();
+    u.remount("rw=rw:ro=ro", &[]);
+    // x/b, met for the first time, is the copied file: linked to it.
+    assert_eq!(read(u.m("x/b")), "one file+");
+    assert_eq!(ino(u.m("x/b")), ino(u.m("a")));
+    assert_eq!(ino(u.b("rw/x/b")), ino(u.b("rw/a")));
+    // As hard links are: one name gone, the other keeps the data.
+    fs::remove_file(u.m("a")).unwrap();
+    assert_eq!(read(u.m("x/b")), "one file+");
+    append(u.m("x/b"), "!").unwrap();
+    assert_eq!(read(u.m("x/b")), "one file+!");
+    assert_eq!(read(u.b("ro/x/b")), "one file");
+    // tar through the union sees a pair copied up through one name before
+    // a remount as the branch has it: one file, two names.
+    write(u.b("ro/c"), "c");
+    fs::hard_link(u.b("ro/c"), u.b("ro/x/d")).unwrap();
+    append(u.m("c"), "+").unwrap();
+    u.remount("rw=rw:ro=ro", &[]);
+    let listed = sh(&format!(
+        "cd '{}' && tar cf - c x/d | tar tvf -",
+        u.mnt.display()
+    ));
+    assert!(listed.contains("x/d link to c"), "{listed}");
+}

@@ -434,6 +434,26 @@ impl Resolver {
         node.generation.fetch_add(1, Ordering::Release);
     }
 
+    /// `node`, hard-linked in the branch it was copied up from, is now `ino`
+    /// in branch `b`: its names there that no lookup has met yet join the
+    /// copy when they are looked up (see `Union::lookup`), in this mount or
+    /// a later one.
+    pub fn copied_up_linked(&self, node: &Node, b: &crate::branch::Branch, ino: u64) {
+        if node.number >= numbers::ALLOCATED {
+            return;
+        }
+        let res = self
+            .inodes
+            .path(node.ino)
+            .and_then(|path| b.record_copy(node.number, ino, &path));
+        if let Err(e) = res {
+            log::warn!(
+                "{}: a copied-up hard link is not recorded ({e}): its other names keep the old data",
+                b.path.display()
+            );
+        }
+    }
+
     /// The copy `ino` in branch `b` of `node` keeps the node's number after
     /// a remount too (see numbers.rs). A number allocated for this mount
     /// only is not recorded.

@@ -12,7 +12,9 @@
 //! in its index directory (`whiteout::INDEX_DIR`, beside the work directory,
 //! outside the union and every layer), one symlink `st_ino -> number` per
 //! copied-up object, read by any later mount that has that branch, as a
-//! lower branch too. A name deleted through the union drops its record; one
+//! lower branch too; a copied-up hard link also gets `oNUMBER -> INO/PATH`,
+//! by which its other lower names join the copy when looked up (copyup.rs,
+//! `join_copy`). A name deleted through the union drops its record; one
 //! deleted directly in the branch leaves a record that a new object reusing
 //! its `st_ino` would inherit (README, "Inode numbers").
 

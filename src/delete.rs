@@ -5,7 +5,10 @@
 //! name hidden, never half-deleted.
 
 use std::ffi::OsStr;
+use std::os::fd::AsFd;
 use std::path::Path;
+
+use nix::fcntl::OFlag;
 
 use crate::branch::BranchSet;
 use crate::options::DeleteMode;
@@ -36,7 +39,39 @@ impl Union {
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
-        self.remove(parent, name, true)
+        match self.remove(parent, name, true) {
+            // The kernel refuses a delete in an append-only or immutable
+            // directory, or of such a directory, before it looks at whether
+            // the directory is empty: so does the union.
+            Err(Errno::ENOTEMPTY) if self.flags_forbid_delete(parent, name) => Err(Errno::EPERM),
+            other => other,
+        }
+    }
+
+    /// Whether the parent's topmost instance is append-only or immutable,
+    /// or the entry's is (chattr's `a` and `i`).
+    fn flags_forbid_delete(&self, parent: u64, name: &OsStr) -> bool {
+        const FORBID: u32 = 0x10 | 0x20; // FS_IMMUTABLE_FL | FS_APPEND_FL
+        let flags = |fd: std::os::fd::OwnedFd| {
+            let mut buf = [0u8; 4];
+            sys::file_attr_ioctl(fd.as_fd(), sys::FS_IOC_GETFLAGS, &mut buf)
+                .map(|()| u32::from_ne_bytes(buf))
+                .unwrap_or(0)
+        };
+        let bs = self.branches();
+        let Ok(pnode) = self.resolve.node(parent) else {
+            return false;
+        };
+        let Ok(idx) = self.resolve.top_idx(&bs, &pnode) else {
+            return false;
+        };
+        let Ok(pdir) = self.resolve.layer_dir(&bs, &pnode, idx) else {
+            return false;
+        };
+        let open =
+            |name: &OsStr| sys::open_at(&pdir, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0);
+        open(OsStr::new(".")).is_ok_and(|p| flags(p) & FORBID != 0)
+            || open(name).is_ok_and(|v| flags(v) & FORBID != 0)
     }
 
     fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {

@@ -543,13 +543,16 @@ fn chattr_and_lsattr_work_through_the_union() {
     assert!(!lsattr(&u.b("ro/f")).contains('i'));
     assert_errno(fs::OpenOptions::new().append(true).open(&f), libc::EPERM);
     assert_errno(fs::remove_file(&f), libc::EPERM);
+    // In an immutable directory no delete goes, a non-empty directory's
+    // included: EPERM before ENOTEMPTY, as the kernel checks.
+    write(u.m("d/sub/x"), "x");
+    sh(&format!("chattr +i '{}'", u.m("d").display()));
+    let _d = Mutable(u.b("rw/d"));
+    assert_errno(fs::remove_dir(u.m("d/sub")), libc::EPERM);
+    sh(&format!("chattr -i '{}'", u.m("d").display()));
+    assert_errno(fs::remove_dir(u.m("d/sub")), libc::ENOTEMPTY);
     sh(&format!("chattr -i '{}'", f.display()));
-    fs::OpenOptions::new()
-        .append(true)
-        .open(&f)
-        .unwrap()
-        .write_all(b"+")
-        .unwrap();
+    append(&f, "+").unwrap();
     assert_eq!(read(&f), "lower+");
     assert_eq!(read(u.b("ro/f")), "lower");
 }

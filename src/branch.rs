@@ -526,8 +526,8 @@ pub struct BranchSet {
     /// Distinct for every set made: node locations computed against another
     /// generation are re-resolved before use.
     pub generation: u64,
-    /// The longest name the union accepts: the branches' limit (a name
-    /// within 4 bytes of it has no room for a whiteout; see whiteout.rs).
+    /// The longest name the branches take (found and used through the
+    /// union; see `Union::name_max` for the longest one it makes).
     pub name_max: u64,
 }
 

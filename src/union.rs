@@ -76,21 +76,31 @@ impl Union {
         self.resolve.exact(&self.branches(), dir)
     }
 
-    /// The longest name the union accepts: the branches' limit.
+    /// The longest name the union makes (and statfs reports): the
+    /// branches' limit less `.wh.`, so that every name made through the
+    /// union can be whited out. A longer one already in a branch (an image
+    /// layer may hold one, up to the branches' limit) is found and used all
+    /// the same; only its whiteout cannot be made (ENAMETOOLONG).
     pub fn name_max(&self) -> u64 {
-        self.branches().name_max
+        self.branches()
+            .name_max
+            .saturating_sub(whiteout::PREFIX.len() as u64)
     }
 
+    /// A name that may be looked up: within the branches' limit.
     fn check_name(&self, name: &OsStr) -> Result<()> {
-        if name.len() as u64 > self.name_max() {
+        if name.len() as u64 > self.branches().name_max {
             return Err(Errno::ENAMETOOLONG);
         }
         Ok(())
     }
 
-    /// A name that may be created: not too long, not a whiteout name.
+    /// A name that may be created: short enough to have a whiteout, not a
+    /// whiteout name.
     pub(crate) fn check_new_name(&self, name: &OsStr) -> Result<()> {
-        self.check_name(name)?;
+        if name.len() as u64 > self.name_max() {
+            return Err(Errno::ENAMETOOLONG);
+        }
         if whiteout::is_reserved(name) {
             return Err(Errno::EPERM);
         }

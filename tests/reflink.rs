@@ -92,7 +92,7 @@ fn pattern(len: usize) -> Vec<u8> {
 fn read_while_stopped(u: &Union, f: &fs::File, off: u64) -> bool {
     let pid = nix::unistd::Pid::from_raw(daemon_pid(&u.mnt));
     let f = f.try_clone().unwrap();
-    nix::sys::signal::kill(pid, nix::sys::signal::SIGSTOP).unwrap();
+    stop_process(pid.as_raw());
     let (tx, rx) = mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut buf = vec![0u8; 4096];

@@ -180,11 +180,7 @@ impl Stoppable {
     }
 
     fn stop(&self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid),
-            nix::sys::signal::SIGSTOP,
-        )
-        .unwrap();
+        stop_process(self.pid);
     }
 
     fn cont(&self) {

@@ -294,7 +294,7 @@ fn an_event_queue_overflow_drops_every_cache() {
     }
     // The daemon stopped: more events than the kernel queues for it.
     let pid = nix::unistd::Pid::from_raw(daemon_pid(&u.mnt));
-    nix::sys::signal::kill(pid, nix::sys::signal::SIGSTOP).unwrap();
+    stop_process(pid.as_raw());
     let queue: usize = fs::read_to_string("/proc/sys/fs/fanotify/max_queued_events")
         .unwrap()
         .trim()

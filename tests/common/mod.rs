@@ -293,6 +293,25 @@ macro_rules! need_fuse {
     };
 }
 
+/// Stop process `pid` (SIGSTOP) and wait until every thread of it is: a
+/// stop takes effect thread by thread, and one still running in user space
+/// would answer a request meanwhile.
+pub fn stop_process(pid: i32) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGSTOP).unwrap();
+    let stopped = || {
+        fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .all(|t| {
+                let stat = fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                // "PID (comm) S ...": the state follows the last ')'.
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+            })
+    };
+    wait_for("every thread of the daemon to stop", stopped);
+}
+
 /// The pid of the unionfs-mount daemon serving `mnt`.
 pub fn daemon_pid(mnt: &Path) -> i32 {
     let want = mnt.as_os_str().as_bytes();

@@ -223,7 +223,8 @@ impl InodeTable {
         if let Some(&n) = self.keys.lock().get(&key) {
             return n;
         }
-        let derived = self.numbers.read().of(key);
+        // The root's number is its own.
+        let derived = self.numbers.read().of(key).filter(|&n| n != ROOT);
         *self
             .keys
             .lock()

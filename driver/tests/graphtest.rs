@@ -149,6 +149,7 @@ fn whiteouts_in_diffs_are_oci_whiteouts() {
         .dir("d/")
         .file("d/x", b"x")
         .file("d/y", b"y")
+        .file("k", b"k")
         .bytes();
     assert!(e
         .with_stdin(&["apply-diff", "base"], &base)
@@ -156,6 +157,14 @@ fn whiteouts_in_diffs_are_oci_whiteouts() {
         .success());
     e.ok(&["create", "--rw", "--parent", "base", "c"]);
     let m = e.mount("c");
+    // A copy-up: its number is recorded beside the work directory, which
+    // no diff exports.
+    let mut k = fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("k"))
+        .unwrap();
+    std::io::Write::write_all(&mut k, b"+").unwrap();
+    drop(k);
     fs::remove_file(m.join("a")).unwrap();
     fs::remove_dir_all(m.join("d")).unwrap();
     fs::create_dir(m.join("d")).unwrap();
@@ -168,10 +177,10 @@ fn whiteouts_in_diffs_are_oci_whiteouts() {
         .map(|x| x.unwrap().path().unwrap().display().to_string())
         .collect();
     names.sort();
-    assert_eq!(names, vec![".wh.a", "d", "d/.wh..wh..opq", "d/z"]);
+    assert_eq!(names, vec![".wh.a", "d", "d/.wh..wh..opq", "d/z", "k"]);
     assert_eq!(
         e.ok(&["changes", "c"]),
-        "D /a\nC /d\nD /d/x\nD /d/y\nA /d/z\n"
+        "D /a\nC /d\nD /d/x\nD /d/y\nA /d/z\nC /k\n"
     );
 }
 

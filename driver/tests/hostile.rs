@@ -166,6 +166,12 @@ fn more_hostile_names_are_refused() {
     );
     refused(
         &e,
+        "under-index",
+        &TarBuilder::new().file(".wh..wh.index/1", b"x").bytes(),
+        "reserved name",
+    );
+    refused(
+        &e,
         "wh-dot",
         &TarBuilder::new().dir("d/").file("d/.wh..", b"").bytes(),
         "whiteout of '.' or '..'",

@@ -308,7 +308,7 @@ impl Branch {
         }
         let fd = sys::open_dir_here(self.root(), name)?;
         let st = sys::fstat(fd.as_fd())?;
-        if st.st_uid != sys::geteuid() || st.st_mode & 0o077 != 0 || st.st_dev != self.dev {
+        if !self.is_own_dir(&st) {
             log::warn!(
                 "{}: {INDEX_DIR} is not this daemon's (owner uid {}, mode {:o}): not used",
                 self.path.display(),
@@ -320,13 +320,22 @@ impl Branch {
         Ok(Arc::new(fd))
     }
 
+    /// Whether a directory of the daemon's (the work directory, the index)
+    /// is its own: its owner, mode 0700 or less, on this branch's filesystem.
+    fn is_own_dir(&self, st: &sys::FileStat) -> bool {
+        st.st_uid == sys::geteuid() && st.st_mode & 0o077 == 0 && st.st_dev == self.dev
+    }
+
+    /// The target of index entry `name`, if the index has one.
+    fn record(&self, name: &str) -> Option<OsString> {
+        let index = self.index.lock().clone()?;
+        sys::Obj::at(&index, OsStr::new(name)).readlink().ok()
+    }
+
     /// The number recorded for this branch's object `ino` (a copy-up of an
     /// object that had it), if any.
     pub fn origin_of(&self, ino: u64) -> Option<u64> {
-        let index = self.index.lock().clone()?;
-        let name = ino.to_string();
-        let target = sys::Obj::at(&index, OsStr::new(&name)).readlink().ok()?;
-        target.to_str()?.parse().ok()
+        self.record(&ino.to_string())?.to_str()?.parse().ok()
     }
 
     /// Record that this branch's object `ino` is union object `number`:
@@ -349,9 +358,7 @@ impl Branch {
     /// `st_ino` there and its union path then (check both before use).
     pub fn copy_of(&self, number: u64) -> Option<(u64, PathBuf)> {
         use std::os::unix::ffi::OsStrExt;
-        let index = self.index.lock().clone()?;
-        let name = format!("o{number}");
-        let target = sys::Obj::at(&index, OsStr::new(&name)).readlink().ok()?;
+        let target = self.record(&format!("o{number}"))?;
         let bytes = target.as_bytes();
         let slash = bytes.iter().position(|&b| b == b'/')?;
         let ino = std::str::from_utf8(&bytes[..slash]).ok()?.parse().ok()?;
@@ -434,7 +441,7 @@ impl Branch {
             e => bad(e, format!("{WORK_DIR}: {e}")),
         })?;
         let st = sys::fstat(fd.as_fd()).map_err(|e| bad(e, format!("{WORK_DIR}: {e}")))?;
-        if st.st_uid != sys::geteuid() || st.st_mode & 0o077 != 0 || st.st_dev != self.dev {
+        if !self.is_own_dir(&st) {
             return Err(bad(
                 Errno::EPERM,
                 format!(

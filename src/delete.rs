@@ -51,7 +51,7 @@ impl Union {
     /// Whether the parent's topmost instance is append-only or immutable,
     /// or the entry's is (chattr's `a` and `i`).
     fn flags_forbid_delete(&self, parent: u64, name: &OsStr) -> bool {
-        const FORBID: u32 = 0x10 | 0x20; // FS_IMMUTABLE_FL | FS_APPEND_FL
+        const FORBID: u32 = sys::FS_IMMUTABLE_FL | sys::FS_APPEND_FL;
         let flags = |fd: std::os::fd::OwnedFd| {
             let mut buf = [0u8; 4];
             sys::file_attr_ioctl(fd.as_fd(), sys::FS_IOC_GETFLAGS, &mut buf)

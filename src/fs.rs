@@ -146,13 +146,12 @@ fn absent(negative: Duration) -> EntryOut {
     }
 }
 
-/// Open flags for an open served through the daemon: the kernel may keep
-/// the page cache of a file on a read-only branch across opens (its data
-/// changes only by a copy-up, which copies it as it is; writes after that go
-/// through this same cache, since an inode with cached opens gets no
-/// passthrough ones).
-/// The open reply. Only a passthrough file open for writing is flushed on
-/// close (see `Op::Flush`); every other close asks the daemon nothing.
+/// The open reply. Through the daemon, the kernel may keep the page cache
+/// of a file on a read-only branch across opens (its data changes only by a
+/// copy-up, which copies it as it is; writes after that go through this
+/// same cache, since an inode with cached opens gets no passthrough ones).
+/// Only a passthrough file open for writing is flushed on close (see
+/// `Op::Flush`); every other close asks the daemon nothing.
 fn open_out(opened: &Opened, backing: Option<&Backing>, flags: i32) -> abi::OpenOut {
     let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
     match backing {
@@ -775,7 +774,7 @@ impl Dispatch for UnionFs {
                     reply.unique(),
                     move |u| u.file_attr(ino, cmd, &input, out_size),
                     move |res| match res {
-                        Ok(out) => reply.ioctl(0, &out),
+                        Ok(out) => reply.ioctl(&out),
                         Err(e) => reply.error(e),
                     },
                 );

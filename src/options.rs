@@ -156,12 +156,16 @@ fn program_name() -> String {
         .map(std::path::Path::new)
         .and_then(|p| p.file_name())
         .and_then(|n| n.to_str())
-        .filter(|n| {
-            n.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c))
-        })
+        .filter(|n| is_subtype(n))
         .unwrap_or("unionfs")
         .to_string()
+}
+
+/// What a subtype may hold: letters, digits and `._+-` (so the type word
+/// in /proc/mounts and the mount helper's name stay plain).
+fn is_subtype(s: &str) -> bool {
+    s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c))
 }
 
 /// How long the kernel may keep names, attributes and misses.
@@ -346,8 +350,7 @@ impl MountOptions {
                 }
                 ("fsname", Some(v)) if !v.is_empty() => self.fsname = Some(v.to_string()),
                 ("subtype", Some(v)) => {
-                    let fits = |c: char| c.is_ascii_alphanumeric() || "._+-".contains(c);
-                    if !v.chars().all(fits) {
+                    if !is_subtype(v) {
                         return Err(format!(
                             "option subtype: '{v}' may hold only letters, digits and ._+-"
                         ));

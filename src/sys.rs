@@ -322,6 +322,9 @@ pub const FS_IOC_GETFLAGS: u32 = 0x8008_6601;
 pub const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
 pub const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
 pub const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
+/// chattr's `i` and `a` among the inode flags.
+pub const FS_IMMUTABLE_FL: u32 = 0x10;
+pub const FS_APPEND_FL: u32 = 0x20;
 
 /// One of the four ioctls above on the open file `fd`, its argument in
 /// `buf` (an int's 4 bytes for the flags, 28 for a struct fsxattr): read

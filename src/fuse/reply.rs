@@ -83,13 +83,9 @@ impl Reply {
         self.send(0, &[abi::GetxattrOut { size, padding: 0 }.as_bytes()]);
     }
 
-    /// An ioctl's result and the bytes it gives back.
-    pub fn ioctl(self, result: i32, out: &[u8]) {
-        let head = abi::IoctlOut {
-            result,
-            ..Default::default()
-        };
-        self.send(0, &[head.as_bytes(), out]);
+    /// A successful ioctl (result 0) and the bytes it gives back.
+    pub fn ioctl(self, out: &[u8]) {
+        self.send(0, &[abi::IoctlOut::default().as_bytes(), out]);
     }
 
     pub fn offset(self, offset: u64) {

@@ -76,20 +76,7 @@ pub enum BranchError {
 /// Parse `DIR[=MODE]:DIR[=MODE]...`. Relative paths are kept relative here;
 /// [`resolve`] makes them absolute.
 pub fn parse(list: &str) -> Result<Vec<BranchSpec>, BranchError> {
-    let mut items = Vec::new();
-    let mut cur = String::new();
-    let mut chars = list.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' if chars.peek() == Some(&':') => {
-                cur.push(':');
-                chars.next();
-            }
-            ':' => items.push(std::mem::take(&mut cur)),
-            c => cur.push(c),
-        }
-    }
-    items.push(cur);
+    let items = split_list(list);
     if items.len() == 1 && items[0].is_empty() {
         return Err(BranchError::Empty);
     }
@@ -116,6 +103,25 @@ pub fn parse(list: &str) -> Result<Vec<BranchSpec>, BranchError> {
         });
     }
     Ok(specs)
+}
+
+/// The items of a ':'-separated list in which `\:` stands for a ':'.
+pub fn split_list(list: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut cur = String::new();
+    let mut chars = list.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&':') => {
+                cur.push(':');
+                chars.next();
+            }
+            ':' => items.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    items.push(cur);
+    items
 }
 
 /// The branch list for `specs`, as [`parse`] reads it: each `PATH=MODE`,

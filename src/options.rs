@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::branch::{split_list, BranchSpec, Mode};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum DeleteMode {
     /// Remove every writable instance; whiteout what read-only branches keep.
@@ -95,6 +97,9 @@ pub struct MountOptions {
     /// Readahead of the mount in KiB.
     pub readahead_kb: u32,
     pub fsname: Option<String>,
+    /// overlayfs's form of the branches (`lowerdir=`, `upperdir=`, `workdir=`),
+    /// as container tools and mount helpers give them.
+    pub overlay: OverlayDirs,
     /// The type shown is `fuse.SUBTYPE` (plain `fuse` when empty).
     pub subtype: String,
     pub flags: Vec<Flag>,
@@ -102,6 +107,52 @@ pub struct MountOptions {
     pub atime: Atime,
     /// noatime for directories only.
     pub nodiratime: bool,
+}
+
+/// Branches given as overlayfs takes them: `lowerdir=A:B` (leftmost on
+/// top, read-only), `upperdir=U` (writable, above them) and `workdir=W`,
+/// accepted and checked to be a directory: the work directory is always
+/// `U/.wh..wh.work`, where a rename from it into the union never crosses
+/// filesystems.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OverlayDirs {
+    pub lower: Option<String>,
+    pub upper: Option<String>,
+    pub work: Option<String>,
+}
+
+impl OverlayDirs {
+    /// The branches, when `lowerdir=` was given: `upperdir=` rw on top,
+    /// then the lower directories read-only, leftmost first. `upperdir=` or
+    /// `workdir=` without it is an error.
+    pub fn branches(&self) -> Result<Option<Vec<BranchSpec>>, String> {
+        let Some(lower) = &self.lower else {
+            if self.upper.is_some() || self.work.is_some() {
+                return Err("options upperdir and workdir need lowerdir".into());
+            }
+            return Ok(None);
+        };
+        if let Some(w) = &self.work {
+            if self.upper.is_none() {
+                return Err("option workdir needs upperdir".into());
+            }
+            if !std::path::Path::new(w).is_dir() {
+                return Err(format!("option workdir: {w} is not a directory"));
+            }
+        }
+        let spec = |path: &str, mode| BranchSpec {
+            path: path.into(),
+            mode,
+        };
+        let mut out: Vec<BranchSpec> = self.upper.iter().map(|u| spec(u, Mode::Rw)).collect();
+        for dir in split_list(lower) {
+            if dir.is_empty() {
+                return Err(format!("option lowerdir: an empty directory in '{lower}'"));
+            }
+            out.push(spec(&dir, Mode::Ro));
+        }
+        Ok(Some(out))
+    }
 }
 
 /// Access time updates, as the kernel applies them to local filesystems.
@@ -138,6 +189,7 @@ impl Default for MountOptions {
             dir_cache: 32768,
             readahead_kb: 1024,
             fsname: None,
+            overlay: OverlayDirs::default(),
             subtype: program_name(),
             flags: Vec::new(),
             atime: Atime::Relatime,
@@ -349,6 +401,9 @@ impl MountOptions {
                     })?
                 }
                 ("fsname", Some(v)) if !v.is_empty() => self.fsname = Some(v.to_string()),
+                ("lowerdir", Some(v)) => self.overlay.lower = Some(v.to_string()),
+                ("upperdir", Some(v)) => self.overlay.upper = Some(v.to_string()),
+                ("workdir", Some(v)) => self.overlay.work = Some(v.to_string()),
                 ("subtype", Some(v)) => {
                     if !is_subtype(v) {
                         return Err(format!(
@@ -383,7 +438,8 @@ impl MountOptions {
                 (
                     "delete" | "threads" | "passthrough" | "io_uring" | "readdirplus"
                     | "entry_timeout" | "attr_timeout" | "negative_timeout" | "dir_cache"
-                    | "readahead" | "fsname" | "subtype" | "udba" | "max_watches",
+                    | "readahead" | "fsname" | "subtype" | "udba" | "max_watches" | "lowerdir"
+                    | "upperdir" | "workdir",
                     None,
                 ) => return Err(format!("option {key} needs a value ({key}=...)")),
                 _ => return Err(format!("unknown mount option '{opt}'")),

@@ -237,6 +237,83 @@ fn mount_t_fuse_unionfs_mount_works_as_from_fstab() {
 }
 
 #[test]
+fn overlay_options_mount_as_mount_fuse3_runs_a_helper() {
+    need_fuse!();
+    let mut u = Union::new(&["upper", "l1", "l2", "work"]);
+    write(u.b("l1/a"), "l1");
+    write(u.b("l2/a"), "l2");
+    write(u.b("l2/b"), "b");
+    // containerd's form: mount.fuse3 SOURCE TARGET -o OPTS -t PROGRAM, which
+    // runs `PROGRAM SOURCE TARGET -o OPTS` from PATH.
+    let dir = std::path::Path::new(BIN).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let lower = format!("lowerdir={}:{}", u.b("l1").display(), u.b("l2").display());
+    let upper = format!("upperdir={}", u.b("upper").display());
+    let work = format!("workdir={}", u.b("work").display());
+    let out = Command::new("mount.fuse3")
+        .env("PATH", &path)
+        .arg("snap-src")
+        .arg(&u.mnt)
+        .args(["-o", &lower, "-o", &upper, "-o", &work, "-o", "allow_other"])
+        .args(["-t", "unionfs-mount"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.contains(u.mnt.to_str().unwrap()))
+        .unwrap();
+    assert!(
+        line.starts_with("snap-src "),
+        "the source is the fsname: {line}"
+    );
+    assert_eq!(line.split(' ').nth(2), Some("fuse.unionfs-mount"), "{line}");
+    assert!(line.contains("allow_other"), "{line}");
+    assert_eq!(read(u.m("a")), "l1", "lowerdir's leftmost is on top");
+    assert_eq!(read(u.m("b")), "b");
+    write(u.m("c"), "new");
+    assert_eq!(read(u.b("upper/c")), "new", "writes land in upperdir");
+    std::fs::remove_file(u.m("b")).unwrap();
+    assert!(exists(u.b("upper/.wh.b")));
+    assert_eq!(read(u.b("l2/b")), "b");
+    unmount(&u.mnt);
+
+    // fuse-overlayfs's form: -o lowerdir=... MOUNTPOINT; no upperdir: read-only.
+    let out = Command::new(BIN)
+        .args(["-o", &lower])
+        .arg(&u.mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read(u.m("a")), "l1");
+    assert_errno(std::fs::write(u.m("d"), "x"), libc::EROFS);
+    unmount(&u.mnt);
+
+    refused(&mut u, "src", &[&upper], "need lowerdir");
+    refused(
+        &mut u,
+        "src",
+        &[&lower, "workdir=/nonexistent", &upper],
+        "workdir",
+    );
+    refused(&mut u, "src", &["lowerdir=l1::l2"], "empty directory");
+    refused(&mut u, "src", &["lowerdir=/nonexistent"], "nonexistent");
+}
+
+#[test]
 fn allow_root_lets_only_the_owner_and_root_in_and_allow_other_everyone() {
     need_fuse!();
     let mut u = Union::new(&["rw"]);

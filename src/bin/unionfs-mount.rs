@@ -106,7 +106,17 @@ MOUNT OPTIONS (-o OPT[,OPT...]):
                   Listings carry attributes while entries are being looked up
                   (the kernel's adaptive mode): fewer requests for ls -l, du,
                   rsync; more work for plain listings (default off).
-    fsname=NAME   The source shown in /proc/mounts (default unionfs).
+    fsname=NAME   The source shown in /proc/mounts (default unionfs; with
+                  lowerdir=, the SOURCE argument when one is given).
+    lowerdir=DIR[:DIR...], upperdir=DIR, workdir=DIR
+                  The branches in overlayfs's form instead of BRANCHES, as
+                  container tools and fuse-overlayfs take them: upperdir
+                  writable on top, then lowerdir's directories read-only,
+                  leftmost first (without upperdir the union is read-only).
+                  workdir is accepted and must be a directory, but the work
+                  directory is always UPPER/.wh..wh.work. mount.fuse3 runs
+                  this form as `unionfs-mount SOURCE MOUNTPOINT -o OPTS`, so a
+                  mount of type fuse3.unionfs-mount works (containerd's).
     subtype=NAME  The type shown in /proc/mounts is fuse.NAME (default: the
                   program's name, fuse.unionfs-mount; empty: plain fuse).
     relatime, strictatime, noatime, nodiratime
@@ -144,7 +154,8 @@ EXAMPLES:
     about = ABOUT,
     long_about = LONG_ABOUT,
     after_long_help = AFTER_LONG_HELP,
-    override_usage = "unionfs-mount [-f] [-d] [-s] [-o OPT[,OPT...]] BRANCHES MOUNTPOINT"
+    override_usage = "unionfs-mount [-f] [-d] [-s] [-o OPT[,OPT...]] BRANCHES MOUNTPOINT\n       \
+unionfs-mount [-f] [-d] [-s] -o lowerdir=DIR[:DIR...][,upperdir=DIR][,OPT...] [SOURCE] MOUNTPOINT"
 )]
 struct Cli {
     /// Stay in the foreground.
@@ -159,10 +170,11 @@ struct Cli {
     /// Mount options, comma-separated (see MOUNT OPTIONS in --help).
     #[arg(short = 'o', value_name = "OPT[,OPT...]", action = ArgAction::Append)]
     options: Vec<String>,
-    /// Branches: DIR[=rw|=ro] joined by ':', leftmost first.
+    /// Branches: DIR[=rw|=ro] joined by ':', leftmost first (with
+    /// lowerdir=: the source shown in /proc/mounts, or the mount point).
     branches: String,
     /// Where to mount the union.
-    mountpoint: PathBuf,
+    mountpoint: Option<PathBuf>,
 }
 
 /// One line on stderr, exit status 2: bad input, nothing mounted.
@@ -188,16 +200,26 @@ fn main() -> ExitCode {
     if cli.single {
         opts.threads = 1;
     }
-    let specs = match branch::parse(&cli.branches)
-        .and_then(|s| branch::resolve(&s, Some(&cli.mountpoint)))
-    {
+    // overlayfs's lowerdir=/upperdir= form, as mount.fuse3 runs a mount
+    // helper: `PROGRAM SOURCE MOUNTPOINT -o OPTS` (or `-o OPTS MOUNTPOINT`).
+    let (specs, mountpoint) = match (opts.overlay.branches(), cli.mountpoint) {
+        (Err(e), _) => return usage_error(e),
+        (Ok(Some(specs)), Some(mnt)) => {
+            opts.fsname.get_or_insert(cli.branches);
+            (Ok(specs), mnt)
+        }
+        (Ok(Some(specs)), None) => (Ok(specs), PathBuf::from(cli.branches)),
+        (Ok(None), Some(mnt)) => (branch::parse(&cli.branches), mnt),
+        (Ok(None), None) => return usage_error("no MOUNTPOINT given (see --help)"),
+    };
+    let specs = match specs.and_then(|s| branch::resolve(&s, Some(&mountpoint))) {
         Ok(s) => s,
         Err(e) => return usage_error(e),
     };
     // Absolute, so the daemon can leave its working directory.
-    let mountpoint = match std::fs::canonicalize(&cli.mountpoint) {
+    let mountpoint = match std::fs::canonicalize(&mountpoint) {
         Ok(p) => p,
-        Err(e) => return usage_error(format!("mount point {}: {e}", cli.mountpoint.display())),
+        Err(e) => return usage_error(format!("mount point {}: {e}", mountpoint.display())),
     };
     // Before any branch is opened: strictatime opens their roots on private mounts.
     opts.apply_atime();

@@ -364,6 +364,7 @@ fn import_inner(
                 diff_digest: Some(diff_id.clone()),
                 size,
                 rw: false,
+                snapshotter: false,
             })?;
         }
         prev = Some(id);

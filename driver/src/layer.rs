@@ -73,7 +73,7 @@ fn mount_program() -> PathBuf {
 }
 
 /// Bytes of file data below `dir`, each hard-linked file counted once.
-fn sum_sizes(dir: &Dir) -> Result<u64, fsat::Errno> {
+pub(crate) fn sum_sizes(dir: &Dir) -> Result<u64, fsat::Errno> {
     fn walk(
         dir: &Dir,
         seen: &mut std::collections::HashSet<(u64, u64)>,
@@ -111,7 +111,29 @@ impl Store {
             .map_err(|e| self.io("layers", e))
     }
 
-    fn refresh_size(&self, m: &mut LayerMeta) -> Result<(), Error> {
+    /// A new empty layer `id` on the layer `parent`: its directory is made
+    /// aside and renamed in, then its metadata written.
+    pub(crate) fn new_layer(
+        &self,
+        id: &str,
+        parent: Option<String>,
+        rw: bool,
+        snapshotter: bool,
+    ) -> Result<(), Error> {
+        let tmp = self.temp_dir("create")?;
+        std::fs::rename(&tmp, self.layer_dir(id)).map_err(|e| self.io("layers", e))?;
+        self.save_meta(&LayerMeta {
+            id: id.to_string(),
+            parent,
+            created: now(),
+            diff_digest: None,
+            size: 0,
+            rw,
+            snapshotter,
+        })
+    }
+
+    pub(crate) fn refresh_size(&self, m: &mut LayerMeta) -> Result<(), Error> {
         let fd = open_dir(&self.layer_dir(&m.id))?;
         m.size = sum_sizes(&fd).map_err(|e| self.io("layers", e.into()))?;
         self.save_meta(m)
@@ -158,16 +180,7 @@ impl GraphDriver for Store {
             Some(p) => Some(self.resolve(p)?),
             None => None,
         };
-        let tmp = self.temp_dir("create")?;
-        std::fs::rename(&tmp, self.layer_dir(id)).map_err(|e| self.io("layers", e))?;
-        self.save_meta(&LayerMeta {
-            id: id.to_string(),
-            parent,
-            created: now(),
-            diff_digest: None,
-            size: 0,
-            rw,
-        })
+        self.new_layer(id, parent, rw, false)
     }
 
     fn get(&self, id: &str) -> Result<PathBuf, Error> {
@@ -235,6 +248,11 @@ impl GraphDriver for Store {
             return Err(Error::Busy(format!(
                 "layer {id} is the top of image {}",
                 img.name
+            )));
+        }
+        if let Some(key) = crate::snapshots::Records::load(self)?.user_of(&id) {
+            return Err(Error::Busy(format!(
+                "layer {id} holds containerd snapshot {key}"
             )));
         }
         // Metadata first: a crash after it leaves a directory the next start removes.

@@ -3,12 +3,14 @@
 //!
 //! `store` is the on-disk layout (see its header), `layer` the driver
 //! operations, `image` the import of OCI layouts and `docker save` archives,
-//! `tar` the hostile-input-proof layer extraction and the diff writer.
+//! `tar` the hostile-input-proof layer extraction and the diff writer,
+//! `snapshots` the store as a containerd snapshotter.
 #![deny(unsafe_code)]
 
 pub mod image;
 pub mod launch;
 pub mod layer;
+pub mod snapshots;
 pub mod store;
 mod sys;
 pub mod tar;

@@ -7,6 +7,7 @@
 //!   meta/ID.json        its metadata (id, parent, created, diff digest, size, rw)
 //!   images/NAME.json    an image: its top layer and its config (Env, Cmd, ...)
 //!   mounts/ID/          where a layer chain is mounted; mounts/ID.json its reference count
+//!   snapshots.json      containerd's snapshots and the layers that hold them
 //!   tmp/                layers being built; emptied when a process takes the lock
 //! ```
 //!
@@ -37,6 +38,10 @@ pub struct LayerMeta {
     pub size: u64,
     /// A container's writable layer.
     pub rw: bool,
+    /// Made by the containerd snapshotter, which removes it with the last
+    /// snapshot that uses it (unless an image or layer of the driver does).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snapshotter: bool,
 }
 
 /// What `run` needs from an image's config.
@@ -235,7 +240,7 @@ impl Store {
         Ok(())
     }
 
-    fn read_json<T: for<'de> Deserialize<'de>>(&self, path: &Path) -> Result<Option<T>, Error> {
+    pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(&self, path: &Path) -> Result<Option<T>, Error> {
         match fs::read(path) {
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)

@@ -8,6 +8,23 @@ use clap::{Parser, Subcommand};
 use unionfs_driver::store::DEFAULT_ROOT;
 use unionfs_driver::{image, GraphDriver, Store};
 
+const SNAPSHOTTER_HELP: &str = "\
+Serve containerd's snapshots API (containerd.services.snapshots.v1) on SOCKET
+until SIGTERM or SIGINT. Committed snapshots are the store's layers, named by
+their chain id, so an image unpacked by containerd and one imported with
+`unionfs-driver import` share their layers; active snapshots are rw layers,
+views read-only unions. containerd mounts them itself: a snapshot with a
+parent as type fuse3.unionfs-mount (mount.fuse3 runs unionfs-mount, which
+must be on containerd's PATH), one without as a bind mount. containerd's
+config.toml:
+
+    [proxy_plugins.unionfs]
+      type = \"snapshot\"
+      address = \"/run/unionfs-driver/snapshotter.sock\"
+
+then `ctr image pull --snapshotter unionfs ...`, or for Kubernetes
+[plugins.\"io.containerd.grpc.v1.cri\".containerd] snapshotter = \"unionfs\".";
+
 #[derive(Parser)]
 #[command(
     name = "unionfs-driver",
@@ -85,6 +102,14 @@ enum Cmd {
         image: String,
         #[arg(last = true)]
         cmd: Vec<String>,
+    },
+    /// Serve containerd's snapshots API on a Unix socket, as a proxy
+    /// snapshotter plugin over this store.
+    #[command(long_about = SNAPSHOTTER_HELP)]
+    Snapshotter {
+        /// The socket containerd's config names (made 0600; its directory 0700).
+        #[arg(long, value_name = "SOCKET", default_value = "/run/unionfs-driver/snapshotter.sock")]
+        address: PathBuf,
     },
     /// Drop a container's mount (and with --rm its layer): the launcher's
     /// clean-up when it was killed.
@@ -197,11 +222,14 @@ fn run(cli: Cli) -> Result<(), unionfs_driver::Error> {
             std::process::exit(code);
         }
         Cmd::Release { rm, id } => return release(&root, &id, rm),
+        Cmd::Snapshotter { address } => return unionfs_driver::snapshots::serve(&root, &address),
         _ => {}
     }
     let s = Store::open(&root)?;
     match cli.cmd {
-        Cmd::Run { .. } | Cmd::Release { .. } => unreachable!("handled above"),
+        Cmd::Run { .. } | Cmd::Release { .. } | Cmd::Snapshotter { .. } => {
+            unreachable!("handled above")
+        }
         Cmd::Create { rw, parent, id } => s.create(&id, parent.as_deref(), rw)?,
         Cmd::Mount { id } => println!("{}", s.get(&id)?.display()),
         Cmd::Umount { id } => s.put(&id)?,

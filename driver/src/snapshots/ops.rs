@@ -1,0 +1,417 @@
+//! The snapshot operations on the store, one at a time under its lock.
+//!
+//! A committed snapshot is a read-only layer, named by its chain id when
+//! containerd's name ends in one (`NS/N/sha256:HEX`, as an unpack commits),
+//! so a layer the store holds already (from `unionfs-driver import` or
+//! another namespace) is kept once. An active snapshot is an rw layer
+//! `snap-N` on its parent's layer; a view is only its parent's chain.
+//! Each change writes its layer first and the records last: a crash in
+//! between leaves a layer no snapshot names, which Cleanup removes.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use unionfs::fsat::{self, Dir};
+use unionfs::whiteout::{INDEX_DIR, WORK_DIR};
+
+use super::filter::parse_all;
+use super::mounts::{self, Mount};
+use super::records::{move_layer, now_nanos, Kind, Record, Records};
+use crate::store::{remove_path, Store};
+use crate::Error;
+
+/// containerd's label of a layer's chain id on an unpack's Prepare: a
+/// snapshotter that has it answers AlreadyExists and the unpack skips it.
+pub const REF_LABEL: &str = "containerd.io/snapshot.ref";
+
+/// What Usage answers: bytes on disk and inodes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub size: u64,
+    pub inodes: u64,
+}
+
+pub struct Snapshots<'a> {
+    pub store: &'a Store,
+    pub db: Records,
+}
+
+/// `sha256:` and 64 hex digits at the end of a committed snapshot's name.
+fn chain_id_of(name: &str) -> Option<&str> {
+    let last = name.rsplit('/').next()?;
+    let hex = last.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(last)
+}
+
+impl<'a> Snapshots<'a> {
+    pub fn open(store: &'a Store) -> Result<Snapshots<'a>, Error> {
+        let mut db = Records::load(store)?;
+        if db.snapshots.values().any(|r| r.moving_from.is_some()) {
+            db.finish_moves(store)?;
+        }
+        Ok(Snapshots { store, db })
+    }
+
+    fn parent_layer(&self, parent: &str) -> Result<Option<String>, Error> {
+        if parent.is_empty() {
+            return Ok(None);
+        }
+        let p = self.db.get(parent).map_err(|_| {
+            Error::NotFound(format!("parent snapshot {parent} does not exist"))
+        })?;
+        if p.kind != Kind::Committed {
+            return Err(Error::Invalid(format!(
+                "parent snapshot {parent} is not committed"
+            )));
+        }
+        Ok(p.layer.clone())
+    }
+
+    /// Prepare (`kind` Active) or View: the new snapshot's mounts.
+    pub fn create(
+        &mut self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Vec<Mount>, Error> {
+        if key.is_empty() {
+            return Err(Error::Invalid("a snapshot key may not be empty".into()));
+        }
+        if self.db.snapshots.contains_key(key) {
+            return Err(Error::Exists(format!("snapshot {key} exists")));
+        }
+        let parent_layer = self.parent_layer(parent)?;
+        if let Some(target) = labels.get(REF_LABEL) {
+            self.remote_ref(target, parent, &parent_layer, &labels)?;
+        }
+        let layer = match kind {
+            Kind::Active => {
+                let id = format!("snap-{}", self.db.next);
+                self.db.next += 1;
+                self.store.new_layer(&id, parent_layer, true, true)?;
+                Some(id)
+            }
+            _ => None,
+        };
+        let now = now_nanos();
+        self.db.snapshots.insert(
+            key.to_string(),
+            Record {
+                kind,
+                parent: parent.to_string(),
+                layer,
+                labels,
+                created: now,
+                updated: now,
+                moving_from: None,
+            },
+        );
+        self.db.save(self.store)?;
+        self.mounts(key)
+    }
+
+    /// The remote-snapshot protocol: if the store holds the layer `target`
+    /// on this parent, a committed snapshot `target` names it (made now if
+    /// need be) and the Prepare is answered AlreadyExists; containerd then
+    /// finds it by its label and skips the layer's download and apply.
+    fn remote_ref(
+        &mut self,
+        target: &str,
+        parent: &str,
+        parent_layer: &Option<String>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), Error> {
+        let exists = || Error::Exists(format!("target snapshot {target} exists"));
+        let have = self.db.snapshots.values().any(|r| {
+            r.kind == Kind::Committed
+                && r.parent == parent
+                && r.labels.get(REF_LABEL).map(String::as_str) == Some(target)
+        });
+        if have {
+            return Err(exists());
+        }
+        let held = chain_id_of(target).is_some()
+            && !self.db.snapshots.contains_key(target)
+            && self
+                .store
+                .meta(target)?
+                .is_some_and(|m| !m.rw && &m.parent == parent_layer);
+        if !held {
+            return Ok(());
+        }
+        let now = now_nanos();
+        self.db.snapshots.insert(
+            target.to_string(),
+            Record {
+                kind: Kind::Committed,
+                parent: parent.to_string(),
+                layer: Some(target.to_string()),
+                labels: labels.clone(),
+                created: now,
+                updated: now,
+                moving_from: None,
+            },
+        );
+        self.db.save(self.store)?;
+        log::info!("snapshot {target}: the store holds the layer, the unpack skips it");
+        Err(exists())
+    }
+
+    pub fn mounts(&self, key: &str) -> Result<Vec<Mount>, Error> {
+        let rec = self.db.get(key)?;
+        if rec.kind == Kind::Committed {
+            return Err(Error::Busy(format!(
+                "snapshot {key} is committed: only active snapshots and views have mounts"
+            )));
+        }
+        let lowers = match self.parent_layer(&rec.parent)? {
+            Some(p) => self
+                .store
+                .chain(&p)?
+                .iter()
+                .map(|m| self.store.layer_dir(&m.id))
+                .collect(),
+            None => Vec::new(),
+        };
+        let upper = rec.layer.as_ref().map(|l| self.store.layer_dir(l));
+        mounts::of(self.store, upper.as_deref(), &lowers)
+    }
+
+    pub fn commit(
+        &mut self,
+        name: &str,
+        key: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<(), Error> {
+        let rec = self.db.get(key)?.clone();
+        if rec.kind != Kind::Active {
+            return Err(Error::Busy(format!(
+                "snapshot {key} is a {}: only an active snapshot can be committed",
+                rec.kind.name()
+            )));
+        }
+        if self.db.snapshots.contains_key(name) {
+            return Err(Error::Exists(format!("snapshot {name} exists")));
+        }
+        let own = rec.layer.clone().ok_or_else(|| {
+            Error::Invalid(format!("snapshot {key} has no layer"))
+        })?;
+        let dir = self.store.layer_dir(&own);
+        // The daemons' work and index directories are no part of the layer.
+        for d in [WORK_DIR, INDEX_DIR] {
+            remove_path(&dir.join(d))?;
+        }
+        let mut meta = self.store.layer(&own)?;
+        meta.rw = false;
+        self.store.refresh_size(&mut meta)?;
+        let mut layer = own.clone();
+        let mut moving_from = None;
+        let mut drop_own = false;
+        if let Some(chain) = chain_id_of(name).filter(|c| *c != own) {
+            match self.store.meta(chain)? {
+                Some(m) if !m.rw && m.parent == meta.parent => {
+                    layer = chain.to_string();
+                    drop_own = true;
+                }
+                Some(_) => {}
+                None => {
+                    let mut renamed = meta.clone();
+                    renamed.id = chain.to_string();
+                    self.store.save_meta(&renamed)?;
+                    layer = chain.to_string();
+                    moving_from = Some(own.clone());
+                }
+            }
+        }
+        let now = now_nanos();
+        self.db.snapshots.remove(key);
+        self.db.snapshots.insert(
+            name.to_string(),
+            Record {
+                kind: Kind::Committed,
+                parent: rec.parent,
+                layer: Some(layer.clone()),
+                labels,
+                created: now,
+                updated: now,
+                moving_from: moving_from.clone(),
+            },
+        );
+        self.db.save(self.store)?;
+        if let Some(from) = moving_from {
+            move_layer(self.store, &from, &layer)?;
+            if let Some(r) = self.db.snapshots.get_mut(name) {
+                r.moving_from = None;
+            }
+            self.db.save(self.store)?;
+        } else if drop_own {
+            log::info!("snapshot {name}: the store holds layer {layer} already");
+            self.release(&own)?;
+        }
+        Ok(())
+    }
+
+    pub fn remove(&mut self, key: &str) -> Result<(), Error> {
+        let rec = self.db.get(key)?.clone();
+        if let Some(child) = self.db.child_of(key) {
+            return Err(Error::Busy(format!(
+                "cannot remove snapshot {key}: snapshot {child} is its child"
+            )));
+        }
+        self.db.snapshots.remove(key);
+        self.db.save(self.store)?;
+        if let Some(l) = rec.layer {
+            self.release(&l)?;
+        }
+        Ok(())
+    }
+
+    /// Remove the layer `id` if the snapshotter made it and nothing uses it
+    /// any more: no snapshot, and no image or layer of the driver's.
+    fn release(&self, id: &str) -> Result<(), Error> {
+        if self.db.user_of(id).is_some() {
+            return Ok(());
+        }
+        let Some(meta) = self.store.meta(id)? else {
+            return Ok(());
+        };
+        if !meta.snapshotter {
+            return Ok(());
+        }
+        if let Some(child) = self.store.layers()?.iter().find(|m| m.parent.as_deref() == Some(id)) {
+            log::info!("layer {id} stays: layer {} is built on it", child.id);
+            return Ok(());
+        }
+        if let Some(img) = self.store.images()?.iter().find(|i| i.top == id) {
+            log::info!("layer {id} stays: it is the top of image {}", img.name);
+            return Ok(());
+        }
+        // Metadata first: a crash after it leaves a directory the next start removes.
+        self.store.remove_meta(id)?;
+        // Aside first, so what a daemon that is still ending does there is no matter.
+        let aside = self.store.temp_dir(&format!("removed-{}", self.db.next))?;
+        let gone = std::fs::rename(self.store.layer_dir(id), &aside)
+            .map_err(|e| self.store.io("layers", e))
+            .and_then(|_| remove_path(&aside));
+        if let Err(e) = gone {
+            log::warn!("layer {id}: its files stay in tmp/ until the next start: {e}");
+        }
+        Ok(())
+    }
+
+    pub fn stat(&self, key: &str) -> Result<&Record, Error> {
+        self.db.get(key)
+    }
+
+    /// Update: only labels change (`labels`, `labels.KEY`; no paths: all labels).
+    pub fn update(
+        &mut self,
+        key: &str,
+        labels: BTreeMap<String, String>,
+        paths: &[String],
+    ) -> Result<Record, Error> {
+        let rec = self
+            .db
+            .snapshots
+            .get_mut(key)
+            .ok_or_else(|| Error::NotFound(format!("snapshot {key} does not exist")))?;
+        let mut new = rec.labels.clone();
+        if paths.is_empty() {
+            new = labels;
+        } else {
+            for p in paths {
+                if p == "labels" {
+                    new = labels.clone();
+                } else if let Some(l) = p.strip_prefix("labels.") {
+                    match labels.get(l) {
+                        Some(v) => new.insert(l.to_string(), v.clone()),
+                        None => new.remove(l),
+                    };
+                } else {
+                    return Err(Error::Invalid(format!(
+                        "cannot update field {p} of snapshot {key}: only labels change"
+                    )));
+                }
+            }
+        }
+        rec.labels = new;
+        rec.updated = now_nanos();
+        let out = rec.clone();
+        self.db.save(self.store)?;
+        Ok(out)
+    }
+
+    /// The snapshots the filters select (containerd's syntax; none: all).
+    pub fn list(&self, filters: &[String]) -> Result<Vec<(String, Record)>, Error> {
+        let filters = parse_all(filters)?;
+        Ok(self
+            .db
+            .snapshots
+            .iter()
+            .filter(|(k, r)| {
+                let field = |path: &[String]| -> Option<String> {
+                    match path {
+                        [f] if f == "name" => Some(k.to_string()),
+                        [f] if f == "parent" => Some(r.parent.clone()),
+                        [f] if f == "kind" => Some(r.kind.name().to_string()),
+                        [f, l] if f == "labels" => r.labels.get(l).cloned(),
+                        _ => None,
+                    }
+                };
+                filters.is_empty() || filters.iter().any(|f| f.matches(&field))
+            })
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect())
+    }
+
+    /// Disk use of the snapshot's own layer (a view has none).
+    pub fn usage(&self, key: &str) -> Result<Usage, Error> {
+        let rec = self.db.get(key)?;
+        match &rec.layer {
+            Some(l) => disk_usage(&self.store.layer_dir(l))
+                .map_err(|e| self.store.io("layers", e.into())),
+            None => Ok(Usage::default()),
+        }
+    }
+
+    /// Cleanup: the layers the snapshotter made that no snapshot names
+    /// (left by a crash between a layer and its record).
+    pub fn cleanup(&self) -> Result<(), Error> {
+        for m in self.store.layers()? {
+            if m.snapshotter && self.db.user_of(&m.id).is_none() {
+                self.release(&m.id)?;
+            }
+        }
+        self.store.clear_tmp()
+    }
+}
+
+/// Bytes in blocks and inodes below `dir` (each inode once), as du counts.
+fn disk_usage(dir: &Path) -> Result<Usage, fsat::Errno> {
+    fn walk(
+        dir: &Dir,
+        seen: &mut std::collections::HashSet<(u64, u64)>,
+        top: bool,
+        u: &mut Usage,
+    ) -> Result<(), fsat::Errno> {
+        for e in fsat::read_dir(dir)? {
+            if top && unionfs::whiteout::is_daemon_dir(&e.name) {
+                continue;
+            }
+            let st = fsat::stat_at(dir, &e.name)?;
+            if seen.insert((st.st_dev, st.st_ino)) {
+                u.inodes += 1;
+                u.size += st.st_blocks as u64 * 512;
+            }
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                walk(&fsat::open_dir(dir, Path::new(&e.name))?, seen, false, u)?;
+            }
+        }
+        Ok(())
+    }
+    let root = Dir::open_root(dir)?;
+    let mut u = Usage::default();
+    walk(&root, &mut std::collections::HashSet::new(), true, &mut u)?;
+    Ok(u)
+}

@@ -240,7 +240,10 @@ impl Store {
         Ok(())
     }
 
-    pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(&self, path: &Path) -> Result<Option<T>, Error> {
+    pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        path: &Path,
+    ) -> Result<Option<T>, Error> {
         match fs::read(path) {
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)

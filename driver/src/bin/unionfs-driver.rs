@@ -108,7 +108,11 @@ enum Cmd {
     #[command(long_about = SNAPSHOTTER_HELP)]
     Snapshotter {
         /// The socket containerd's config names (made 0600; its directory 0700).
-        #[arg(long, value_name = "SOCKET", default_value = "/run/unionfs-driver/snapshotter.sock")]
+        #[arg(
+            long,
+            value_name = "SOCKET",
+            default_value = "/run/unionfs-driver/snapshotter.sock"
+        )]
         address: PathBuf,
     },
     /// Drop a container's mount (and with --rm its layer): the launcher's

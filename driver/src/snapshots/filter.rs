@@ -141,8 +141,12 @@ mod tests {
     fn containerd_filters_parse_and_match() {
         let m = |f: &str| Filter::parse(f).unwrap().matches(&fields);
         assert!(m(r#"labels."containerd.io/gc.root"==check-walk"#));
-        assert!(m(r#"kind==active,labels."containerd.io/gc.root"==check-walk"#));
-        assert!(!m(r#"kind==view,labels."containerd.io/gc.root"==check-walk"#));
+        assert!(m(
+            r#"kind==active,labels."containerd.io/gc.root"==check-walk"#
+        ));
+        assert!(!m(
+            r#"kind==view,labels."containerd.io/gc.root"==check-walk"#
+        ));
         assert!(m(r#"name=="default/1/a""#));
         assert!(m("name!=other"));
         assert!(m(r#"labels."containerd.io/gc.root""#));

@@ -48,7 +48,10 @@ pub fn of(store: &Store, upper: Option<&Path>, lowers: &[PathBuf]) -> Result<Vec
             options: vec!["rbind".into(), rw.into()],
         }]);
     }
-    let lower: Vec<String> = lowers.iter().map(|p| option_path(p)).collect::<Result<_, _>>()?;
+    let lower: Vec<String> = lowers
+        .iter()
+        .map(|p| option_path(p))
+        .collect::<Result<_, _>>()?;
     let mut options = vec![format!("lowerdir={}", lower.join(":"))];
     match upper {
         Some(u) => options.push(format!("upperdir={}", option_path(u)?)),

@@ -56,9 +56,10 @@ impl<'a> Snapshots<'a> {
         if parent.is_empty() {
             return Ok(None);
         }
-        let p = self.db.get(parent).map_err(|_| {
-            Error::NotFound(format!("parent snapshot {parent} does not exist"))
-        })?;
+        let p = self
+            .db
+            .get(parent)
+            .map_err(|_| Error::NotFound(format!("parent snapshot {parent} does not exist")))?;
         if p.kind != Kind::Committed {
             return Err(Error::Invalid(format!(
                 "parent snapshot {parent} is not committed"
@@ -194,9 +195,10 @@ impl<'a> Snapshots<'a> {
         if self.db.snapshots.contains_key(name) {
             return Err(Error::Exists(format!("snapshot {name} exists")));
         }
-        let own = rec.layer.clone().ok_or_else(|| {
-            Error::Invalid(format!("snapshot {key} has no layer"))
-        })?;
+        let own = rec
+            .layer
+            .clone()
+            .ok_or_else(|| Error::Invalid(format!("snapshot {key} has no layer")))?;
         let dir = self.store.layer_dir(&own);
         // The daemons' work and index directories are no part of the layer.
         for d in [WORK_DIR, INDEX_DIR] {
@@ -279,7 +281,12 @@ impl<'a> Snapshots<'a> {
         if !meta.snapshotter {
             return Ok(());
         }
-        if let Some(child) = self.store.layers()?.iter().find(|m| m.parent.as_deref() == Some(id)) {
+        if let Some(child) = self
+            .store
+            .layers()?
+            .iter()
+            .find(|m| m.parent.as_deref() == Some(id))
+        {
             log::info!("layer {id} stays: layer {} is built on it", child.id);
             return Ok(());
         }
@@ -369,8 +376,9 @@ impl<'a> Snapshots<'a> {
     pub fn usage(&self, key: &str) -> Result<Usage, Error> {
         let rec = self.db.get(key)?;
         match &rec.layer {
-            Some(l) => disk_usage(&self.store.layer_dir(l))
-                .map_err(|e| self.store.io("layers", e.into())),
+            Some(l) => {
+                disk_usage(&self.store.layer_dir(l)).map_err(|e| self.store.io("layers", e.into()))
+            }
             None => Ok(Usage::default()),
         }
     }

@@ -213,5 +213,10 @@ async fn serve_on(root: &Path, address: &Path) -> Result<(), Error> {
         .serve_with_incoming_shutdown(incoming, stop)
         .await;
     let _ = std::fs::remove_file(address);
-    res.map_err(|e| Error::Io(format!("serving {}", address.display()), std::io::Error::other(e)))
+    res.map_err(|e| {
+        Error::Io(
+            format!("serving {}", address.display()),
+            std::io::Error::other(e),
+        )
+    })
 }

@@ -79,7 +79,8 @@ func newSnapshotter(ctx context.Context, root string) (snapshots.Snapshotter, fu
 	dial := func(ctx context.Context, addr string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", addr)
 	}
-	// As containerd dials: a target of its own, the socket from the dialer.
+	// The server's HTTP/2 (h2) refuses a socket path as :authority, which
+	// grpc-go 1.33 makes of a plain target: name a host, as for TCP.
 	conn, err := grpc.Dial(sock, grpc.WithInsecure(), grpc.WithContextDialer(dial), grpc.WithAuthority("localhost"))
 	if err != nil {
 		cmd.Process.Kill()

@@ -947,12 +947,16 @@ pub fn setsid() -> Result<()> {
     unistd::setsid().map(drop)
 }
 
-/// Point stdin, stdout (and stderr unless `keep_stderr`) at /dev/null.
+/// Point stdin, stdout (and stderr unless `keep_stderr`) at /dev/null. A
+/// pipe or socket as stderr goes too: whoever started us (a mount helper
+/// run by containerd, a `$(...)`) reads it until every writer is gone.
 pub fn detach_stdio(keep_stderr: bool) -> Result<()> {
     let null = fcntl::open("/dev/null", OFlag::O_RDWR, Mode::empty())?;
     unistd::dup2_stdin(&null)?;
     unistd::dup2_stdout(&null)?;
-    if !keep_stderr {
+    let awaited = nix::sys::stat::fstat(std::io::stderr())
+        .is_ok_and(|st| matches!(st.st_mode & libc::S_IFMT, libc::S_IFIFO | libc::S_IFSOCK));
+    if !keep_stderr || awaited {
         unistd::dup2_stderr(&null)?;
     }
     Ok(())

@@ -73,8 +73,6 @@ impl Drop for Daemon {
 fn start(mut cmd: Command, ready: &str) -> Daemon {
     let mut child = cmd
         .env("PATH", path_env())
-        // A daemon mount.fuse3 starts would keep containerd's pipe open with its logs.
-        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -310,7 +308,6 @@ fn containerd_conformance_suite_passes_against_the_snapshotter() {
         .args(["-test.root", "-test.v"])
         .env("PATH", path_env())
         .env("UNIONFS_DRIVER", CLI)
-        .env_remove("RUST_LOG")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

@@ -135,7 +135,9 @@ MOUNT OPTIONS (-o OPT[,OPT...]):
 
 ENVIRONMENT:
     RUST_LOG      Log filter (error, warn, info, debug, trace; default warn).
-                  Logs go to stderr; in the background only when RUST_LOG is set.
+                  Logs go to stderr; in the background only when RUST_LOG is set
+                  and stderr is not a pipe or socket (its reader would wait for
+                  the daemon to end).
 
 FSTAB:
     /rw=rw:/ro=ro  /mnt  fuse.unionfs-mount  defaults,allow_other  0 0

@@ -15,6 +15,8 @@ use unionfs::fsat::{self, Dir};
 use unionfs::whiteout::{INDEX_DIR, WORK_DIR};
 
 use super::filter::parse_all;
+#[cfg(test)]
+use super::mounts::FUSE_TYPE;
 use super::mounts::{self, Mount};
 use super::records::{move_layer, now_nanos, Kind, Record, Records};
 use crate::store::{remove_path, Store};
@@ -422,4 +424,157 @@ fn disk_usage(dir: &Path) -> Result<Usage, fsat::Errno> {
     let mut u = Usage::default();
     walk(&root, &mut std::collections::HashSet::new(), true, &mut u)?;
     Ok(u)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(&t.path().join("store")).unwrap();
+        (t, s)
+    }
+
+    fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const CHAIN: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    #[test]
+    fn a_layer_the_store_holds_answers_already_exists_and_is_listed_by_its_ref() {
+        let (_t, store) = store();
+        // As `unionfs-driver import` leaves it: a read-only layer named by its chain id.
+        store.new_layer(CHAIN, None, false, false).unwrap();
+        let mut s = Snapshots::open(&store).unwrap();
+        let ref_labels = labels(&[(REF_LABEL, CHAIN)]);
+        let e = s.create(
+            Kind::Active,
+            "default/1/extract-1 x",
+            "",
+            ref_labels.clone(),
+        );
+        assert!(matches!(e, Err(Error::Exists(_))), "{e:?}");
+        // containerd then looks it up as metadata/snapshot.go does.
+        let f = format!(r#"labels."{REF_LABEL}"=={CHAIN},parent=="""#);
+        let found = s.list(&[f]).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, CHAIN);
+        assert_eq!(found[0].1.kind, Kind::Committed);
+        assert_eq!(found[0].1.layer.as_deref(), Some(CHAIN));
+        // Asked again (another namespace), the same answer, nothing new.
+        let e = s.create(Kind::Active, "other/2/extract-2 x", "", ref_labels);
+        assert!(matches!(e, Err(Error::Exists(_))));
+        assert_eq!(s.db.snapshots.len(), 1);
+        assert_eq!(store.layers().unwrap().len(), 1, "no layer was made");
+        // Removing the snapshot leaves the driver's layer.
+        s.remove(CHAIN).unwrap();
+        assert!(store.meta(CHAIN).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_ref_the_store_lacks_prepares_as_usual() {
+        let (_t, store) = store();
+        let mut s = Snapshots::open(&store).unwrap();
+        let m = s
+            .create(Kind::Active, "k", "", labels(&[(REF_LABEL, CHAIN)]))
+            .unwrap();
+        assert_eq!(m[0].kind, "bind");
+        assert_eq!(s.stat("k").unwrap().labels[REF_LABEL], CHAIN);
+    }
+
+    #[test]
+    fn a_commit_named_by_a_chain_id_renames_its_layer_and_a_crash_midway_is_finished() {
+        let (t, store) = store();
+        let mut s = Snapshots::open(&store).unwrap();
+        s.create(Kind::Active, "default/1/extract", "", BTreeMap::new())
+            .unwrap();
+        std::fs::write(store.layer_dir("snap-0").join("f"), "data").unwrap();
+        let name = format!("default/2/{CHAIN}");
+        s.commit(&name, "default/1/extract", BTreeMap::new())
+            .unwrap();
+        assert_eq!(s.stat(&name).unwrap().layer.as_deref(), Some(CHAIN));
+        assert_eq!(
+            std::fs::read_to_string(store.layer_dir(CHAIN).join("f")).unwrap(),
+            "data"
+        );
+        assert!(store.meta("snap-0").unwrap().is_none());
+        assert!(!store.meta(CHAIN).unwrap().unwrap().rw);
+
+        // A crash after the records named the new layer, before the rename.
+        let other = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+        s.create(Kind::Active, "default/3/extract", &name, BTreeMap::new())
+            .unwrap();
+        let mut meta = store.layer("snap-1").unwrap();
+        meta.id = other.into();
+        store.save_meta(&meta).unwrap();
+        let mut rec = s.db.snapshots.remove("default/3/extract").unwrap();
+        rec.kind = Kind::Committed;
+        rec.layer = Some(other.into());
+        rec.moving_from = Some("snap-1".into());
+        s.db.snapshots.insert("default/4/x".into(), rec);
+        s.db.save(&store).unwrap();
+        drop(s);
+        drop(store);
+        let store = Store::open(&t.path().join("store")).unwrap();
+        let s = Snapshots::open(&store).unwrap();
+        assert!(store.layer_dir(other).is_dir());
+        assert!(store.meta("snap-1").unwrap().is_none());
+        assert_eq!(s.stat("default/4/x").unwrap().moving_from, None);
+        assert_eq!(Records::load(&store).unwrap(), s.db);
+    }
+
+    #[test]
+    fn cleanup_removes_layers_no_snapshot_names_and_keeps_the_drivers() {
+        let (_t, store) = store();
+        store.new_layer("snap-9", None, true, true).unwrap();
+        store.new_layer("mine", None, false, false).unwrap();
+        let s = Snapshots::open(&store).unwrap();
+        s.cleanup().unwrap();
+        let ids: Vec<String> = store.layers().unwrap().into_iter().map(|m| m.id).collect();
+        assert_eq!(ids, ["mine"]);
+        assert!(!store.layer_dir("snap-9").exists());
+    }
+
+    #[test]
+    fn errors_are_containerds() {
+        let (_t, store) = store();
+        let mut s = Snapshots::open(&store).unwrap();
+        let none = BTreeMap::new;
+        assert!(matches!(
+            s.create(Kind::Active, "a", "nope", none()),
+            Err(Error::NotFound(_))
+        ));
+        s.create(Kind::Active, "a", "", none()).unwrap();
+        assert!(matches!(
+            s.create(Kind::View, "a", "", none()),
+            Err(Error::Exists(_))
+        ));
+        assert!(matches!(
+            s.create(Kind::Active, "b", "a", none()),
+            Err(Error::Invalid(_))
+        ));
+        s.commit("c", "a", none()).unwrap();
+        assert!(matches!(s.mounts("c"), Err(Error::Busy(_))));
+        s.create(Kind::View, "v", "c", none()).unwrap();
+        assert!(matches!(s.commit("d", "v", none()), Err(Error::Busy(_))));
+        assert!(matches!(s.remove("c"), Err(Error::Busy(_))));
+        assert!(matches!(
+            s.update("c", none(), &["parent".into()]),
+            Err(Error::Invalid(_))
+        ));
+        let r = s
+            .update("c", labels(&[("x", "1"), ("y", "2")]), &["labels.x".into()])
+            .unwrap();
+        assert_eq!(r.labels, labels(&[("x", "1")]));
+        let m = s.mounts("v").unwrap();
+        assert_eq!(m[0].kind, FUSE_TYPE);
+        assert!(m[0].options.contains(&"ro".to_string()), "{m:?}");
+        s.remove("v").unwrap();
+        s.remove("c").unwrap();
+        assert!(store.layers().unwrap().is_empty());
+    }
 }

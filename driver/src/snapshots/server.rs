@@ -3,6 +3,9 @@
 //! call run on a blocking thread that takes the store's lock for its length
 //! (so a `unionfs-driver` command and the snapshotter never interleave).
 
+// The trait's error type is tonic's Status, large or not.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

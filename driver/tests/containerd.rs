@@ -18,17 +18,24 @@ fn containerd_ready() -> bool {
     if !ready() {
         return false;
     }
-    let missing: Vec<&str> = ["containerd", "ctr", "runc", "containerd-shim-runc-v2", "go"]
-        .into_iter()
-        .filter(|p| !on_path(p))
-        .chain((!Path::new(SUITE).is_dir()).then_some(SUITE))
-        .collect();
+    let missing: Vec<&str> = [
+        "containerd",
+        "ctr",
+        "runc",
+        "containerd-shim-runc-v2",
+        "go",
+        "docker-registry",
+    ]
+    .into_iter()
+    .filter(|p| !on_path(p))
+    .chain((!Path::new(SUITE).is_dir()).then_some(SUITE))
+    .collect();
     if missing.is_empty() {
         return true;
     }
     let why = format!(
         "containerd tests need {missing:?}: apt-get install -y containerd runc golang-go \
-         golang-github-containerd-containerd-dev"
+         golang-github-containerd-containerd-dev docker-registry"
     );
     if std::env::var_os("UNIONFS_SKIP_CONTAINERD_TESTS").is_some_and(|v| v == "1") {
         eprintln!("SKIPPED: {why}");
@@ -70,7 +77,12 @@ impl Drop for Daemon {
 
 /// Start `cmd` and wait for a line of its stderr containing `ready`; the
 /// rest of its stderr goes to ours.
-fn start(mut cmd: Command, ready: &str) -> Daemon {
+fn start(cmd: Command, ready: &str) -> Daemon {
+    start_said(cmd, ready).0
+}
+
+/// [`start`], answering the ready line too.
+fn start_said(mut cmd: Command, ready: &str) -> (Daemon, String) {
     let mut child = cmd
         .env("PATH", path_env())
         .stdin(Stdio::null())
@@ -95,7 +107,28 @@ fn start(mut cmd: Command, ready: &str) -> Daemon {
             eprintln!("{l}");
         }
     });
-    daemon
+    (daemon, line)
+}
+
+/// Debian's docker-registry on a free loopback port, storing under `dir`;
+/// answers its HOST:PORT.
+fn registry(dir: &Path) -> (Daemon, String) {
+    let config = format!(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n",
+        dir.join("registry").display()
+    );
+    std::fs::write(dir.join("registry.yml"), config).unwrap();
+    let mut cmd = Command::new("docker-registry");
+    cmd.arg("serve").arg(dir.join("registry.yml"));
+    let (d, line) = start_said(cmd, "listening on ");
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("the registry's address")
+        .trim_matches('"')
+        .to_string();
+    (d, addr)
 }
 
 /// A snapshotter on `store` at `dir/snapshotter.sock`.
@@ -271,41 +304,57 @@ fn layers(store: &Path) -> Vec<String> {
     v
 }
 
+/// The Go tests in tests/containerd (containerd's conformance suite, a
+/// pull as CRI makes it), built once: in GOPATH mode, offline, against
+/// containerd's sources and their dependencies as Debian packages them.
+fn go_tests() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("containerd-go");
+        let pkg = base.join("gopath/src/unionfs-conformance");
+        let _ = std::fs::remove_dir_all(&pkg);
+        std::fs::create_dir_all(&pkg).unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/containerd");
+        for f in ls(&src) {
+            std::fs::copy(src.join(&f), pkg.join(&f)).unwrap();
+        }
+        let bin = base.join("containerd-go.test");
+        let out = Command::new("go")
+            .args(["test", "-c", "-o"])
+            .arg(&bin)
+            .arg(".")
+            .current_dir(&pkg)
+            .env("GO111MODULE", "off")
+            .env("GOPROXY", "off")
+            .env("GOFLAGS", "")
+            .env("GOCACHE", base.join("cache"))
+            .env(
+                "GOPATH",
+                format!("{}:/usr/share/gocode", base.join("gopath").display()),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "building the Go tests: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        bin
+    })
+}
+
 #[test]
 fn containerd_conformance_suite_passes_against_the_snapshotter() {
     if !containerd_ready() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let pkg = tmp.path().join("gopath/src/unionfs-conformance");
-    std::fs::create_dir_all(&pkg).unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/containerd/conformance_test.go");
-    std::fs::copy(&src, pkg.join("conformance_test.go")).unwrap();
-    let bin = tmp.path().join("conformance.test");
-    // GOPATH mode, offline: containerd's sources and their dependencies are Debian's.
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-cache");
-    let out = Command::new("go")
-        .args(["test", "-c", "-o"])
-        .arg(&bin)
-        .arg(".")
-        .current_dir(&pkg)
-        .env("GO111MODULE", "off")
-        .env("GOPROXY", "off")
-        .env("GOFLAGS", "")
-        .env("GOCACHE", &cache)
-        .env(
-            "GOPATH",
-            format!("{}:/usr/share/gocode", tmp.path().join("gopath").display()),
-        )
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "building the conformance suite: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new(&bin)
-        .args(["-test.root", "-test.v"])
+    let out = Command::new(go_tests())
+        .args([
+            "-test.root",
+            "-test.v",
+            "-test.run",
+            "TestUnionfsSnapshotter",
+        ])
         .env("PATH", path_env())
         .env("UNIONFS_DRIVER", CLI)
         .output()
@@ -476,12 +525,63 @@ fn an_image_imports_runs_and_is_collected_through_containerd() {
         ]
         .concat(),
     );
-    ctr_ok(a, &["image", "rm", "--sync", IMAGE]);
+    // Pushed to a registry on loopback, to be pulled back below.
+    let (_registry, host) = registry(dir);
+    let remote = format!("{host}/uniontest:1");
+    ctr_ok(a, &["image", "tag", IMAGE, &remote]);
+    ctr_ok(a, &["image", "push", "--plain-http", &remote]);
+    ctr_ok(a, &["image", "rm", "--sync", IMAGE, &remote]);
     assert_eq!(records(&store), Vec::new());
     assert_eq!(
         layers(&store),
         driver_layers,
         "GC removed a layer of the driver's image"
     );
+    assert!(mounts_under(dir).is_empty());
+
+    // A pull as CRI makes it asks for each layer by chain id
+    // (containerd.io/snapshot.ref): the store holds them, so the unpack
+    // skips them; the snapshots are the chain ids themselves, on the
+    // driver's layers. (`ctr image pull` unpacks without the label.)
+    let out = Command::new(go_tests())
+        .args(["-test.v", "-test.run", "^TestPull$"])
+        .env("CONTAINERD_ADDRESS", a)
+        .env("PULL_REF", &remote)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pull: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recs = records(&store);
+    let keys: Vec<&str> = recs.iter().map(|r| r.key.as_str()).collect();
+    let mut want: Vec<String> = driver_layers
+        .iter()
+        .map(|l| l.replace("%3A", ":"))
+        .collect();
+    want.sort();
+    assert_eq!(
+        keys, want,
+        "snapshots named by the remote-snapshot protocol"
+    );
+    assert!(recs
+        .iter()
+        .all(|r| r.kind == "committed" && r.key == r.layer));
+    assert_eq!(layers(&store), driver_layers, "nothing was unpacked");
+    let out = ctr_ok(
+        a,
+        &[
+            &["run", "--rm"][..],
+            &snap,
+            &[&remote, "t4", "/bin/cat", "/opq/c", "/etc/new"],
+        ]
+        .concat(),
+    );
+    assert_eq!(out, "c\nnew\n");
+    ctr_ok(a, &["image", "rm", "--sync", &remote]);
+    gone_in_gc("the pulled snapshots", || records(&store).is_empty());
+    assert_eq!(layers(&store), driver_layers);
     assert!(mounts_under(dir).is_empty());
 }

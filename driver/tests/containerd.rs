@@ -200,9 +200,10 @@ fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Wait for containerd's garbage collection to make `done` true (60 s at most).
+/// Wait for containerd (its garbage collection, say) to make `done` true
+/// (60 s at most).
 #[track_caller]
-fn gone_in_gc(what: &str, mut done: impl FnMut() -> bool) {
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !done() {
         assert!(std::time::Instant::now() < end, "not after 60 s: {what}");
@@ -254,7 +255,7 @@ fn driver(store: &Path, args: &[&str]) -> Output {
 fn image(dir: &Path) -> (PathBuf, PathBuf) {
     let l1 = busybox_rootfs(
         &dir.join("l1"),
-        &["sh", "cat", "ls", "grep", "test", "echo", "rm"],
+        &["sh", "cat", "ls", "grep", "test", "echo", "rm", "sleep"],
     );
     for d in ["proc", "sys", "dev", "opq"] {
         std::fs::create_dir_all(l1.join(d)).unwrap();
@@ -380,7 +381,7 @@ fn an_image_imports_runs_and_is_collected_through_containerd() {
     let dir = tmp.path();
     let store = dir.join("store");
     let (tar, layout) = image(dir);
-    let (_snap, sock) = snapshotter(dir, &store);
+    let (snap_daemon, sock) = snapshotter(dir, &store);
     let (_ctd, address) = containerd(dir, &sock);
     let a = address.as_path();
     let snap = ["--snapshotter", "unionfs"];
@@ -439,7 +440,7 @@ fn an_image_imports_runs_and_is_collected_through_containerd() {
         ["c", "gone-hidden", "keep", "new", "w"],
         "{out}"
     );
-    gone_in_gc("--rm removed the container's snapshot", || {
+    wait_until("--rm removed the container's snapshot", || {
         records(&store).len() == 2
     });
     assert!(mounts_under(dir).is_empty() && mounts_under(Path::new("/run/containerd")).is_empty());
@@ -478,9 +479,46 @@ fn an_image_imports_runs_and_is_collected_through_containerd() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("holds containerd snapshot"), "{err}");
     ctr_ok(a, &["container", "rm", "t2"]);
-    gone_in_gc("the container's layer went with its snapshot", || {
+    wait_until("the container's layer went with its snapshot", || {
         !rw.exists()
     });
+
+    // containerd owns the mounts: a restart of the snapshotter leaves a
+    // running container's root alone.
+    ctr_ok(
+        a,
+        &[
+            &["run", "-d"][..],
+            &snap,
+            &[IMAGE, "t5", "/bin/sh", "-c", "while :; do sleep 1; done"],
+        ]
+        .concat(),
+    );
+    drop(snap_daemon);
+    let (_snap_daemon, _) = snapshotter(dir, &store);
+    // containerd redials a proxy plugin within 3 s (its backoff's limit);
+    // Usage is a call that reaches the snapshotter (List is containerd's own).
+    let usage = [&["snapshots"][..], &snap, &["usage"]].concat();
+    wait_until("containerd reaching the new snapshotter", || {
+        ctr(a, &usage).status.success()
+    });
+    let out = ctr_ok(
+        a,
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            "t5",
+            "/bin/cat",
+            "/etc/new",
+        ],
+    );
+    assert_eq!(out, "new\n");
+    ctr_ok(a, &["task", "rm", "--force", "t5"]);
+    ctr_ok(a, &["container", "rm", "t5"]);
+    wait_until("t5's snapshot", || records(&store).len() == 2);
+    assert!(mounts_under(dir).is_empty(), "{:?}", mounts_under(dir));
 
     // After the image and containerd's GC, nothing is left.
     ctr_ok(a, &["image", "rm", "--sync", IMAGE]);
@@ -581,7 +619,7 @@ fn an_image_imports_runs_and_is_collected_through_containerd() {
     );
     assert_eq!(out, "c\nnew\n");
     ctr_ok(a, &["image", "rm", "--sync", &remote]);
-    gone_in_gc("the pulled snapshots", || records(&store).is_empty());
+    wait_until("the pulled snapshots", || records(&store).is_empty());
     assert_eq!(layers(&store), driver_layers);
     assert!(mounts_under(dir).is_empty());
 }

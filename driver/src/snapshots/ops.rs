@@ -540,6 +540,28 @@ mod tests {
     }
 
     #[test]
+    fn usage_counts_the_snapshots_own_blocks_and_inodes() {
+        let (_t, store) = store();
+        let mut s = Snapshots::open(&store).unwrap();
+        s.create(Kind::Active, "a", "", BTreeMap::new()).unwrap();
+        assert_eq!(s.usage("a").unwrap(), Usage::default());
+        let dir = store.layer_dir("snap-0");
+        std::fs::create_dir(dir.join("d")).unwrap();
+        std::fs::write(dir.join("d/f"), vec![7u8; 64 << 10]).unwrap();
+        std::fs::hard_link(dir.join("d/f"), dir.join("g")).unwrap();
+        // The daemon's work directory is no part of the snapshot.
+        std::fs::create_dir(dir.join(WORK_DIR)).unwrap();
+        std::fs::write(dir.join(WORK_DIR).join("x"), vec![1u8; 64 << 10]).unwrap();
+        let u = s.usage("a").unwrap();
+        assert_eq!(u.inodes, 2, "d and f (g is f)");
+        assert!((64 << 10..80 << 10).contains(&u.size), "{u:?}");
+        s.commit("c", "a", BTreeMap::new()).unwrap();
+        assert_eq!(s.usage("c").unwrap().inodes, 2);
+        s.create(Kind::View, "v", "c", BTreeMap::new()).unwrap();
+        assert_eq!(s.usage("v").unwrap(), Usage::default());
+    }
+
+    #[test]
     fn errors_are_containerds() {
         let (_t, store) = store();
         let mut s = Snapshots::open(&store).unwrap();

@@ -151,6 +151,11 @@ impl Store {
         if self.mount_state(container)?.count > 0 {
             return Err(Error::Busy(format!("{container} is mounted")));
         }
+        if let Some(key) = crate::snapshots::Records::load(self)?.user_of(container) {
+            return Err(Error::Busy(format!(
+                "{container} holds containerd snapshot {key}"
+            )));
+        }
         let config = match &m.parent {
             Some(p) => self
                 .images()?

@@ -34,6 +34,11 @@ fn option_path(p: &Path) -> Result<String, Error> {
     Ok(s.replace(':', "\\:"))
 }
 
+/// Can the store's paths be mount options? Checked when serving starts.
+pub fn check_root(store: &Store) -> Result<(), Error> {
+    option_path(&store.layer_dir("x")).map(drop)
+}
+
 /// The mounts of a snapshot with the rw layer `upper` (none: a view) on
 /// the layers `lowers`, top first.
 pub fn of(store: &Store, upper: Option<&Path>, lowers: &[PathBuf]) -> Result<Vec<Mount>, Error> {

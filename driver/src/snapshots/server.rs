@@ -194,7 +194,10 @@ async fn serve_on(root: &Path, address: &Path) -> Result<(), Error> {
     use tokio::signal::unix::{signal, SignalKind};
     let io = |e: std::io::Error| Error::Io(address.display().to_string(), e);
     // Opened once now: a bad root is an error at start, not at the first call.
-    Snapshots::open(&Store::open(root)?)?;
+    let store = Store::open(root)?;
+    Snapshots::open(&store)?;
+    super::mounts::check_root(&store)?;
+    drop(store);
     let listener = super::socket::bind(address)?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let mut term = signal(SignalKind::terminate()).map_err(io)?;

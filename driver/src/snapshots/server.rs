@@ -95,6 +95,21 @@ impl Server {
             status(e)
         })
     }
+
+    /// Prepare or View.
+    async fn create(
+        &self,
+        kind: Kind,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<ApiMount>, Status> {
+        self.with(move |s| {
+            s.create(kind, &key, &parent, sorted(labels))
+                .map(api_mounts)
+        })
+        .await
+    }
 }
 
 #[tonic::async_trait]
@@ -132,11 +147,7 @@ impl Snapshotter for Server {
         parent: String,
         labels: HashMap<String, String>,
     ) -> Result<Vec<ApiMount>, Status> {
-        self.with(move |s| {
-            s.create(Kind::Active, &key, &parent, sorted(labels))
-                .map(api_mounts)
-        })
-        .await
+        self.create(Kind::Active, key, parent, labels).await
     }
 
     async fn view(
@@ -145,11 +156,7 @@ impl Snapshotter for Server {
         parent: String,
         labels: HashMap<String, String>,
     ) -> Result<Vec<ApiMount>, Status> {
-        self.with(move |s| {
-            s.create(Kind::View, &key, &parent, sorted(labels))
-                .map(api_mounts)
-        })
-        .await
+        self.create(Kind::View, key, parent, labels).await
     }
 
     async fn commit(

@@ -10,19 +10,19 @@ cd "$(dirname "$0")"
 # reflink tests' xfs images; acl, for the ACL tests' setfacl; e2fsprogs, chattr;
 # protobuf-compiler (protoc) to build the snapshotter's gRPC code; containerd,
 # runc, golang-go, containerd's Go sources and docker-registry for the
-# snapshotter tests.
+# snapshotter tests; uidmap (newuidmap) for rootless use.
 suite=/usr/share/gocode/src/github.com/containerd/containerd/snapshots/testsuite
 if ! command -v mount.fuse3 >/dev/null || ! command -v getfattr >/dev/null || [ ! -x /bin/busybox ] \
     || ! pkg-config --exists libseccomp 2>/dev/null || [ ! -e /usr/share/containers/seccomp.json ] \
     || ! command -v mkfs.xfs >/dev/null || ! command -v setfacl >/dev/null \
     || ! command -v chattr >/dev/null || ! command -v protoc >/dev/null \
     || ! command -v containerd >/dev/null || ! command -v runc >/dev/null \
-    || ! command -v go >/dev/null || ! command -v docker-registry >/dev/null || [ ! -d "$suite" ]; then
+    || ! command -v go >/dev/null || ! command -v docker-registry >/dev/null || ! command -v newuidmap >/dev/null || [ ! -d "$suite" ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 attr acl busybox-static \
         libseccomp-dev pkg-config golang-github-containers-common xfsprogs e2fsprogs \
         protobuf-compiler containerd runc golang-go golang-github-containerd-containerd-dev \
-        docker-registry >/dev/null
+        docker-registry uidmap >/dev/null
 fi
 cargo build --release --quiet --workspace
 install -m 0755 target/release/unionfs-mount target/release/unionctl target/release/snapmerge target/release/unionfs-driver target/release/unionfs-run /usr/local/bin/

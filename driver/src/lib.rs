@@ -14,6 +14,7 @@ pub mod snapshots;
 pub mod store;
 mod sys;
 pub mod tar;
+pub mod userns;
 
 pub use layer::GraphDriver;
 pub use store::Store;

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use unionfs_driver::store::DEFAULT_ROOT;
 use unionfs_driver::{image, GraphDriver, Store};
 
 const SNAPSHOTTER_HELP: &str = "\
@@ -36,7 +35,9 @@ mount, as containers/storage does with a mount program. The operations are those
 graph driver. Wherever a layer is expected, an image name stands for its top layer."
 )]
 struct Cli {
-    /// The store (default /var/lib/unionfs-driver, or $UNIONFS_DRIVER_ROOT).
+    /// The store (default /var/lib/unionfs-driver; for an unprivileged user
+    /// $XDG_DATA_HOME/unionfs-driver, else ~/.local/share/unionfs-driver; or
+    /// $UNIONFS_DRIVER_ROOT).
     #[arg(long, global = true, env = "UNIONFS_DRIVER_ROOT")]
     root: Option<PathBuf>,
     #[command(subcommand)]
@@ -213,7 +214,9 @@ fn run_container(
 }
 
 fn run(cli: Cli) -> Result<(), unionfs_driver::Error> {
-    let root = cli.root.unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT));
+    let root = cli
+        .root
+        .unwrap_or_else(unionfs_driver::userns::default_root);
     match cli.cmd {
         Cmd::Run {
             rm,
@@ -307,6 +310,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // An unprivileged user goes on in a user namespace of its own.
+    if let Err(e) = unionfs_driver::userns::enter() {
+        eprintln!("unionfs-driver: {e}");
+        return ExitCode::from(1);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -174,6 +174,16 @@ impl TarBuilder {
         self
     }
 
+    /// A file owned by `uid`:`gid`.
+    pub fn file_owned(mut self, name: &str, data: &[u8], uid: u64, gid: u64) -> Self {
+        let mut h = header(name, tar::EntryType::Regular, data.len() as u64, 0o644);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_cksum();
+        self.b.append(&h, data).unwrap();
+        self
+    }
+
     pub fn dir(mut self, name: &str) -> Self {
         let h = header(name, tar::EntryType::Directory, 0, 0o755);
         self.b.append(&h, std::io::empty()).unwrap();

@@ -10,6 +10,7 @@
 pub mod image;
 pub mod launch;
 pub mod layer;
+pub mod owners;
 pub mod snapshots;
 pub mod store;
 mod sys;

@@ -281,7 +281,17 @@ impl Extractor<'_> {
                 };
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                fsat::mknod_at(dir, &name, t | 0o600, libc::makedev(major, minor)).map_err(&err)?;
+                match fsat::mknod_at(dir, &name, t | 0o600, libc::makedev(major, minor)) {
+                    // No user may make a device node, not even in its own namespace.
+                    Err(Errno::EPERM) if t != libc::S_IFIFO && crate::userns::rootless() => {
+                        log::warn!(
+                            "{}: device node {major}:{minor} skipped (a user cannot make one)",
+                            path.display()
+                        );
+                        return Ok(());
+                    }
+                    r => r.map_err(&err)?,
+                }
             }
             _ => return Err(TarError::Unsupported(raw)),
         }
@@ -316,7 +326,27 @@ fn set_meta(
     // Owner first: a chown clears setuid bits and file capabilities.
     let uid = h.uid().ok().map(|u| u as u32);
     let gid = h.gid().ok().map(|g| g as u32);
-    fsat::chown_obj(fd.as_fd(), uid, gid)?;
+    // EINVAL: an id this user namespace does not map (a rootless user
+    // without subordinate ids): the owners are recorded instead.
+    let unmapped = match fsat::chown_obj(fd.as_fd(), uid, gid) {
+        Ok(()) => false,
+        Err(Errno::EINVAL) => true,
+        Err(e) => return Err(e),
+    };
+    if unmapped {
+        let value = crate::owners::encode(uid.unwrap_or(0), gid.unwrap_or(0));
+        match fsat::set_xattr(fd.as_fd(), OsStr::new(crate::owners::XATTR), &value, 0) {
+            Ok(()) => {}
+            // user.* xattrs cannot be on symlinks: the link keeps the user's ids.
+            Err(Errno::EPERM) if link => log::warn!(
+                "{}: owner {}:{} cannot be kept on a symlink as a user",
+                name.to_string_lossy(),
+                uid.unwrap_or(0),
+                gid.unwrap_or(0)
+            ),
+            Err(e) => return Err(e),
+        }
+    }
     if !link {
         fsat::chmod_fd(fd.as_fd(), h.mode().unwrap_or(0o644) & 0o7777)?;
         for (k, v) in xattrs {
@@ -366,7 +396,21 @@ fn walk<W: Write>(
         h.set_mtime(st.st_mtime.max(0) as u64);
         h.set_size(0);
         if kind != libc::S_IFLNK {
-            let xattrs = fsat::all_xattrs(fd.as_fd())?;
+            let mut xattrs = fsat::all_xattrs(fd.as_fd())?;
+            // Owners a rootless import could not give go back into the header.
+            if crate::userns::rootless() {
+                if let Some(i) = xattrs.iter().position(|(k, _)| k == crate::owners::XATTR) {
+                    let (_, v) = xattrs.remove(i);
+                    if let Some((uid, gid)) = crate::owners::decode(&v) {
+                        if uid != crate::owners::NOOP_ID {
+                            h.set_uid(uid as u64);
+                        }
+                        if gid != crate::owners::NOOP_ID {
+                            h.set_gid(gid as u64);
+                        }
+                    }
+                }
+            }
             if !xattrs.is_empty() {
                 append_pax(b, &xattrs)?;
             }

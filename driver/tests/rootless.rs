@@ -9,13 +9,30 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// A user with subordinate ids, and one without.
 const USER: &str = "unionfs-rootless";
+const SOLO: &str = "unionfs-solo";
 
-/// The test user (made if missing) with a subordinate id range: uid, gid, range start.
-fn user() -> (u32, u32, u32) {
-    if nix::unistd::User::from_name(USER).unwrap().is_none() {
+fn subid_lines(name: &str, uid: u32) -> [Option<unionfs_driver::userns::Range>; 2] {
+    ["/etc/subuid", "/etc/subgid"].map(|f| {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        unionfs_driver::userns::sub_range(&text, name, uid)
+    })
+}
+
+/// The test user `name` (made if missing), with a subordinate id range or
+/// with none: uid, gid, the range's start.
+fn user(name: &str, subids: bool) -> (u32, u32, Option<u32>) {
+    if nix::unistd::User::from_name(name).unwrap().is_none() {
         let out = Command::new("useradd")
-            .args(["--create-home", USER])
+            .args([
+                "--create-home",
+                "-K",
+                "SUB_UID_COUNT=0",
+                "-K",
+                "SUB_GID_COUNT=0",
+                name,
+            ])
             .output()
             .unwrap();
         assert!(
@@ -24,29 +41,34 @@ fn user() -> (u32, u32, u32) {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let u = nix::unistd::User::from_name(USER).unwrap().unwrap();
-    for f in ["/etc/subuid", "/etc/subgid"] {
-        let text = std::fs::read_to_string(f).unwrap_or_default();
-        if unionfs_driver::userns::sub_range(&text, USER, u.uid.as_raw()).is_none() {
-            // Far above what useradd hands out.
-            let line = format!("{USER}:3000000000:65536\n");
-            std::fs::write(f, text + &line).unwrap();
+    let u = nix::unistd::User::from_name(name).unwrap().unwrap();
+    let uid = u.uid.as_raw();
+    let lines = subid_lines(name, uid);
+    if subids {
+        for (f, l) in ["/etc/subuid", "/etc/subgid"].iter().zip(lines) {
+            if l.is_none() {
+                // Far above what useradd hands out.
+                let text = std::fs::read_to_string(f).unwrap_or_default();
+                std::fs::write(f, text + &format!("{name}:3000000000:65536\n")).unwrap();
+            }
         }
+    } else {
+        assert_eq!(lines, [None, None], "{name} must have no subordinate ids");
     }
-    let text = std::fs::read_to_string("/etc/subuid").unwrap();
-    let r = unionfs_driver::userns::sub_range(&text, USER, u.uid.as_raw()).unwrap();
-    (u.uid.as_raw(), u.gid.as_raw(), r.start)
+    let start = subid_lines(name, uid)[0].map(|r| r.start);
+    (uid, u.gid.as_raw(), start)
 }
 
 /// A directory the user owns, with the CLI copied in (the build tree may
 /// be under a home directory the user cannot enter).
 struct Home {
+    user: &'static str,
     _tmp: tempfile::TempDir,
     dir: PathBuf,
     cli: PathBuf,
 }
 
-fn home(uid: u32, gid: u32) -> Home {
+fn home(user: &'static str, uid: u32, gid: u32) -> Home {
     let tmp = tempfile::Builder::new()
         .prefix("rootless")
         .tempdir()
@@ -56,17 +78,18 @@ fn home(uid: u32, gid: u32) -> Home {
     std::fs::copy(CLI, &cli).unwrap();
     std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
     Home {
+        user,
         _tmp: tmp,
         dir,
         cli,
     }
 }
 
-/// Run the CLI as the user, as a login gives it (runuser: no capability),
-/// HOME and XDG_DATA_HOME in `h`.
+/// Run the CLI as the user `h` is for, as a login gives it (runuser: no
+/// capability), HOME and XDG_DATA_HOME in `h`.
 fn as_user(h: &Home, args: &[&str]) -> Output {
     Command::new("runuser")
-        .args(["-u", USER, "--"])
+        .args(["-u", h.user, "--"])
         .arg(&h.cli)
         .args(args)
         .env_clear()
@@ -88,15 +111,8 @@ fn ok(out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[test]
-fn an_unprivileged_user_imports_with_the_images_owners_mapped() {
-    need_root!();
-    assert!(
-        Path::new("/usr/bin/newuidmap").exists(),
-        "rootless tests need newuidmap: apt-get install -y uidmap"
-    );
-    let (uid, gid, start) = user();
-    let h = home(uid, gid);
+/// An image with files of three owners, as an OCI layout the user can read.
+fn image(h: &Home) -> PathBuf {
     let tar = TarBuilder::new()
         .dir("etc/")
         .file_owned("etc/root-owned", b"r", 0, 0)
@@ -105,32 +121,64 @@ fn an_unprivileged_user_imports_with_the_images_owners_mapped() {
         .bytes();
     let layout = h.dir.join("layout");
     oci_layout(&layout, &[Layer::gz(tar)], "latest");
-    Command::new("chmod")
+    let st = Command::new("chmod")
         .args(["-R", "a+rX"])
         .arg(&layout)
         .status()
         .unwrap();
+    assert!(st.success());
+    layout
+}
 
+/// Import the image as the user: the store's `etc` of its layer.
+fn import(h: &Home) -> (String, PathBuf) {
+    let layout = image(h);
     let out = ok(as_user(
-        &h,
+        h,
         &["import", "--name", "img", layout.to_str().unwrap()],
     ));
     let top = out.split_whitespace().nth(1).unwrap().to_string();
-    assert_eq!(ok(as_user(&h, &["images"])), format!("img {top}\n"));
+    assert_eq!(ok(as_user(h, &["images"])), format!("img {top}\n"));
     // The store is the user's, under XDG_DATA_HOME.
     let store = h.dir.join("data/unionfs-driver");
     let etc = store
         .join("layers")
         .join(top.replace(':', "%3A"))
         .join("etc");
-    let owner = |n: &str| {
-        let m = std::fs::metadata(etc.join(n)).unwrap();
-        (m.uid(), m.gid())
-    };
-    assert_eq!(owner("root-owned"), (uid, gid), "root inside is the user");
-    assert_eq!(owner("user-owned"), (start + 999, start + 999));
-    assert_eq!(owner("nobody-owned"), (start + 65533, start + 65533));
-    assert_eq!(std::fs::metadata(&store).unwrap().uid(), uid);
+    (top, etc)
+}
+
+fn owner(p: &Path) -> (u32, u32) {
+    let m = std::fs::symlink_metadata(p).unwrap();
+    (m.uid(), m.gid())
+}
+
+fn need_newuidmap() {
+    assert!(
+        Path::new("/usr/bin/newuidmap").exists(),
+        "rootless tests need newuidmap: apt-get install -y uidmap"
+    );
+}
+
+#[test]
+fn an_unprivileged_user_imports_with_the_images_owners_mapped() {
+    need_root!();
+    need_newuidmap();
+    let (uid, gid, start) = user(USER, true);
+    let start = start.unwrap();
+    let h = home(USER, uid, gid);
+    let (_, etc) = import(&h);
+    assert_eq!(
+        owner(&etc.join("root-owned")),
+        (uid, gid),
+        "root inside is the user"
+    );
+    assert_eq!(owner(&etc.join("user-owned")), (start + 999, start + 999));
+    assert_eq!(
+        owner(&etc.join("nobody-owned")),
+        (start + 65533, start + 65533)
+    );
+    assert_eq!(owner(&h.dir.join("data/unionfs-driver")).0, uid);
 
     // Refused input changes nothing and says so in one line.
     let out = as_user(&h, &["import", "/nonexistent"]);
@@ -142,4 +190,70 @@ fn an_unprivileged_user_imports_with_the_images_owners_mapped() {
             .count(),
         1
     );
+}
+
+#[test]
+fn without_subordinate_ids_owners_are_recorded_and_diff_gives_them_back() {
+    need_root!();
+    let (uid, gid, _) = user(SOLO, false);
+    let h = home(SOLO, uid, gid);
+    let (top, etc) = import(&h);
+    // Every file is the user's; the owners it could not give are in the xattr.
+    for n in ["root-owned", "user-owned", "nobody-owned"] {
+        assert_eq!(owner(&etc.join(n)), (uid, gid), "{n}");
+    }
+    let xattr = |n: &str| xattr_of(&etc.join(n), unionfs_driver::owners::XATTR);
+    assert_eq!(
+        xattr("root-owned"),
+        None,
+        "root inside is the user: nothing to record"
+    );
+    assert_eq!(
+        xattr("user-owned"),
+        Some(unionfs_driver::owners::encode(1000, 1000))
+    );
+    assert_eq!(
+        xattr("nobody-owned"),
+        Some(unionfs_driver::owners::encode(65534, 65534))
+    );
+
+    // The layer's tar has the image's owners again, and no xattr of ours.
+    let out = as_user(&h, &["diff", &top]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut a = tar::Archive::new(&out.stdout[..]);
+    let mut seen = Vec::new();
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().display().to_string();
+        let h = e.header();
+        seen.push((path, h.uid().unwrap(), h.gid().unwrap()));
+        if let Some(exts) = e.pax_extensions().unwrap() {
+            for x in exts {
+                assert!(!x.unwrap().key().unwrap().contains("rootlesscontainers"));
+            }
+        }
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("etc".to_string(), 0, 0),
+            ("etc/nobody-owned".to_string(), 65534, 65534),
+            ("etc/root-owned".to_string(), 0, 0),
+            ("etc/user-owned".to_string(), 1000, 1000),
+        ]
+    );
+}
+
+fn xattr_of(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let out = Command::new("getfattr")
+        .args(["--only-values", "-n", name])
+        .arg(p)
+        .output()
+        .unwrap();
+    out.status.success().then_some(out.stdout)
 }

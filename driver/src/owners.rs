@@ -1,0 +1,79 @@
+//! Owners a rootless user cannot give a file, kept in the
+//! `user.rootlesscontainers` xattr as umoci and runc's rootless mode do:
+//! its value is their protobuf message `Resource { uint32 uid = 1; uint32
+//! gid = 2; }`, where 4294967295 (NoopID) leaves that id as the file has it.
+
+/// The xattr's name.
+pub const XATTR: &str = "user.rootlesscontainers";
+
+/// u32::MAX: this id is the file's own.
+pub const NOOP_ID: u32 = u32::MAX;
+
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// The message for `uid` and `gid`, both fields written (0 too).
+pub fn encode(uid: u32, gid: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (tag, v) in [(0x08u8, uid), (0x10, gid)] {
+        out.push(tag);
+        varint(v as u64, &mut out);
+    }
+    out
+}
+
+/// (uid, gid) of a message; a field not given is NoopID. None: not the message.
+pub fn decode(b: &[u8]) -> Option<(u32, u32)> {
+    let (mut uid, mut gid) = (NOOP_ID, NOOP_ID);
+    let mut i = 0;
+    let next = |i: &mut usize| -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *b.get(*i)?;
+            *i += 1;
+            v |= ((byte & 0x7f) as u64) << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    };
+    while i < b.len() {
+        let key = next(&mut i)?;
+        if key & 7 != 0 {
+            return None; // only varints in this message
+        }
+        let v = u32::try_from(next(&mut i)?).ok()?;
+        match key >> 3 {
+            1 => uid = v,
+            2 => gid = v,
+            _ => {}
+        }
+    }
+    Some((uid, gid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_as_protobuf() {
+        assert_eq!(encode(1000, 1000), [0x08, 0xe8, 0x07, 0x10, 0xe8, 0x07]);
+        assert_eq!(decode(&encode(1000, 5)), Some((1000, 5)));
+        assert_eq!(decode(&encode(0, 65534)), Some((0, 65534)));
+        assert_eq!(decode(&[0x10, 0x05]), Some((NOOP_ID, 5)));
+        assert_eq!(decode(&[]), Some((NOOP_ID, NOOP_ID)));
+        assert_eq!(
+            decode(&[0x0a, 0x01, 0x00]),
+            None,
+            "a length-delimited field"
+        );
+        assert_eq!(decode(&[0x08, 0xff]), None, "truncated");
+    }
+}

@@ -147,12 +147,35 @@ fn runtime_dir(uid: u32) -> PathBuf {
     PathBuf::from(format!("/run/user/{uid}"))
 }
 
-/// The directory holding the sockets of mounts owned by `uid`.
+/// The uid that this user namespace's root is outside it, when this
+/// process runs in a user namespace other than the initial one.
+fn outer_root() -> Option<u32> {
+    let map = std::fs::read_to_string("/proc/self/uid_map").ok()?;
+    let mut lines = map
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>());
+    let first = lines.next()?;
+    if first == ["0", "0", "4294967295"] {
+        return None;
+    }
+    std::iter::once(first)
+        .chain(lines)
+        .find(|f| f.first() == Some(&"0"))
+        .and_then(|f| f.get(1)?.parse().ok())
+}
+
+/// The directory holding the sockets of mounts owned by `uid`. Root of a
+/// rootless user's namespace is no root: its sockets go where the user's
+/// do ($XDG_RUNTIME_DIR, else /run/user/UID, UID as the host knows it).
 fn socket_dir(uid: u32) -> PathBuf {
-    if uid == 0 {
-        PathBuf::from(ROOT_DIR)
-    } else {
-        runtime_dir(uid).join("unionfs")
+    match (uid, outer_root()) {
+        (0, None) => PathBuf::from(ROOT_DIR),
+        (0, Some(outer)) => std::env::var_os("XDG_RUNTIME_DIR")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(format!("/run/user/{outer}")))
+            .join("unionfs"),
+        _ => runtime_dir(uid).join("unionfs"),
     }
 }
 
@@ -194,7 +217,7 @@ fn open_socket_dir() -> Result<(PathBuf, Dir), String> {
     let dir = socket_dir(me);
     let parent = dir.parent().unwrap_or(Path::new("/"));
     let pfd = Dir::open_nofollow(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-    if me != 0 {
+    if me != 0 || outer_root().is_some() {
         // $XDG_RUNTIME_DIR must be the user's own, mode 0700 (the XDG rule).
         let st = sys::fstat(pfd.as_fd()).map_err(|e| format!("{}: {e}", parent.display()))?;
         if st.st_uid != me || st.st_mode & 0o077 != 0 {

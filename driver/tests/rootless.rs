@@ -257,3 +257,138 @@ fn xattr_of(p: &Path, name: &str) -> Option<Vec<u8>> {
         .unwrap();
     out.status.success().then_some(out.stdout)
 }
+
+/// FUSE for users: /dev/fuse is 0666 on Debian (udev's rule); a machine
+/// without udev (a container) leaves it 0600, and is given the mode udev gives.
+fn fuse_for_users() {
+    use std::os::unix::fs::PermissionsExt;
+    let m = std::fs::metadata("/dev/fuse").expect("/dev/fuse");
+    if m.permissions().mode() & 0o006 != 0o006 {
+        eprintln!(
+            "/dev/fuse was {:o}: made 0666, as udev makes it",
+            m.permissions().mode() & 0o777
+        );
+        std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+}
+
+#[test]
+fn an_unprivileged_user_runs_a_container_on_the_union() {
+    need_root!();
+    need_newuidmap();
+    fuse_for_users();
+    let (uid, gid, start) = user(USER, true);
+    let start = start.unwrap();
+    let h = home(USER, uid, gid);
+    std::fs::copy(
+        Path::new(CLI).with_file_name("unionfs-mount"),
+        h.dir.join("unionfs-mount"),
+    )
+    .unwrap();
+    let runtime = h.dir.join("run");
+    std::fs::create_dir(&runtime).unwrap();
+    std::os::unix::fs::chown(&runtime, Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(
+        &runtime,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let owned = TarBuilder::new()
+        .dir("data/")
+        .file_owned("data/theirs", b"t", 1000, 1000)
+        .bytes();
+    let layout = h.dir.join("layout");
+    oci_layout(
+        &layout,
+        &[Layer::gz(busybox_layer()), Layer::gz(owned)],
+        "latest",
+    );
+    assert!(Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&layout)
+        .status()
+        .unwrap()
+        .success());
+    // A host file only root may read, bound into the container.
+    let secret = h.dir.join("secret");
+    std::fs::write(&secret, "host secret").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+
+    let env_run = |args: &[&str]| {
+        let mut c = Command::new("runuser");
+        c.args(["-u", USER, "--"])
+            .arg(&h.cli)
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .env("HOME", &h.dir)
+            .env("XDG_DATA_HOME", h.dir.join("data"))
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .env("UNIONFS_MOUNT", h.dir.join("unionfs-mount"))
+            .current_dir(&h.dir);
+        c.output().unwrap()
+    };
+    ok(env_run(&[
+        "import",
+        "--name",
+        "img",
+        layout.to_str().unwrap(),
+    ]));
+    let vol = format!("{}:/secret", secret.display());
+    let script = "id -u; ls -n /data; echo mine > /written; echo theirs > /chowned; \
+                  /bin/busybox chown 1000:1000 /chowned; cat /secret 2>&1 || echo unreadable";
+    let out = env_run(&[
+        "run", "--name", "c1", "-v", &vol, "img", "--", "/bin/sh", "-c", script,
+    ]);
+    let text = ok(out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "0", "root inside: {text}");
+    let theirs = lines
+        .iter()
+        .find(|l| l.ends_with(" theirs"))
+        .expect("ls -n /data");
+    assert!(
+        theirs.contains(" 1000 "),
+        "the image's owner inside: {text}"
+    );
+    assert!(
+        text.contains("Permission denied") && text.ends_with("unreadable\n"),
+        "{text}"
+    );
+    assert!(!text.contains("host secret"));
+    // The container's writes are in its layer, owned as the namespace maps them.
+    let layer = h.dir.join("data/unionfs-driver/layers/c1");
+    assert_eq!(
+        std::fs::read_to_string(layer.join("written")).unwrap(),
+        "mine\n"
+    );
+    assert_eq!(owner(&layer.join("written")), (uid, gid));
+    assert_eq!(owner(&layer.join("chowned")), (start + 999, start + 999));
+    ok(env_run(&["rm", "c1"]));
+    assert!(!layer.exists());
+    // Nothing of the user's is left running (the daemon ends once the
+    // kernel lets go of its unmounted union).
+    let running = || {
+        let ps = Command::new("ps")
+            .args(["-u", USER, "-o", "pid=,comm="])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&ps.stdout).trim().to_string()
+    };
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !running().is_empty() {
+        assert!(
+            std::time::Instant::now() < end,
+            "left running: {}",
+            running()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    // Limits need cgroup delegation; without it one line says so.
+    let out = env_run(&["run", "--rm", "--pids", "10", "img", "--", "/bin/true"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("delegated to the user"), "{err}");
+}

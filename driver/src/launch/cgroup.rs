@@ -53,6 +53,23 @@ impl Cgroup {
     /// A cgroup named `name` with `limits`, allowing the devices `allowed`.
     pub fn create(name: &str, limits: &Limits, allowed: &[Rule]) -> Result<Cgroup, LaunchError> {
         let mut cg = Cgroup::default();
+        // A user's container: no cgroup without delegation to the user (the
+        // PID namespace still takes everything with it, and it can make no
+        // device node to need an allowlist for). Limits are refused.
+        if crate::userns::rootless() {
+            if *limits != Limits::default() {
+                return Err(LaunchError::Cgroup(format!(
+                    "--memory, --pids and --cpus need a cgroup delegated to the user \
+                     (cgroup v2 with a user slice); this host {}: run without them",
+                    if is_v2() {
+                        "has cgroup v2, but delegation is not supported yet"
+                    } else {
+                        "has cgroup v1, which delegates nothing to users"
+                    }
+                )));
+            }
+            return Ok(cg);
+        }
         let made = if is_v2() {
             cg.make_v2(name, limits, allowed)
         } else {

@@ -141,6 +141,40 @@ fn proc_fs(root: &Dir) -> Result<(), LaunchError> {
     Ok(())
 }
 
+/// The device node `name` in `dir`: made, or for a user (who may make
+/// none, even in its own namespace) the host's node `host` bound onto an
+/// empty file, as runc's rootless mode does.
+fn device(
+    dir: &Dir,
+    name: &OsStr,
+    kind: u32,
+    rdev: libc::dev_t,
+    mode: u32,
+    host: &Path,
+) -> Result<(), LaunchError> {
+    let s = Step::Devices;
+    if crate::userns::rootless() {
+        let f = fsat::open_at(
+            dir,
+            name,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY,
+            0o600,
+        )
+        .map_err(step(s))?;
+        return mnt(
+            Some(host.to_str().unwrap_or_default()),
+            &fd_path(f.as_fd()),
+            None,
+            MsFlags::MS_BIND,
+            None,
+            s,
+        );
+    }
+    fsat::mknod_at(dir, name, kind | 0o600, rdev).map_err(step(s))?;
+    let fd = fsat::open_at(dir, name, OFlag::O_PATH, 0).map_err(step(s))?;
+    fsat::chmod_fd(fd.as_fd(), mode).map_err(step(s))
+}
+
 fn dev_fs(root: &Dir, extra: &[Device]) -> Result<(), LaunchError> {
     let s = Step::MountDev;
     let d = dir_in(root, Path::new("dev"), s)?;
@@ -162,15 +196,15 @@ fn dev_fs(root: &Dir, extra: &[Device]) -> Result<(), LaunchError> {
         ("urandom", 1, 9),
         ("tty", 5, 0),
     ] {
-        fsat::mknod_at(
+        let host = Path::new("/dev").join(name);
+        device(
             &d,
             OsStr::new(name),
-            libc::S_IFCHR | 0o666,
+            libc::S_IFCHR,
             libc::makedev(major, minor),
-        )
-        .map_err(step(s))?;
-        let fd = fsat::open_at(&d, OsStr::new(name), OFlag::O_PATH, 0).map_err(step(s))?;
-        fsat::chmod_fd(fd.as_fd(), 0o666).map_err(step(s))?;
+            0o666,
+            &host,
+        )?;
     }
     for (name, target) in [
         ("fd", "/proc/self/fd"),
@@ -189,9 +223,7 @@ fn dev_fs(root: &Dir, extra: &[Device]) -> Result<(), LaunchError> {
         );
         let pd = dir_in(&d, parent, s)?;
         let _ = fsat::unlink_at(&pd, name, false);
-        fsat::mknod_at(&pd, name, dev.kind | 0o600, dev.rdev).map_err(step(s))?;
-        let fd = fsat::open_at(&pd, name, OFlag::O_PATH, 0).map_err(step(s))?;
-        fsat::chmod_fd(fd.as_fd(), dev.mode).map_err(step(s))?;
+        device(&pd, name, dev.kind, dev.rdev, dev.mode, &dev.path)?;
     }
     let pts = dir_in(&d, Path::new("pts"), s)?;
     mnt(

@@ -385,6 +385,50 @@ fn an_unprivileged_user_runs_a_container_on_the_union() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 
+    // The launcher killed: the container, its mount and its layer go too.
+    let mut c = Command::new("runuser");
+    c.args(["-u", USER, "--"])
+        .arg(&h.cli)
+        .args(["run", "--rm", "--name", "k1", "img", "--", "/bin/sh", "-c"])
+        .arg("echo started; exec sleep 1000")
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .env("HOME", &h.dir)
+        .env("XDG_DATA_HOME", h.dir.join("data"))
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .env("UNIONFS_MOUNT", h.dir.join("unionfs-mount"))
+        .current_dir(&h.dir)
+        .stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "started\n");
+    // The oldest of the user's unionfs-driver processes is the launcher.
+    let pg = Command::new("pgrep")
+        .args(["-o", "-u", USER, "unionfs-driver"])
+        .output()
+        .unwrap();
+    let launcher: i32 = String::from_utf8_lossy(&pg.stdout).trim().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(launcher),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = child.wait();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !running().is_empty() || h.dir.join("data/unionfs-driver/layers/k1").exists() {
+        assert!(
+            std::time::Instant::now() < end,
+            "left after a kill: {}",
+            running()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
     // Limits need cgroup delegation; without it one line says so.
     let out = env_run(&["run", "--rm", "--pids", "10", "img", "--", "/bin/true"]);
     assert!(!out.status.success());

@@ -436,3 +436,48 @@ fn an_unprivileged_user_runs_a_container_on_the_union() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("delegated to the user"), "{err}");
 }
+
+#[test]
+fn an_unprivileged_user_runs_unionfs_run_on_its_own_rootfs() {
+    need_root!();
+    need_newuidmap();
+    let (uid, gid, _) = user(USER, true);
+    let h = home(USER, uid, gid);
+    let run = h.dir.join("unionfs-run");
+    std::fs::copy(RUN, &run).unwrap();
+    let rootfs = busybox_rootfs(&h.dir, &["sh", "id", "cat"]);
+    for d in ["proc", "sys", "dev"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let st = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(&rootfs)
+        .status();
+    assert!(st.unwrap().success());
+    let out = Command::new("runuser")
+        .args(["-u", USER, "--"])
+        .arg(&run)
+        .arg(&rootfs)
+        .args(["--", "/bin/sh", "-c", "id -u; cat /proc/self/uid_map"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
+        .env("HOME", &h.dir)
+        .current_dir(&h.dir)
+        .output()
+        .unwrap();
+    let text = ok(out);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("0"), "{text}");
+    let map: Vec<String> = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        map,
+        ["0", &uid.to_string(), "1"],
+        "the user is root inside: {text}"
+    );
+}

@@ -19,7 +19,9 @@ default set, no_new_privs, a seccomp filter (our profile, Docker's default as th
 --security-opt seccomp=unconfined|PROFILE.json), only fds 0-2 inherited, a cgroup (v1 or v2) \
 with Docker's device allowlist (--device adds one) and the resource limits, the rootfs nodev. It exits with CMD's status \
 (128+signal when CMD was killed; 125 when the launch failed, 126 when CMD cannot run, 127 when \
-it is not found) and leaves no mount, cgroup or process behind.",
+it is not found) and leaves no mount, cgroup or process behind. As an unprivileged user it runs \
+in a user namespace of its own (the user is root inside; subordinate ids from /etc/subuid map \
+to the others), with the host's device nodes bound in and no cgroup (resource limits refused).",
     after_help = "EXAMPLE:\n    unionfs-run --hostname box --memory 64m ./rootfs -- /bin/sh -c 'hostname; id'"
 )]
 struct Cli {
@@ -44,6 +46,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // An unprivileged user goes on in a user namespace of its own.
+    if let Err(e) = unionfs_driver::userns::enter() {
+        eprintln!("unionfs-run: {e}");
+        return ExitCode::from(125);
+    }
     let cmd = if cli.cmd.is_empty() {
         vec!["/bin/sh".to_string()]
     } else {

@@ -2,7 +2,9 @@
 # scripts/mkimage.sh DIR TAG ROOTFS...: write an OCI image layout at DIR with
 # one gzip layer per ROOTFS directory (bottom first), tagged TAG. Needs only
 # tar, gzip and sha256sum. With no ROOTFS, a busybox-static root filesystem
-# is made (install busybox-static first).
+# is made (install busybox-static first). Run as root, files keep their
+# numeric owners (an image with files of several uids); run as a user, every
+# file is root's in the image, as a build context is.
 set -euo pipefail
 [ $# -ge 2 ] || { echo "usage: mkimage.sh DIR TAG [ROOTFS...]" >&2; exit 2; }
 dir=$1 tag=$2
@@ -20,8 +22,10 @@ if [ $# -eq 0 ]; then
 fi
 diffs="" layers=""
 mkdir -p "$dir/blobs/sha256"
+owners=(--numeric-owner)
+[ "$(id -u)" -eq 0 ] || owners+=(--owner=0 --group=0)
 for l in "$@"; do
-    tar --sort=name --owner=0 --group=0 --numeric-owner -C "$l" -cf "$dir/layer.tar" .
+    tar --sort=name "${owners[@]}" -C "$l" -cf "$dir/layer.tar" .
     diff=$(sha256sum < "$dir/layer.tar" | cut -d' ' -f1)
     gzip -n -c "$dir/layer.tar" > "$dir/layer.tgz"
     dig=$(sha256sum < "$dir/layer.tgz" | cut -d' ' -f1)

@@ -272,6 +272,37 @@ fn fuse_for_users() {
     }
 }
 
+/// A busybox image by scripts/mkimage.sh from a rootfs with files of several
+/// owners (/data/theirs 1000:1000, /tmp 65534:65534), readable by the user.
+fn busybox_image(h: &Home) -> PathBuf {
+    let rootfs = busybox_rootfs(
+        &h.dir.join("img"),
+        &["sh", "id", "ls", "cat", "echo", "sleep"],
+    );
+    for d in ["proc", "sys", "dev"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::write(rootfs.join("data/theirs"), "t").unwrap();
+    std::os::unix::fs::chown(rootfs.join("data/theirs"), Some(1000), Some(1000)).unwrap();
+    std::os::unix::fs::chown(rootfs.join("tmp"), Some(65534), Some(65534)).unwrap();
+    let layout = h.dir.join("layout");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/mkimage.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(&layout)
+        .arg("latest")
+        .arg(&rootfs)
+        .output();
+    ok(out.unwrap());
+    assert!(Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&layout)
+        .status()
+        .unwrap()
+        .success());
+    layout
+}
+
 #[test]
 fn an_unprivileged_user_runs_a_container_on_the_union() {
     need_root!();
@@ -293,22 +324,7 @@ fn an_unprivileged_user_runs_a_container_on_the_union() {
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .unwrap();
-    let owned = TarBuilder::new()
-        .dir("data/")
-        .file_owned("data/theirs", b"t", 1000, 1000)
-        .bytes();
-    let layout = h.dir.join("layout");
-    oci_layout(
-        &layout,
-        &[Layer::gz(busybox_layer()), Layer::gz(owned)],
-        "latest",
-    );
-    assert!(Command::new("chmod")
-        .args(["-R", "a+rX"])
-        .arg(&layout)
-        .status()
-        .unwrap()
-        .success());
+    let layout = busybox_image(&h);
     // A host file only root may read, bound into the container.
     let secret = h.dir.join("secret");
     std::fs::write(&secret, "host secret").unwrap();
@@ -335,7 +351,7 @@ fn an_unprivileged_user_runs_a_container_on_the_union() {
         layout.to_str().unwrap(),
     ]));
     let vol = format!("{}:/secret", secret.display());
-    let script = "id -u; ls -n /data; echo mine > /written; echo theirs > /chowned; \
+    let script = "id -u; ls -n /data; ls -nd /tmp; echo mine > /written; echo theirs > /chowned; \
                   /bin/busybox chown 1000:1000 /chowned; cat /secret 2>&1 || echo unreadable";
     let out = env_run(&[
         "run", "--name", "c1", "-v", &vol, "img", "--", "/bin/sh", "-c", script,
@@ -480,4 +496,44 @@ fn an_unprivileged_user_runs_unionfs_run_on_its_own_rootfs() {
         ["0", &uid.to_string(), "1"],
         "the user is root inside: {text}"
     );
+}
+
+#[test]
+fn without_subordinate_ids_a_user_runs_a_container_too() {
+    need_root!();
+    fuse_for_users();
+    let (uid, gid, _) = user(SOLO, false);
+    let h = home(SOLO, uid, gid);
+    std::fs::copy(
+        Path::new(CLI).with_file_name("unionfs-mount"),
+        h.dir.join("unionfs-mount"),
+    )
+    .unwrap();
+    let layout = busybox_image(&h);
+    let run = |args: &[&str]| {
+        Command::new("runuser")
+            .args(["-u", SOLO, "--"])
+            .arg(&h.cli)
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
+            .env("HOME", &h.dir)
+            .env("XDG_DATA_HOME", h.dir.join("data"))
+            .env("XDG_RUNTIME_DIR", &h.dir)
+            .env("UNIONFS_MOUNT", h.dir.join("unionfs-mount"))
+            .current_dir(&h.dir)
+            .output()
+            .unwrap()
+    };
+    ok(run(&["import", "--name", "img", layout.to_str().unwrap()]));
+    let out = ok(run(&[
+        "run",
+        "--rm",
+        "img",
+        "--",
+        "/bin/sh",
+        "-c",
+        "id -u; cat /data/theirs; echo w > /w && cat /w",
+    ]));
+    assert_eq!(out, "0\ntw\n");
 }

@@ -447,7 +447,13 @@ fn setup(
         .user
         .map(|(u, g)| (u, g.unwrap_or(u)))
         .unwrap_or((0, 0));
-    nix::unistd::setgroups(&[Gid::from_raw(gid)]).map_err(idfail)?;
+    // A user namespace mapping only its user denies setgroups (the
+    // kernel's rule): the supplementary groups stay what the user's were
+    // (none mapped: the overflow group).
+    let denied = std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny");
+    if !denied {
+        nix::unistd::setgroups(&[Gid::from_raw(gid)]).map_err(idfail)?;
+    }
     nix::unistd::setgid(Gid::from_raw(gid)).map_err(idfail)?;
     nix::unistd::setuid(Uid::from_raw(uid)).map_err(idfail)?;
     // A change of identity clears the parent death signal: set it again, then

@@ -16,10 +16,14 @@ pub const WORK_DIR: &str = ".wh..wh.work";
 /// Beside it: the index of copied-up objects' numbers (see resolve/numbers.rs).
 pub const INDEX_DIR: &str = ".wh..wh.index";
 
-/// The daemon's own directories at a branch root: never part of the union,
-/// of a layer or of a snapshot merge.
+/// At a layer's root: what a rootless import could not make (device nodes,
+/// owners of symlinks), for the layer's tar to give back (unionfs-driver).
+pub const OWNERS_FILE: &str = ".wh..wh.owners";
+
+/// The daemon's (and the driver's) own entries at a branch root: never part
+/// of the union, of a layer or of a snapshot merge.
 pub fn is_daemon_dir(name: &OsStr) -> bool {
-    name == WORK_DIR || name == INDEX_DIR
+    name == WORK_DIR || name == INDEX_DIR || name == OWNERS_FILE
 }
 
 /// Names that are whiteouts on disk and so cannot exist in the union.

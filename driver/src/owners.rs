@@ -1,7 +1,33 @@
-//! Owners a rootless user cannot give a file, kept in the
-//! `user.rootlesscontainers` xattr as umoci and runc's rootless mode do:
-//! its value is their protobuf message `Resource { uint32 uid = 1; uint32
-//! gid = 2; }`, where 4294967295 (NoopID) leaves that id as the file has it.
+//! What a rootless user cannot give a layer's files, kept so the layer's
+//! tar gives it back. Owners: in the `user.rootlesscontainers` xattr as
+//! umoci and runc's rootless mode do (its value is their protobuf message
+//! `Resource { uint32 uid = 1; uint32 gid = 2; }`, where 4294967295, NoopID,
+//! leaves that id as the file has it). What no xattr can be on (a symlink)
+//! and what cannot be made at all (a device node): in the layer's
+//! `.wh..wh.owners` (JSON), read by `diff`.
+
+use serde::{Deserialize, Serialize};
+
+/// An entry the layer could not hold as the tar had it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Kept {
+    /// Its path in the layer, as bytes (names need not be UTF-8).
+    pub path: Vec<u8>,
+    pub uid: u32,
+    pub gid: u32,
+    /// A device node not made: 'c' or 'b', major, minor, permission bits, mtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Node>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Node {
+    pub kind: char,
+    pub major: u32,
+    pub minor: u32,
+    pub mode: u32,
+    pub mtime: u64,
+}
 
 /// The xattr's name.
 pub const XATTR: &str = "user.rootlesscontainers";

@@ -99,6 +99,8 @@ pub struct Extracted {
     /// Bytes of regular file data.
     pub size: u64,
     pub entries: u64,
+    /// What a rootless import could not make as the tar had it.
+    pub kept: Vec<crate::owners::Kept>,
 }
 
 type Xattrs = Vec<(OsString, Vec<u8>)>;
@@ -145,6 +147,20 @@ pub fn extract(reader: impl Read, root: &Dir) -> Result<Extracted, TarError> {
     for (path, header, xattrs) in std::mem::take(&mut x.dirs) {
         let (dir, name) = x.parent(&path, false)?;
         set_meta(&dir, &name, &header, &xattrs, false).map_err(fs_err(&path))?;
+    }
+    if !x.out.kept.is_empty() {
+        let p = Path::new(whiteout::OWNERS_FILE);
+        let json = serde_json::to_vec(&x.out.kept).map_err(|e| TarError::Archive(e.into()))?;
+        let f = fsat::open_at(
+            root,
+            p.as_os_str(),
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY,
+            0o600,
+        )
+        .map_err(fs_err(p))?;
+        std::fs::File::from(f)
+            .write_all(&json)
+            .map_err(TarError::Archive)?;
     }
     Ok(x.out)
 }
@@ -285,9 +301,22 @@ impl Extractor<'_> {
                     // No user may make a device node, not even in its own namespace.
                     Err(Errno::EPERM) if t != libc::S_IFIFO && crate::userns::rootless() => {
                         log::warn!(
-                            "{}: device node {major}:{minor} skipped (a user cannot make one)",
+                            "{}: device node {major}:{minor} not made (a user cannot make one); \
+                             kept for the layer's tar",
                             path.display()
                         );
+                        self.out.kept.push(crate::owners::Kept {
+                            path: path.as_os_str().as_bytes().to_vec(),
+                            uid: header.uid().unwrap_or(0) as u32,
+                            gid: header.gid().unwrap_or(0) as u32,
+                            node: Some(crate::owners::Node {
+                                kind: if t == libc::S_IFBLK { 'b' } else { 'c' },
+                                major,
+                                minor,
+                                mode: header.mode().unwrap_or(0o600) & 0o7777,
+                                mtime: header.mtime().unwrap_or(0),
+                            }),
+                        });
                         return Ok(());
                     }
                     r => r.map_err(&err)?,
@@ -295,7 +324,16 @@ impl Extractor<'_> {
             }
             _ => return Err(TarError::Unsupported(raw)),
         }
-        set_meta(dir, &name, &header, &xattrs, kind.is_symlink()).map_err(err)
+        let kept = set_meta(dir, &name, &header, &xattrs, kind.is_symlink()).map_err(err)?;
+        if kept {
+            self.out.kept.push(crate::owners::Kept {
+                path: path.as_os_str().as_bytes().to_vec(),
+                uid: header.uid().unwrap_or(0) as u32,
+                gid: header.gid().unwrap_or(0) as u32,
+                node: None,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -321,7 +359,7 @@ fn set_meta(
     h: &tar::Header,
     xattrs: &[(OsString, Vec<u8>)],
     link: bool,
-) -> fsat::Result<()> {
+) -> fsat::Result<bool> {
     let fd = fsat::open_at(dir, name, OFlag::O_PATH, 0)?;
     // Owner first: a chown clears setuid bits and file capabilities.
     let uid = h.uid().ok().map(|u| u as u32);
@@ -333,17 +371,13 @@ fn set_meta(
         Err(Errno::EINVAL) => true,
         Err(e) => return Err(e),
     };
+    let mut kept = false;
     if unmapped {
         let value = crate::owners::encode(uid.unwrap_or(0), gid.unwrap_or(0));
         match fsat::set_xattr(fd.as_fd(), OsStr::new(crate::owners::XATTR), &value, 0) {
             Ok(()) => {}
-            // user.* xattrs cannot be on symlinks: the link keeps the user's ids.
-            Err(Errno::EPERM) if link => log::warn!(
-                "{}: owner {}:{} cannot be kept on a symlink as a user",
-                name.to_string_lossy(),
-                uid.unwrap_or(0),
-                gid.unwrap_or(0)
-            ),
+            // user.* xattrs cannot be on symlinks: kept in the layer's record.
+            Err(Errno::EPERM) if link => kept = true,
             Err(e) => return Err(e),
         }
     }
@@ -357,7 +391,8 @@ fn set_meta(
         }
     }
     let mtime = h.mtime().unwrap_or(0) as i64;
-    fsat::utimes_obj(fd.as_fd(), Time::Set(mtime, 0), Time::Set(mtime, 0))
+    fsat::utimes_obj(fd.as_fd(), Time::Set(mtime, 0), Time::Set(mtime, 0))?;
+    Ok(kept)
 }
 
 /// Write the layer directory `root` as a tar to `out`, as it is on disk:
@@ -367,9 +402,51 @@ pub fn write_layer(root: &Dir, out: impl Write) -> io::Result<u64> {
     let mut b = tar::Builder::new(out);
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut n = 0;
-    walk(root, Path::new(""), &mut b, &mut links, &mut n)?;
+    let kept = kept_of(root)?;
+    walk(root, Path::new(""), &mut b, &mut links, &kept, &mut n)?;
+    // Device nodes a rootless import could not make, as the tar had them.
+    for k in kept.values() {
+        let Some(node) = &k.node else { continue };
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(if node.kind == 'b' {
+            tar::EntryType::Block
+        } else {
+            tar::EntryType::Char
+        });
+        h.set_mode(node.mode);
+        h.set_uid(k.uid as u64);
+        h.set_gid(k.gid as u64);
+        h.set_mtime(node.mtime);
+        h.set_size(0);
+        h.set_device_major(node.major)?;
+        h.set_device_minor(node.minor)?;
+        b.append_data(&mut h, Path::new(OsStr::from_bytes(&k.path)), io::empty())?;
+        n += 1;
+    }
     b.into_inner()?.flush()?;
     Ok(n)
+}
+
+/// The layer's record of what a rootless import kept aside, by path (read
+/// only for a rootless user: for root the ids are on the files).
+fn kept_of(root: &Dir) -> io::Result<HashMap<Vec<u8>, crate::owners::Kept>> {
+    let name = OsStr::new(whiteout::OWNERS_FILE);
+    if !crate::userns::rootless() {
+        return Ok(HashMap::new());
+    }
+    let f = match fsat::open_at(root, name, OFlag::O_RDONLY | OFlag::O_NOFOLLOW, 0) {
+        Ok(f) => f,
+        Err(Errno::ENOENT) => return Ok(HashMap::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let kept: Vec<crate::owners::Kept> =
+        serde_json::from_reader(std::fs::File::from(f)).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", whiteout::OWNERS_FILE),
+            )
+        })?;
+    Ok(kept.into_iter().map(|k| (k.path.clone(), k)).collect())
 }
 
 fn walk<W: Write>(
@@ -377,6 +454,7 @@ fn walk<W: Write>(
     rel: &Path,
     b: &mut tar::Builder<W>,
     links: &mut HashMap<(u64, u64), PathBuf>,
+    kept: &HashMap<Vec<u8>, crate::owners::Kept>,
     n: &mut u64,
 ) -> io::Result<()> {
     let mut entries = fsat::read_dir(dir)?;
@@ -421,7 +499,7 @@ fn walk<W: Write>(
                 h.set_entry_type(tar::EntryType::Directory);
                 b.append_data(&mut h, &path, io::empty())?;
                 let sub = fsat::open_dir(dir, Path::new(&e.name))?;
-                walk(&sub, &path, b, links, n)?;
+                walk(&sub, &path, b, links, kept, n)?;
             }
             libc::S_IFREG => {
                 let key = (st.st_dev, st.st_ino);
@@ -440,6 +518,10 @@ fn walk<W: Write>(
             }
             libc::S_IFLNK => {
                 h.set_entry_type(tar::EntryType::Symlink);
+                if let Some(k) = kept.get(path.as_os_str().as_bytes()) {
+                    h.set_uid(k.uid as u64);
+                    h.set_gid(k.gid as u64);
+                }
                 let target = fsat::readlink_obj(fd.as_fd())?;
                 b.append_link(&mut h, &path, target)?;
             }

@@ -118,6 +118,8 @@ fn image(h: &Home) -> PathBuf {
         .file_owned("etc/root-owned", b"r", 0, 0)
         .file_owned("etc/user-owned", b"u", 1000, 1000)
         .file_owned("etc/nobody-owned", b"n", 65534, 65534)
+        .symlink_owned("etc/link", "user-owned", 1000, 1000)
+        .device("etc/null", tar::EntryType::Char, 1, 3)
         .bytes();
     let layout = h.dir.join("layout");
     oci_layout(&layout, &[Layer::gz(tar)], "latest");
@@ -242,11 +244,29 @@ fn without_subordinate_ids_owners_are_recorded_and_diff_gives_them_back() {
         seen,
         [
             ("etc".to_string(), 0, 0),
+            ("etc/link".to_string(), 1000, 1000),
             ("etc/nobody-owned".to_string(), 65534, 65534),
+            ("etc/null".to_string(), 0, 0),
             ("etc/root-owned".to_string(), 0, 0),
             ("etc/user-owned".to_string(), 1000, 1000),
-        ]
+        ],
+        "a symlink's owner and a device node a user could not make come back"
     );
+    // The device node is in the tar as the image had it.
+    let mut a = tar::Archive::new(&out.stdout[..]);
+    let null = a
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| e.path().unwrap().ends_with("null"))
+        .unwrap();
+    let hd = null.header();
+    assert_eq!(hd.entry_type(), tar::EntryType::Char);
+    assert_eq!(
+        (hd.device_major().unwrap(), hd.device_minor().unwrap()),
+        (Some(1), Some(3))
+    );
+    assert!(!etc.join("null").exists(), "no user can make a device node");
 }
 
 fn xattr_of(p: &Path, name: &str) -> Option<Vec<u8>> {

@@ -199,6 +199,18 @@ impl TarBuilder {
         self
     }
 
+    /// A symlink owned by `uid`:`gid`.
+    pub fn symlink_owned(mut self, name: &str, target: &str, uid: u64, gid: u64) -> Self {
+        let mut h = header(name, tar::EntryType::Symlink, 0, 0o777);
+        let t = target.as_bytes();
+        h.as_old_mut().linkname[..t.len()].copy_from_slice(t);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_cksum();
+        self.b.append(&h, std::io::empty()).unwrap();
+        self
+    }
+
     pub fn symlink(self, name: &str, target: &str) -> Self {
         self.link_entry(name, target, tar::EntryType::Symlink)
     }

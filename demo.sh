@@ -22,7 +22,7 @@ if ! command -v mount.fuse3 >/dev/null || ! command -v getfattr >/dev/null || [ 
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 attr acl busybox-static \
         libseccomp-dev pkg-config golang-github-containers-common xfsprogs e2fsprogs \
         protobuf-compiler containerd runc golang-go golang-github-containerd-containerd-dev \
-        docker-registry uidmap >/dev/null
+        docker-registry uidmap procps >/dev/null
 fi
 cargo build --release --quiet --workspace
 install -m 0755 target/release/unionfs-mount target/release/unionctl target/release/snapmerge target/release/unionfs-driver target/release/unionfs-run /usr/local/bin/

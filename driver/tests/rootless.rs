@@ -76,7 +76,18 @@ fn home(user: &'static str, uid: u32, gid: u32) -> Home {
     let dir = tmp.path().to_path_buf();
     let cli = dir.join("unionfs-driver");
     std::fs::copy(CLI, &cli).unwrap();
-    std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
+    std::fs::copy(
+        Path::new(CLI).with_file_name("unionfs-mount"),
+        dir.join("unionfs-mount"),
+    )
+    .unwrap();
+    // Its runtime directory, private as XDG wants it.
+    let run = dir.join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    for d in [&dir, &run] {
+        std::os::unix::fs::chown(d, Some(uid), Some(gid)).unwrap();
+    }
     Home {
         user,
         _tmp: tmp,
@@ -85,20 +96,25 @@ fn home(user: &'static str, uid: u32, gid: u32) -> Home {
     }
 }
 
-/// Run the CLI as the user `h` is for, as a login gives it (runuser: no
-/// capability), HOME and XDG_DATA_HOME in `h`.
-fn as_user(h: &Home, args: &[&str]) -> Output {
-    Command::new("runuser")
-        .args(["-u", h.user, "--"])
-        .arg(&h.cli)
-        .args(args)
+/// `prog` as the user `h` is for, as a login gives it (runuser: no
+/// capability), with HOME, XDG_DATA_HOME and XDG_RUNTIME_DIR in `h`.
+fn user_cmd(h: &Home, prog: &Path) -> Command {
+    let mut c = Command::new("runuser");
+    c.args(["-u", h.user, "--"])
+        .arg(prog)
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
         .env("HOME", &h.dir)
         .env("XDG_DATA_HOME", h.dir.join("data"))
-        .current_dir(&h.dir)
-        .output()
-        .unwrap()
+        .env("XDG_RUNTIME_DIR", h.dir.join("run"))
+        .env("UNIONFS_MOUNT", h.dir.join("unionfs-mount"))
+        .current_dir(&h.dir);
+    c
+}
+
+/// The CLI with `args` as the user.
+fn as_user(h: &Home, args: &[&str]) -> Output {
+    user_cmd(h, &h.cli).args(args).output().unwrap()
 }
 
 #[track_caller]
@@ -331,39 +347,13 @@ fn an_unprivileged_user_runs_a_container_on_the_union() {
     let (uid, gid, start) = user(USER, true);
     let start = start.unwrap();
     let h = home(USER, uid, gid);
-    std::fs::copy(
-        Path::new(CLI).with_file_name("unionfs-mount"),
-        h.dir.join("unionfs-mount"),
-    )
-    .unwrap();
-    let runtime = h.dir.join("run");
-    std::fs::create_dir(&runtime).unwrap();
-    std::os::unix::fs::chown(&runtime, Some(uid), Some(gid)).unwrap();
-    std::fs::set_permissions(
-        &runtime,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
     let layout = busybox_image(&h);
     // A host file only root may read, bound into the container.
     let secret = h.dir.join("secret");
     std::fs::write(&secret, "host secret").unwrap();
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 
-    let env_run = |args: &[&str]| {
-        let mut c = Command::new("runuser");
-        c.args(["-u", USER, "--"])
-            .arg(&h.cli)
-            .args(args)
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
-            .env("HOME", &h.dir)
-            .env("XDG_DATA_HOME", h.dir.join("data"))
-            .env("XDG_RUNTIME_DIR", &runtime)
-            .env("UNIONFS_MOUNT", h.dir.join("unionfs-mount"))
-            .current_dir(&h.dir);
-        c.output().unwrap()
-    };
+    let env_run = |args: &[&str]| as_user(&h, args);
     ok(env_run(&[
         "import",
         "--name",
@@ -422,18 +412,9 @@ fn an_unprivileged_user_runs_a_container_on_the_union() {
     }
 
     // The launcher killed: the container, its mount and its layer go too.
-    let mut c = Command::new("runuser");
-    c.args(["-u", USER, "--"])
-        .arg(&h.cli)
-        .args(["run", "--rm", "--name", "k1", "img", "--", "/bin/sh", "-c"])
+    let mut c = user_cmd(&h, &h.cli);
+    c.args(["run", "--rm", "--name", "k1", "img", "--", "/bin/sh", "-c"])
         .arg("echo started; exec sleep 1000")
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
-        .env("HOME", &h.dir)
-        .env("XDG_DATA_HOME", h.dir.join("data"))
-        .env("XDG_RUNTIME_DIR", &runtime)
-        .env("UNIONFS_MOUNT", h.dir.join("unionfs-mount"))
-        .current_dir(&h.dir)
         .stdout(std::process::Stdio::piped());
     let mut child = c.spawn().unwrap();
     let mut line = String::new();
@@ -491,15 +472,9 @@ fn an_unprivileged_user_runs_unionfs_run_on_its_own_rootfs() {
         .arg(&rootfs)
         .status();
     assert!(st.unwrap().success());
-    let out = Command::new("runuser")
-        .args(["-u", USER, "--"])
-        .arg(&run)
+    let out = user_cmd(&h, &run)
         .arg(&rootfs)
         .args(["--", "/bin/sh", "-c", "id -u; cat /proc/self/uid_map"])
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
-        .env("HOME", &h.dir)
-        .current_dir(&h.dir)
         .output()
         .unwrap();
     let text = ok(out);
@@ -524,27 +499,8 @@ fn without_subordinate_ids_a_user_runs_a_container_too() {
     fuse_for_users();
     let (uid, gid, _) = user(SOLO, false);
     let h = home(SOLO, uid, gid);
-    std::fs::copy(
-        Path::new(CLI).with_file_name("unionfs-mount"),
-        h.dir.join("unionfs-mount"),
-    )
-    .unwrap();
     let layout = busybox_image(&h);
-    let run = |args: &[&str]| {
-        Command::new("runuser")
-            .args(["-u", SOLO, "--"])
-            .arg(&h.cli)
-            .args(args)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
-            .env("HOME", &h.dir)
-            .env("XDG_DATA_HOME", h.dir.join("data"))
-            .env("XDG_RUNTIME_DIR", &h.dir)
-            .env("UNIONFS_MOUNT", h.dir.join("unionfs-mount"))
-            .current_dir(&h.dir)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| as_user(&h, args);
     ok(run(&["import", "--name", "img", layout.to_str().unwrap()]));
     let out = ok(run(&[
         "run",

@@ -513,3 +513,71 @@ fn without_subordinate_ids_a_user_runs_a_container_too() {
     ]));
     assert_eq!(out, "0\ntw\n");
 }
+
+#[test]
+fn a_users_own_union_mounts_through_fusermount3_and_unionctl_reaches_it() {
+    need_root!();
+    fuse_for_users();
+    let (uid, gid, _) = user(USER, true);
+    let h = home(USER, uid, gid);
+    let unionctl = h.dir.join("unionctl");
+    std::fs::copy(Path::new(CLI).with_file_name("unionctl"), &unionctl).unwrap();
+    for d in ["rw", "ro", "mnt"] {
+        std::fs::create_dir(h.dir.join(d)).unwrap();
+        std::os::unix::fs::chown(h.dir.join(d), Some(uid), Some(gid)).unwrap();
+    }
+    std::fs::write(h.dir.join("ro/f"), "lower").unwrap();
+    std::os::unix::fs::chown(h.dir.join("ro/f"), Some(uid), Some(gid)).unwrap();
+    let mnt = h.dir.join("mnt");
+    let spec = format!(
+        "{}=rw:{}=ro",
+        h.dir.join("rw").display(),
+        h.dir.join("ro").display()
+    );
+    let out = user_cmd(&h, &h.dir.join("unionfs-mount"))
+        .arg(&spec)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    ok(out);
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(mnt.clone());
+    let line = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .find(|l| l.contains(mnt.to_str().unwrap()))
+        .map(String::from)
+        .expect("mounted");
+    assert!(
+        line.contains(&format!("user_id={uid}")),
+        "the user's mount: {line}"
+    );
+    let listed = ok(user_cmd(&h, &unionctl)
+        .arg(&mnt)
+        .arg("--list")
+        .output()
+        .unwrap());
+    assert_eq!(
+        listed,
+        format!("{}/rw (rw)\n{}/ro (ro)\n", h.dir.display(), h.dir.display())
+    );
+    // Only the user may use it (no allow_other): the user reads and writes.
+    let out = user_cmd(&h, Path::new("/bin/sh"))
+        .args([
+            "-c",
+            &format!("cat {0}/f; echo upper >> {0}/f", mnt.display()),
+        ])
+        .output()
+        .unwrap();
+    ok(out);
+    assert_eq!(
+        std::fs::read_to_string(h.dir.join("rw/f")).unwrap(),
+        "lowerupper\n"
+    );
+    assert_eq!(owner(&h.dir.join("rw/f")), (uid, gid));
+}

@@ -119,7 +119,9 @@ fn fusermount(mountpoint: &Path, args: &MountArgs) -> std::io::Result<OwnedFd> {
     opts.extend(args.fs_options());
     for (flag, on, off) in FLAG_WORDS {
         let word = if args.flags.contains(flag) { on } else { off };
-        if !word.is_empty() {
+        // fusermount3 knows no relatime or strictatime: its mounts get the
+        // kernel's default, relatime.
+        if !word.is_empty() && !matches!(word, "relatime" | "strictatime") {
             opts.push(word.to_string());
         }
     }

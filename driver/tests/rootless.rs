@@ -23,6 +23,9 @@ fn subid_lines(name: &str, uid: u32) -> [Option<unionfs_driver::userns::Range>; 
 /// The test user `name` (made if missing), with a subordinate id range or
 /// with none: uid, gid, the range's start.
 fn user(name: &str, subids: bool) -> (u32, u32, Option<u32>) {
+    // Tests run in parallel: one makes the user, the others wait for it.
+    static MADE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _made = MADE.lock().unwrap_or_else(|e| e.into_inner());
     if nix::unistd::User::from_name(name).unwrap().is_none() {
         let out = Command::new("useradd")
             .args([

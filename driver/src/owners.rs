@@ -53,9 +53,10 @@ pub fn encode(uid: u32, gid: u32) -> Vec<u8> {
     out
 }
 
-/// (uid, gid) of a message; a field not given is NoopID. None: not the message.
+/// (uid, gid) of a message; a field not given is 0 (proto3's default, which
+/// umoci leaves out). None: not the message.
 pub fn decode(b: &[u8]) -> Option<(u32, u32)> {
-    let (mut uid, mut gid) = (NOOP_ID, NOOP_ID);
+    let (mut uid, mut gid) = (0, 0);
     let mut i = 0;
     let next = |i: &mut usize| -> Option<u64> {
         let mut v = 0u64;
@@ -93,8 +94,13 @@ mod tests {
         assert_eq!(encode(1000, 1000), [0x08, 0xe8, 0x07, 0x10, 0xe8, 0x07]);
         assert_eq!(decode(&encode(1000, 5)), Some((1000, 5)));
         assert_eq!(decode(&encode(0, 65534)), Some((0, 65534)));
-        assert_eq!(decode(&[0x10, 0x05]), Some((NOOP_ID, 5)));
-        assert_eq!(decode(&[]), Some((NOOP_ID, NOOP_ID)));
+        assert_eq!(
+            decode(&[0x10, 0x05]),
+            Some((0, 5)),
+            "uid 0 left out, as proto3 does"
+        );
+        assert_eq!(decode(&[]), Some((0, 0)));
+        assert_eq!(decode(&encode(NOOP_ID, 7)), Some((NOOP_ID, 7)));
         assert_eq!(
             decode(&[0x0a, 0x01, 0x00]),
             None,

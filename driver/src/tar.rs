@@ -9,7 +9,7 @@
 //! exactly what OCI says (they hide lower layers; entries of the same layer
 //! stay).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
@@ -235,11 +235,17 @@ impl Extractor<'_> {
         // A later entry of the same name replaces the earlier one (a directory
         // stays a directory and gets merged into). What was pending for the
         // replaced directory and below it no longer applies.
-        if existing.is_some() && !(kind.is_dir() && existing == Some(libc::S_IFDIR)) {
+        let replaced = existing.is_some() && !(kind.is_dir() && existing == Some(libc::S_IFDIR));
+        if replaced {
             fsat::remove_tree(dir, &name).map_err(&err)?;
             self.dirs.retain(|(p, _, _)| !p.starts_with(&path));
             self.last = [None, None];
         }
+        // What was kept aside for this name (or below it, if replaced) goes too.
+        self.out.kept.retain(|k| {
+            let p = Path::new(OsStr::from_bytes(&k.path));
+            p != path && !(replaced && p.starts_with(&path))
+        });
         self.out.entries += 1;
         match kind {
             k if k.is_dir() => {
@@ -376,8 +382,17 @@ fn set_meta(
         let value = crate::owners::encode(uid.unwrap_or(0), gid.unwrap_or(0));
         match fsat::set_xattr(fd.as_fd(), OsStr::new(crate::owners::XATTR), &value, 0) {
             Ok(()) => {}
-            // user.* xattrs cannot be on symlinks: kept in the layer's record.
-            Err(Errno::EPERM) if link => kept = true,
+            // user.* xattrs can be only on files and directories: owners of
+            // symlinks, FIFOs and sockets are kept in the layer's record.
+            Err(Errno::EPERM | Errno::EOPNOTSUPP)
+                if link
+                    || !matches!(
+                        fsat::fstat(fd.as_fd()).map(|st| st.st_mode & libc::S_IFMT),
+                        Ok(libc::S_IFREG | libc::S_IFDIR)
+                    ) =>
+            {
+                kept = true
+            }
             Err(e) => return Err(e),
         }
     }
@@ -429,14 +444,14 @@ pub fn write_layer(root: &Dir, out: impl Write) -> io::Result<u64> {
 
 /// The layer's record of what a rootless import kept aside, by path (read
 /// only for a rootless user: for root the ids are on the files).
-fn kept_of(root: &Dir) -> io::Result<HashMap<Vec<u8>, crate::owners::Kept>> {
+fn kept_of(root: &Dir) -> io::Result<BTreeMap<Vec<u8>, crate::owners::Kept>> {
     let name = OsStr::new(whiteout::OWNERS_FILE);
     if !crate::userns::rootless() {
-        return Ok(HashMap::new());
+        return Ok(BTreeMap::new());
     }
     let f = match fsat::open_at(root, name, OFlag::O_RDONLY | OFlag::O_NOFOLLOW, 0) {
         Ok(f) => f,
-        Err(Errno::ENOENT) => return Ok(HashMap::new()),
+        Err(Errno::ENOENT) => return Ok(BTreeMap::new()),
         Err(e) => return Err(e.into()),
     };
     let kept: Vec<crate::owners::Kept> =
@@ -454,7 +469,7 @@ fn walk<W: Write>(
     rel: &Path,
     b: &mut tar::Builder<W>,
     links: &mut HashMap<(u64, u64), PathBuf>,
-    kept: &HashMap<Vec<u8>, crate::owners::Kept>,
+    kept: &BTreeMap<Vec<u8>, crate::owners::Kept>,
     n: &mut u64,
 ) -> io::Result<()> {
     let mut entries = fsat::read_dir(dir)?;

@@ -32,9 +32,16 @@ pub struct Range {
     pub count: u32,
 }
 
-/// Is this a rootless run (an unprivileged user, or its user namespace)?
+/// Is this a rootless run: an unprivileged user, or root of a user
+/// namespace other than the initial one? Decided by the kernel's maps, not
+/// by the environment (which anyone may set for real root).
 pub fn rootless() -> bool {
-    !geteuid().is_root() || std::env::var_os(MARKER).is_some()
+    if !geteuid().is_root() {
+        return true;
+    }
+    let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    let first: Vec<&str> = map.split_whitespace().take(3).collect();
+    !first.is_empty() && first != ["0", "0", "4294967295"]
 }
 
 /// The store when none is named: /var/lib/unionfs-driver for root, else
@@ -176,6 +183,17 @@ fn write_maps(pid: nix::unistd::Pid, uid: Uid, gid: Gid, u: Range, g: Range) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_environment_does_not_make_root_rootless() {
+        if !geteuid().is_root() {
+            return; // only root can show it
+        }
+        std::env::set_var(MARKER, "1");
+        let r = rootless();
+        std::env::remove_var(MARKER);
+        assert!(!r, "root in the initial user namespace is root");
+    }
 
     #[test]
     fn subid_lines_by_name_or_number() {

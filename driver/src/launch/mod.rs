@@ -123,6 +123,8 @@ impl std::str::FromStr for Volume {
 /// A host device given to the container (`--device`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Device {
+    /// The host's node.
+    pub host: PathBuf,
     /// Where it appears in the container (absolute, under /dev).
     pub path: PathBuf,
     /// `S_IFCHR` or `S_IFBLK`, its number and permission bits (the host node's).
@@ -170,6 +172,7 @@ impl std::str::FromStr for Device {
             ));
         }
         Ok(Device {
+            host: PathBuf::from(host),
             path: PathBuf::from(path),
             kind,
             rdev: st.st_rdev,

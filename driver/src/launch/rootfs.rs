@@ -141,18 +141,19 @@ fn proc_fs(root: &Dir) -> Result<(), LaunchError> {
     Ok(())
 }
 
-/// The device node `name` in `dir`: made, or for a user (who may make
-/// none, even in its own namespace) the host's node `host` bound onto an
-/// empty file, as runc's rootless mode does.
+/// The device node `name` in `dir` (`node`: kind, number, permission
+/// bits): made, or for a user (who may make none, even in its own
+/// namespace) the host's node `host` bound onto an empty file, as runc's
+/// rootless mode does, read-only unless `writable`.
 fn device(
     dir: &Dir,
     name: &OsStr,
-    kind: u32,
-    rdev: libc::dev_t,
-    mode: u32,
+    node: (u32, libc::dev_t, u32),
     host: &Path,
+    writable: bool,
 ) -> Result<(), LaunchError> {
     let s = Step::Devices;
+    let (kind, rdev, mode) = node;
     if crate::userns::rootless() {
         let f = fsat::open_at(
             dir,
@@ -161,14 +162,21 @@ fn device(
             0o600,
         )
         .map_err(step(s))?;
-        return mnt(
+        let target = fd_path(f.as_fd());
+        mnt(
             Some(host.to_str().unwrap_or_default()),
-            &fd_path(f.as_fd()),
+            &target,
             None,
             MsFlags::MS_BIND,
             None,
             s,
-        );
+        )?;
+        if !writable {
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            let f = fsat::open_at(dir, name, OFlag::O_PATH, 0).map_err(step(s))?;
+            mnt(None, &fd_path(f.as_fd()), None, flags, None, s)?;
+        }
+        return Ok(());
     }
     fsat::mknod_at(dir, name, kind | 0o600, rdev).map_err(step(s))?;
     let fd = fsat::open_at(dir, name, OFlag::O_PATH, 0).map_err(step(s))?;
@@ -197,14 +205,8 @@ fn dev_fs(root: &Dir, extra: &[Device]) -> Result<(), LaunchError> {
         ("tty", 5, 0),
     ] {
         let host = Path::new("/dev").join(name);
-        device(
-            &d,
-            OsStr::new(name),
-            libc::S_IFCHR,
-            libc::makedev(major, minor),
-            0o666,
-            &host,
-        )?;
+        let node = (libc::S_IFCHR, libc::makedev(major, minor), 0o666);
+        device(&d, OsStr::new(name), node, &host, true)?;
     }
     for (name, target) in [
         ("fd", "/proc/self/fd"),
@@ -223,7 +225,14 @@ fn dev_fs(root: &Dir, extra: &[Device]) -> Result<(), LaunchError> {
         );
         let pd = dir_in(&d, parent, s)?;
         let _ = fsat::unlink_at(&pd, name, false);
-        device(&pd, name, dev.kind, dev.rdev, dev.mode, &dev.path)?;
+        let writable = dev.access & super::devices::WRITE != 0;
+        device(
+            &pd,
+            name,
+            (dev.kind, dev.rdev, dev.mode),
+            &dev.host,
+            writable,
+        )?;
     }
     let pts = dir_in(&d, Path::new("pts"), s)?;
     mnt(

@@ -90,7 +90,12 @@ impl<'a> Snapshots<'a> {
         }
         let layer = match kind {
             Kind::Active => {
-                let id = format!("snap-{}", self.db.next);
+                // A driver user may have taken a name of this form.
+                let mut id = format!("snap-{}", self.db.next);
+                while self.store.meta(&id)?.is_some() || self.store.layer_dir(&id).exists() {
+                    self.db.next += 1;
+                    id = format!("snap-{}", self.db.next);
+                }
                 self.db.next += 1;
                 self.store.new_layer(&id, parent_layer, true, true)?;
                 Some(id)
@@ -139,7 +144,8 @@ impl<'a> Snapshots<'a> {
             && self
                 .store
                 .meta(target)?
-                .is_some_and(|m| !m.rw && &m.parent == parent_layer);
+                .is_some_and(|m| !m.rw && &m.parent == parent_layer)
+            && self.store.layer_dir(target).is_dir();
         if !held {
             return Ok(());
         }
@@ -213,16 +219,16 @@ impl<'a> Snapshots<'a> {
         let mut moving_from = None;
         let mut drop_own = false;
         if let Some(chain) = chain_id_of(name).filter(|c| *c != own) {
+            let held = self.store.layer_dir(chain).is_dir();
             match self.store.meta(chain)? {
-                Some(m) if !m.rw && m.parent == meta.parent => {
+                Some(m) if held && !m.rw && m.parent == meta.parent => {
                     layer = chain.to_string();
                     drop_own = true;
                 }
-                Some(_) => {}
-                None => {
-                    let mut renamed = meta.clone();
-                    renamed.id = chain.to_string();
-                    self.store.save_meta(&renamed)?;
+                Some(_) if held => {}
+                // Named in the records first; move_layer writes its
+                // metadata and moves the directory (again after a crash).
+                _ => {
                     layer = chain.to_string();
                     moving_from = Some(own.clone());
                 }
@@ -294,6 +300,10 @@ impl<'a> Snapshots<'a> {
         }
         if let Some(img) = self.store.images()?.iter().find(|i| i.top == id) {
             log::info!("layer {id} stays: it is the top of image {}", img.name);
+            return Ok(());
+        }
+        if self.store.mount_state(id)?.count > 0 {
+            log::info!("layer {id} stays: unionfs-driver has it mounted");
             return Ok(());
         }
         // Metadata first: a crash after it leaves a directory the next start removes.
@@ -409,13 +419,21 @@ fn disk_usage(dir: &Path) -> Result<Usage, fsat::Errno> {
             if top && unionfs::whiteout::is_daemon_dir(&e.name) {
                 continue;
             }
-            let st = fsat::stat_at(dir, &e.name)?;
+            // A running container's files come and go meanwhile.
+            let st = match fsat::stat_at(dir, &e.name) {
+                Err(fsat::Errno::ENOENT) => continue,
+                r => r?,
+            };
             if seen.insert((st.st_dev, st.st_ino)) {
                 u.inodes += 1;
                 u.size += st.st_blocks as u64 * 512;
             }
             if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                walk(&fsat::open_dir(dir, Path::new(&e.name))?, seen, false, u)?;
+                match fsat::open_dir(dir, Path::new(&e.name)) {
+                    Ok(sub) => walk(&sub, seen, false, u)?,
+                    Err(fsat::Errno::ENOENT | fsat::Errno::ENOTDIR) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(())
@@ -537,6 +555,50 @@ mod tests {
         let ids: Vec<String> = store.layers().unwrap().into_iter().map(|m| m.id).collect();
         assert_eq!(ids, ["mine"]);
         assert!(!store.layer_dir("snap-9").exists());
+    }
+
+    #[test]
+    fn metadata_without_a_directory_is_no_layer_and_taken_names_are_skipped() {
+        let (_t, store) = store();
+        // Left by a crash: a chain id's metadata, no directory.
+        let mut m = {
+            store.new_layer("x", None, false, true).unwrap();
+            store.layer("x").unwrap()
+        };
+        std::fs::remove_dir(store.layer_dir("x")).unwrap();
+        store.remove_meta("x").unwrap();
+        m.id = CHAIN.into();
+        store.save_meta(&m).unwrap();
+        // A driver user's layer named as the snapshotter names its own.
+        store.new_layer("snap-0", None, true, false).unwrap();
+        let mut s = Snapshots::open(&store).unwrap();
+        let r = s.create(Kind::Active, "k", "", labels(&[(REF_LABEL, CHAIN)]));
+        assert!(r.is_ok(), "a layer with no files was taken as held: {r:?}");
+        assert_eq!(s.stat("k").unwrap().layer.as_deref(), Some("snap-1"));
+        std::fs::write(store.layer_dir("snap-1").join("f"), "data").unwrap();
+        s.commit(&format!("default/2/{CHAIN}"), "k", BTreeMap::new())
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(store.layer_dir(CHAIN).join("f")).unwrap(),
+            "data"
+        );
+        assert!(
+            store.meta("snap-0").unwrap().is_some(),
+            "the driver's layer is untouched"
+        );
+    }
+
+    #[test]
+    fn a_layer_the_driver_has_mounted_stays_when_its_snapshot_goes() {
+        let (_t, store) = store();
+        let mut s = Snapshots::open(&store).unwrap();
+        s.create(Kind::Active, "a", "", BTreeMap::new()).unwrap();
+        s.commit("c", "a", BTreeMap::new()).unwrap();
+        store
+            .save_mount_state("snap-0", &crate::store::MountState { count: 1 })
+            .unwrap();
+        s.remove("c").unwrap();
+        assert!(store.layer_dir("snap-0").is_dir());
     }
 
     #[test]

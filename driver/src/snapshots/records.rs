@@ -122,9 +122,16 @@ impl Records {
 }
 
 /// The rename of a committed layer to its chain id, after the records
-/// name `to` (whose metadata is written): the directory, then the old
-/// metadata. Done again after a crash, it finishes what is left.
+/// name `to`: its metadata, the directory, then the old metadata. Done
+/// again after a crash, it finishes what is left.
 pub fn move_layer(store: &Store, from: &str, to: &str) -> Result<(), Error> {
+    // From the old metadata while it exists (a stale one for `to` left by
+    // an older crash is replaced).
+    if let Some(mut m) = store.meta(from)? {
+        m.id = to.to_string();
+        m.rw = false;
+        store.save_meta(&m)?;
+    }
     let (src, dst) = (store.layer_dir(from), store.layer_dir(to));
     if src.exists() && !dst.exists() {
         std::fs::rename(&src, &dst).map_err(|e| store.io("layers", e))?;

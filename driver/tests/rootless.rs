@@ -449,6 +449,34 @@ fn an_unprivileged_user_runs_a_container_on_the_union() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 
+    // A host device is the host's node bound in; read-only is refused (only
+    // a device cgroup could hold it to reading).
+    let out = ok(env_run(&[
+        "run",
+        "--rm",
+        "--device",
+        "/dev/null:/dev/mynull",
+        "img",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo x > /dev/mynull && cat /dev/mynull && echo written",
+    ]));
+    assert_eq!(out, "written\n");
+    let out = env_run(&[
+        "run",
+        "--rm",
+        "--device",
+        "/dev/null:/dev/mynull:r",
+        "img",
+        "--",
+        "/bin/true",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("read-only"), "{err}");
+
     // Limits need cgroup delegation; without it one line says so.
     let out = env_run(&["run", "--rm", "--pids", "10", "img", "--", "/bin/true"]);
     assert!(!out.status.success());

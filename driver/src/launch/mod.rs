@@ -269,6 +269,15 @@ pub fn run(
     }
     let rootfs = std::fs::canonicalize(rootfs)
         .map_err(|e| LaunchError::Invalid(format!("rootfs {}: {e}", rootfs.display())))?;
+    if crate::userns::rootless() {
+        if let Some(d) = opts.devices.iter().find(|d| d.access & devices::WRITE == 0) {
+            return Err(LaunchError::Invalid(format!(
+                "device {}: as a user a device cannot be given read-only (no device cgroup \
+                 holds it to reading); give it rw",
+                d.host.display()
+            )));
+        }
+    }
     if !rootfs.is_dir() {
         return Err(LaunchError::Invalid(format!(
             "rootfs {}: not a directory",

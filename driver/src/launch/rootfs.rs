@@ -144,7 +144,7 @@ fn proc_fs(root: &Dir) -> Result<(), LaunchError> {
 /// The device node `name` in `dir` (`node`: kind, number, permission
 /// bits): made, or for a user (who may make none, even in its own
 /// namespace) the host's node `host` bound onto an empty file, as runc's
-/// rootless mode does, read-only unless `writable`.
+/// rootless mode does (refused unless `writable`: nothing could stop writes).
 fn device(
     dir: &Dir,
     name: &OsStr,
@@ -155,28 +155,23 @@ fn device(
     let s = Step::Devices;
     let (kind, rdev, mode) = node;
     if crate::userns::rootless() {
-        let f = fsat::open_at(
-            dir,
-            name,
-            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY,
-            0o600,
-        )
-        .map_err(step(s))?;
-        let target = fd_path(f.as_fd());
-        mnt(
-            Some(host.to_str().unwrap_or_default()),
-            &target,
-            None,
-            MsFlags::MS_BIND,
-            None,
-            s,
-        )?;
+        // Only a device cgroup could hold a node to reading (a read-only
+        // mount does not stop writes to a device), and a user has none.
         if !writable {
-            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-            let f = fsat::open_at(dir, name, OFlag::O_PATH, 0).map_err(step(s))?;
-            mnt(None, &fd_path(f.as_fd()), None, flags, None, s)?;
+            return Err(LaunchError::Step(
+                s,
+                format!(
+                    "{}: as a user a device cannot be given read-only (no device cgroup); \
+                     give it rw",
+                    host.display()
+                ),
+            ));
         }
-        return Ok(());
+        let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY;
+        let f = fsat::open_at(dir, name, flags, 0o600).map_err(step(s))?;
+        let target = fd_path(f.as_fd());
+        let host = host.to_str().unwrap_or_default();
+        return mnt(Some(host), &target, None, MsFlags::MS_BIND, None, s);
     }
     fsat::mknod_at(dir, name, kind | 0o600, rdev).map_err(step(s))?;
     let fd = fsat::open_at(dir, name, OFlag::O_PATH, 0).map_err(step(s))?;

@@ -148,8 +148,9 @@ fn runtime_dir(uid: u32) -> PathBuf {
 }
 
 /// The uid that this user namespace's root is outside it, when this
-/// process runs in a user namespace other than the initial one.
-fn outer_root() -> Option<u32> {
+/// process runs in a user namespace other than the initial one (a rootless
+/// user's: the driver asks too).
+pub fn outer_root() -> Option<u32> {
     let map = std::fs::read_to_string("/proc/self/uid_map").ok()?;
     let mut lines = map
         .lines()

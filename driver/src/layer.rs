@@ -73,7 +73,7 @@ fn mount_program() -> PathBuf {
 }
 
 /// Bytes of file data below `dir`, each hard-linked file counted once.
-pub(crate) fn sum_sizes(dir: &Dir) -> Result<u64, fsat::Errno> {
+fn sum_sizes(dir: &Dir) -> Result<u64, fsat::Errno> {
     fn walk(
         dir: &Dir,
         seen: &mut std::collections::HashSet<(u64, u64)>,
@@ -109,6 +109,23 @@ impl Store {
         BranchSet::open(&specs)
             .map(Some)
             .map_err(|e| self.io("layers", e))
+    }
+
+    /// What of the driver's needs the layer `id`: a child layer or an image
+    /// it is the top of, said in a line.
+    pub(crate) fn dependent(&self, id: &str) -> Result<Option<String>, Error> {
+        if let Some(child) = self
+            .layers()?
+            .iter()
+            .find(|m| m.parent.as_deref() == Some(id))
+        {
+            return Ok(Some(format!("layer {id} has a child layer ({})", child.id)));
+        }
+        Ok(self
+            .images()?
+            .iter()
+            .find(|i| i.top == id)
+            .map(|img| format!("layer {id} is the top of image {}", img.name)))
     }
 
     /// A new empty layer `id` on the layer `parent`: its directory is made
@@ -239,21 +256,8 @@ impl GraphDriver for Store {
         if self.mount_state(&id)?.count > 0 && is_mounted(&self.mount_dir(&id)) {
             return Err(Error::Busy(format!("layer {id} is mounted")));
         }
-        if let Some(child) = self
-            .layers()?
-            .iter()
-            .find(|m| m.parent.as_deref() == Some(&id))
-        {
-            return Err(Error::Busy(format!(
-                "layer {id} has a child layer ({})",
-                child.id
-            )));
-        }
-        if let Some(img) = self.images()?.iter().find(|i| i.top == id) {
-            return Err(Error::Busy(format!(
-                "layer {id} is the top of image {}",
-                img.name
-            )));
+        if let Some(why) = self.dependent(&id)? {
+            return Err(Error::Busy(why));
         }
         if let Some(key) = crate::snapshots::Records::load(self)?.user_of(&id) {
             return Err(Error::Busy(format!(

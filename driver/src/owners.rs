@@ -20,6 +20,19 @@ pub struct Kept {
     pub node: Option<Node>,
 }
 
+impl Kept {
+    /// The entry at `path` (in the layer) with the tar header's owners.
+    pub fn of(path: &std::path::Path, h: &tar::Header, node: Option<Node>) -> Kept {
+        use std::os::unix::ffi::OsStrExt;
+        Kept {
+            path: path.as_os_str().as_bytes().to_vec(),
+            uid: h.uid().unwrap_or(0) as u32,
+            gid: h.gid().unwrap_or(0) as u32,
+            node,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Node {
     pub kind: char,

@@ -311,18 +311,16 @@ impl Extractor<'_> {
                              kept for the layer's tar",
                             path.display()
                         );
-                        self.out.kept.push(crate::owners::Kept {
-                            path: path.as_os_str().as_bytes().to_vec(),
-                            uid: header.uid().unwrap_or(0) as u32,
-                            gid: header.gid().unwrap_or(0) as u32,
-                            node: Some(crate::owners::Node {
-                                kind: if t == libc::S_IFBLK { 'b' } else { 'c' },
-                                major,
-                                minor,
-                                mode: header.mode().unwrap_or(0o600) & 0o7777,
-                                mtime: header.mtime().unwrap_or(0),
-                            }),
-                        });
+                        let node = crate::owners::Node {
+                            kind: if t == libc::S_IFBLK { 'b' } else { 'c' },
+                            major,
+                            minor,
+                            mode: header.mode().unwrap_or(0o600) & 0o7777,
+                            mtime: header.mtime().unwrap_or(0),
+                        };
+                        self.out
+                            .kept
+                            .push(crate::owners::Kept::of(&path, &header, Some(node)));
                         return Ok(());
                     }
                     r => r.map_err(&err)?,
@@ -332,12 +330,9 @@ impl Extractor<'_> {
         }
         let kept = set_meta(dir, &name, &header, &xattrs, kind.is_symlink()).map_err(err)?;
         if kept {
-            self.out.kept.push(crate::owners::Kept {
-                path: path.as_os_str().as_bytes().to_vec(),
-                uid: header.uid().unwrap_or(0) as u32,
-                gid: header.gid().unwrap_or(0) as u32,
-                node: None,
-            });
+            self.out
+                .kept
+                .push(crate::owners::Kept::of(&path, &header, None));
         }
         Ok(())
     }

@@ -35,13 +35,12 @@ pub struct Range {
 /// Is this a rootless run: an unprivileged user, or root of a user
 /// namespace other than the initial one? Decided by the kernel's maps, not
 /// by the environment (which anyone may set for real root).
+///
+/// Asked once: a process never changes user namespace after `enter`
+/// re-executed it (walks of a layer ask for every file).
 pub fn rootless() -> bool {
-    if !geteuid().is_root() {
-        return true;
-    }
-    let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
-    let first: Vec<&str> = map.split_whitespace().take(3).collect();
-    !first.is_empty() && first != ["0", "0", "4294967295"]
+    static ROOTLESS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROOTLESS.get_or_init(|| !geteuid().is_root() || unionfs::control::outer_root().is_some())
 }
 
 /// The store when none is named: /var/lib/unionfs-driver for root, else

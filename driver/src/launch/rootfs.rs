@@ -144,29 +144,16 @@ fn proc_fs(root: &Dir) -> Result<(), LaunchError> {
 /// The device node `name` in `dir` (`node`: kind, number, permission
 /// bits): made, or for a user (who may make none, even in its own
 /// namespace) the host's node `host` bound onto an empty file, as runc's
-/// rootless mode does (refused unless `writable`: nothing could stop writes).
+/// rootless mode does (`run` refuses a user's device without w first).
 fn device(
     dir: &Dir,
     name: &OsStr,
     node: (u32, libc::dev_t, u32),
     host: &Path,
-    writable: bool,
 ) -> Result<(), LaunchError> {
     let s = Step::Devices;
     let (kind, rdev, mode) = node;
     if crate::userns::rootless() {
-        // Only a device cgroup could hold a node to reading (a read-only
-        // mount does not stop writes to a device), and a user has none.
-        if !writable {
-            return Err(LaunchError::Step(
-                s,
-                format!(
-                    "{}: as a user a device cannot be given read-only (no device cgroup); \
-                     give it rw",
-                    host.display()
-                ),
-            ));
-        }
         let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY;
         let f = fsat::open_at(dir, name, flags, 0o600).map_err(step(s))?;
         let target = fd_path(f.as_fd());
@@ -201,7 +188,7 @@ fn dev_fs(root: &Dir, extra: &[Device]) -> Result<(), LaunchError> {
     ] {
         let host = Path::new("/dev").join(name);
         let node = (libc::S_IFCHR, libc::makedev(major, minor), 0o666);
-        device(&d, OsStr::new(name), node, &host, true)?;
+        device(&d, OsStr::new(name), node, &host)?;
     }
     for (name, target) in [
         ("fd", "/proc/self/fd"),
@@ -220,14 +207,7 @@ fn dev_fs(root: &Dir, extra: &[Device]) -> Result<(), LaunchError> {
         );
         let pd = dir_in(&d, parent, s)?;
         let _ = fsat::unlink_at(&pd, name, false);
-        let writable = dev.access & super::devices::WRITE != 0;
-        device(
-            &pd,
-            name,
-            (dev.kind, dev.rdev, dev.mode),
-            &dev.host,
-            writable,
-        )?;
+        device(&pd, name, (dev.kind, dev.rdev, dev.mode), &dev.host)?;
     }
     let pts = dir_in(&d, Path::new("pts"), s)?;
     mnt(

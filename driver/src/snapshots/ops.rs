@@ -102,19 +102,8 @@ impl<'a> Snapshots<'a> {
             }
             _ => None,
         };
-        let now = now_nanos();
-        self.db.snapshots.insert(
-            key.to_string(),
-            Record {
-                kind,
-                parent: parent.to_string(),
-                layer,
-                labels,
-                created: now,
-                updated: now,
-                moving_from: None,
-            },
-        );
+        let rec = Record::new(kind, parent, layer, labels);
+        self.db.snapshots.insert(key.to_string(), rec);
         self.db.save(self.store)?;
         self.mounts(key)
     }
@@ -149,19 +138,13 @@ impl<'a> Snapshots<'a> {
         if !held {
             return Ok(());
         }
-        let now = now_nanos();
-        self.db.snapshots.insert(
-            target.to_string(),
-            Record {
-                kind: Kind::Committed,
-                parent: parent.to_string(),
-                layer: Some(target.to_string()),
-                labels: labels.clone(),
-                created: now,
-                updated: now,
-                moving_from: None,
-            },
+        let rec = Record::new(
+            Kind::Committed,
+            parent,
+            Some(target.to_string()),
+            labels.clone(),
         );
+        self.db.snapshots.insert(target.to_string(), rec);
         self.db.save(self.store)?;
         log::info!("snapshot {target}: the store holds the layer, the unpack skips it");
         Err(exists())
@@ -234,20 +217,10 @@ impl<'a> Snapshots<'a> {
                 }
             }
         }
-        let now = now_nanos();
         self.db.snapshots.remove(key);
-        self.db.snapshots.insert(
-            name.to_string(),
-            Record {
-                kind: Kind::Committed,
-                parent: rec.parent,
-                layer: Some(layer.clone()),
-                labels,
-                created: now,
-                updated: now,
-                moving_from: moving_from.clone(),
-            },
-        );
+        let mut rec = Record::new(Kind::Committed, &rec.parent, Some(layer.clone()), labels);
+        rec.moving_from = moving_from.clone();
+        self.db.snapshots.insert(name.to_string(), rec);
         self.db.save(self.store)?;
         if let Some(from) = moving_from {
             move_layer(self.store, &from, &layer)?;
@@ -289,17 +262,8 @@ impl<'a> Snapshots<'a> {
         if !meta.snapshotter {
             return Ok(());
         }
-        if let Some(child) = self
-            .store
-            .layers()?
-            .iter()
-            .find(|m| m.parent.as_deref() == Some(id))
-        {
-            log::info!("layer {id} stays: layer {} is built on it", child.id);
-            return Ok(());
-        }
-        if let Some(img) = self.store.images()?.iter().find(|i| i.top == id) {
-            log::info!("layer {id} stays: it is the top of image {}", img.name);
+        if let Some(why) = self.store.dependent(id)? {
+            log::info!("{why}: it stays");
             return Ok(());
         }
         if self.store.mount_state(id)?.count > 0 {

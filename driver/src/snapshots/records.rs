@@ -53,6 +53,27 @@ pub struct Record {
     pub moving_from: Option<String>,
 }
 
+impl Record {
+    /// A snapshot made now.
+    pub fn new(
+        kind: Kind,
+        parent: &str,
+        layer: Option<String>,
+        labels: BTreeMap<String, String>,
+    ) -> Record {
+        let now = now_nanos();
+        Record {
+            kind,
+            parent: parent.to_string(),
+            layer,
+            labels,
+            created: now,
+            updated: now,
+            moving_from: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Records {
     /// The number of the next active snapshot's layer (`snap-N`).

@@ -623,3 +623,40 @@ fn an_image_imports_runs_and_is_collected_through_containerd() {
     assert_eq!(layers(&store), driver_layers);
     assert!(mounts_under(dir).is_empty());
 }
+
+#[test]
+fn a_bad_snapshotter_address_or_root_is_refused_in_one_line() {
+    // No containerd needed: the snapshotter refuses before it serves.
+    let env = Env::new();
+    let file = env.path("not-a-socket");
+    std::fs::write(&file, "x").unwrap();
+    env.fails(
+        &["snapshotter", "--address", file.to_str().unwrap()],
+        "is not a socket",
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "x",
+        "left as it was"
+    );
+    // A live snapshotter on the socket is not replaced.
+    let (_live, sock) = snapshotter(env.tmp.path(), &env.root);
+    env.fails(
+        &["snapshotter", "--address", sock.to_str().unwrap()],
+        "serves there already",
+    );
+    // A store whose paths could not be mount options.
+    let comma = env.path("a,b");
+    let out = Command::new(CLI)
+        .arg("--root")
+        .arg(&comma)
+        .args(["snapshotter", "--address"])
+        .arg(env.path("s.sock"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("cannot be a mount option"), "{err}");
+    assert!(!env.path("s.sock").exists());
+}

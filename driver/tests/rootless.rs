@@ -12,6 +12,8 @@ use std::process::{Command, Output};
 /// A user with subordinate ids, and one without.
 const USER: &str = "unionfs-rootless";
 const SOLO: &str = "unionfs-solo";
+/// A user without subordinate ids, given a cgroup v2 of its own.
+const DELEG: &str = "unionfs-deleg";
 
 fn subid_lines(name: &str, uid: u32) -> [Option<unionfs_driver::userns::Range>; 2] {
     ["/etc/subuid", "/etc/subgid"].map(|f| {
@@ -102,7 +104,20 @@ fn home(user: &'static str, uid: u32, gid: u32) -> Home {
 /// `prog` as the user `h` is for, as a login gives it (runuser: no
 /// capability), with HOME, XDG_DATA_HOME and XDG_RUNTIME_DIR in `h`.
 fn user_cmd(h: &Home, prog: &Path) -> Command {
-    let mut c = Command::new("runuser");
+    user_cmd_in(h, prog, None)
+}
+
+/// `user_cmd`, started in the cgroup v2 directory `cgroup` if one is given.
+fn user_cmd_in(h: &Home, prog: &Path, cgroup: Option<&Path>) -> Command {
+    let mut c = match cgroup {
+        None => Command::new("runuser"),
+        Some(cg) => {
+            let mut c = Command::new("sh");
+            c.args(["-c", "echo $$ > \"$0\"/cgroup.procs && exec runuser \"$@\""])
+                .arg(cg);
+            c
+        }
+    };
     c.args(["-u", h.user, "--"])
         .arg(prog)
         .env_clear()
@@ -611,4 +626,202 @@ fn a_users_own_union_mounts_through_fusermount3_and_unionctl_reaches_it() {
         "lowerupper\n"
     );
     assert_eq!(owner(&h.dir.join("rw/f")), (uid, gid));
+}
+
+/// A cgroup v2 directory under the hierarchy's root, for a test: removed
+/// (its child directories first) when dropped.
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn new(name: &str) -> TestCgroup {
+        let root = v2_root();
+        let dir = root.join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        TestCgroup(dir)
+    }
+
+    fn children(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.0)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for c in self.children() {
+            let _ = std::fs::remove_dir(self.0.join(c));
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Where cgroup v2 is mounted (hybrid hosts too); a host without it fails
+/// the test by name.
+fn v2_root() -> PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.contains(" - cgroup2 "))
+        .expect("a cgroup v2 hierarchy is mounted (these tests need one)");
+    PathBuf::from(line.split(' ').nth(4).unwrap())
+}
+
+fn procs(cg: &Path) -> String {
+    std::fs::read_to_string(cg.join("cgroup.procs")).unwrap()
+}
+
+#[test]
+fn a_users_container_gets_a_cgroup_in_the_cgroup_delegated_to_it() {
+    need_root!();
+    fuse_for_users();
+    let (uid, gid, _) = user(DELEG, false);
+    let h = home(DELEG, uid, gid);
+    let layout = busybox_image(&h);
+    ok(as_user(
+        &h,
+        &["import", "--name", "img", layout.to_str().unwrap()],
+    ));
+    // Delegated as the kernel's cgroup-v2 guide says (and systemd does for
+    // a Delegate=yes scope): the directory and these files owned by the user.
+    let cg = TestCgroup::new("unionfs-test-delegated");
+    for f in [
+        "",
+        "cgroup.procs",
+        "cgroup.subtree_control",
+        "cgroup.threads",
+    ] {
+        std::os::unix::fs::chown(cg.0.join(f), Some(uid), Some(gid)).unwrap();
+    }
+    let run = |args: &[&str]| {
+        user_cmd_in(&h, &h.cli, Some(&cg.0))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let rel = cg.0.strip_prefix(v2_root()).unwrap().display().to_string();
+    let text = ok(run(&[
+        "run",
+        "--rm",
+        "img",
+        "--",
+        "/bin/cat",
+        "/proc/self/cgroup",
+    ]));
+    let own = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::/"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        own.starts_with(&format!("{rel}/unionfs-run-")),
+        "the container is in a cgroup of its own in the delegated one: {text}"
+    );
+    assert_eq!(cg.children(), Vec::<String>::new(), "removed after the run");
+    assert_eq!(procs(&cg.0), "", "nothing left in it");
+
+    // A limit whose controller the delegated cgroup lacks: one line naming
+    // the controller and the cgroup; nothing made.
+    let out = run(&["run", "--rm", "--pids", "10", "img", "--", "/bin/true"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--pids needs the pids controller") && err.contains(&rel),
+        "{err}"
+    );
+    assert_eq!(cg.children(), Vec::<String>::new());
+
+    // The launcher killed: what the container runs goes with its cgroup.
+    let mut c = user_cmd_in(&h, &h.cli, Some(&cg.0));
+    c.args(["run", "--rm", "img", "--", "/bin/sh", "-c"])
+        .arg("echo started; exec sleep 1000")
+        .stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "started\n");
+    // runuser's child (sh exec'd runuser) is the launcher.
+    let pg = Command::new("pgrep")
+        .args(["-P", &child.id().to_string()])
+        .output()
+        .unwrap();
+    let launcher: i32 = String::from_utf8_lossy(&pg.stdout).trim().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(launcher),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = child.wait();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cg.children().is_empty() || !procs(&cg.0).is_empty() {
+        assert!(
+            std::time::Instant::now() < end,
+            "left after a kill: {:?}, procs {}",
+            cg.children(),
+            procs(&cg.0)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// cgroup v2's rule that a cgroup handing controllers down holds no process
+/// (the kernel answers EBUSY), met by moving its processes into a leaf, with
+/// whichever controller this host's cgroup v2 root has free.
+#[test]
+fn enabling_controllers_moves_a_delegated_cgroups_processes_into_a_leaf() {
+    need_root!();
+    let root = v2_root();
+    let free = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap();
+    let ctrl = free
+        .split_whitespace()
+        .next()
+        .expect("a controller free for cgroup v2 on this host (all are on v1)")
+        .to_string();
+    let root_on = std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap();
+    let enabled_here = !root_on.split_whitespace().any(|c| c == ctrl);
+    if enabled_here {
+        std::fs::write(root.join("cgroup.subtree_control"), format!("+{ctrl}")).unwrap();
+    }
+    let cg = TestCgroup::new("unionfs-test-enable");
+    let mut sleeper = Command::new("sleep").arg("1000").spawn().unwrap();
+    std::fs::write(cg.0.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+    // Not without the move: the kernel's rule itself.
+    let e = std::fs::write(cg.0.join("cgroup.subtree_control"), format!("+{ctrl}")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(nix::libc::EBUSY), "{e}");
+
+    let done = unionfs_driver::launch::cgroup::enable(&cg.0, &[&ctrl]);
+    let moved = std::fs::read_to_string(format!("/proc/{}/cgroup", sleeper.id())).unwrap();
+    let on = std::fs::read_to_string(cg.0.join("cgroup.subtree_control")).unwrap();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    done.unwrap();
+    let rel = cg.0.strip_prefix(&root).unwrap().display().to_string();
+    assert!(
+        moved.contains(&format!("0::/{rel}/unionfs-init\n")),
+        "{moved}"
+    );
+    assert_eq!(on.trim(), ctrl);
+    assert_eq!(procs(&cg.0), "");
+    // A container's cgroup beside the leaf has the controller; asking again
+    // changes nothing.
+    std::fs::create_dir(cg.0.join("c")).unwrap();
+    let has = std::fs::read_to_string(cg.0.join("c/cgroup.controllers")).unwrap();
+    assert_eq!(has.trim(), ctrl);
+    unionfs_driver::launch::cgroup::enable(&cg.0, &[&ctrl]).unwrap();
+    assert_eq!(cg.children(), ["c", "unionfs-init"]);
+    // Undone so the root is as it was: children first, then the controller.
+    std::fs::write(cg.0.join("cgroup.subtree_control"), format!("-{ctrl}")).unwrap();
+    drop(cg);
+    if enabled_here {
+        std::fs::write(root.join("cgroup.subtree_control"), format!("-{ctrl}")).unwrap();
+    }
 }

@@ -21,7 +21,8 @@ with Docker's device allowlist (--device adds one) and the resource limits, the 
 (128+signal when CMD was killed; 125 when the launch failed, 126 when CMD cannot run, 127 when \
 it is not found) and leaves no mount, cgroup or process behind. As an unprivileged user it runs \
 in a user namespace of its own (the user is root inside; subordinate ids from /etc/subuid map \
-to the others), with the host's device nodes bound in and no cgroup (resource limits refused).",
+to the others), with the host's device nodes bound in, and a cgroup only inside a cgroup v2 delegated to the \
+user (systemd-run --user --scope -p Delegate=yes ...; without one, resource limits are refused).",
     after_help = "EXAMPLE:\n    unionfs-run --hostname box --memory 64m ./rootfs -- /bin/sh -c 'hostname; id'"
 )]
 struct Cli {

@@ -3,6 +3,11 @@
 //! allowlist (see devices.rs) and so that whatever it left running can be
 //! found and killed. Removed when the container ends; a cgroup that could
 //! not be set up completely is removed at once.
+//!
+//! A user's container (rootless) gets one only in a cgroup v2 delegated to
+//! the user (the launcher's own, writable by the user, as systemd gives
+//! `Delegate=yes` scopes): its limits work as root's; without delegation it
+//! runs without a cgroup and limits are refused.
 
 use std::fs;
 use std::os::fd::AsFd;
@@ -45,6 +50,114 @@ fn own_path(matches: impl Fn(&str) -> bool) -> String {
         .unwrap_or_default()
 }
 
+/// Where cgroup v2 is mounted: /sys/fs/cgroup on a unified host,
+/// /sys/fs/cgroup/unified on a hybrid one.
+fn v2_mount() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (fields, fs_part) = l.split_once(" - ")?;
+        let point = fields.split(' ').nth(4)?;
+        (fs_part.split(' ').next()? == "cgroup2").then(|| PathBuf::from(point))
+    })
+}
+
+/// The leaf the processes of a delegated cgroup move into (see `enable`).
+const LEAF: &str = "unionfs-init";
+
+/// The cgroup v2 directory delegated to this process: the one it is in (a
+/// leaf `enable` made counts as its parent), if it may move processes and
+/// hand controllers down there. Ownership decides, as the kernel's
+/// delegation model has it: a cgroup owned by an id outside the user
+/// namespace is not writable from it.
+pub fn delegated() -> Option<PathBuf> {
+    let mut dir = v2_mount()?.join(own_path(str::is_empty));
+    if dir.file_name() == Some(LEAF.as_ref()) {
+        dir.pop();
+    }
+    let writable =
+        |f: &str| nix::unistd::access(&dir.join(f), nix::unistd::AccessFlags::W_OK).is_ok();
+    (writable("cgroup.procs") && writable("cgroup.subtree_control")).then_some(dir)
+}
+
+/// The words of a cgroup file such as cgroup.controllers.
+fn words(file: &Path) -> Vec<String> {
+    fs::read_to_string(file)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Hand `controllers` down from `base` to its children. cgroup v2 allows it
+/// only while `base` holds no process itself (its only exception is the
+/// root), so the processes in it (this launcher, the union's daemon, and
+/// whatever else the user runs there) move into a leaf first, as
+/// docker-in-docker does with /init. The leaf and the controllers stay for
+/// the next container; the delegated cgroup goes with its owner's session.
+pub fn enable(base: &Path, controllers: &[&str]) -> Result<(), LaunchError> {
+    let on = words(&base.join("cgroup.subtree_control"));
+    let missing: Vec<String> = controllers
+        .iter()
+        .filter(|c| !on.iter().any(|o| o == *c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let leaf = base.join(LEAF);
+    if let Err(e) = fs::create_dir(&leaf) {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(LaunchError::Cgroup(format!("{}: {e}", leaf.display())));
+        }
+    }
+    // Processes may fork while they are moved: a few rounds, until none is
+    // left (one that exited meanwhile cannot be moved and need not be).
+    for _ in 0..50 {
+        let procs = fs::read_to_string(base.join("cgroup.procs")).unwrap_or_default();
+        if procs.trim().is_empty() {
+            break;
+        }
+        for pid in procs.lines() {
+            let _ = fs::write(leaf.join("cgroup.procs"), pid);
+        }
+    }
+    write(base, "cgroup.subtree_control", &missing.join(" "))
+}
+
+/// The cgroup v2 limit files (the controllers are enabled by the caller).
+fn set_v2_limits(dir: &Path, limits: &Limits) -> Result<(), LaunchError> {
+    if let Some(m) = limits.memory {
+        write(dir, "memory.max", &m.to_string())?;
+        let _ = fs::write(dir.join("memory.swap.max"), "0");
+    }
+    if let Some(p) = limits.pids {
+        write(dir, "pids.max", &p.to_string())?;
+    }
+    if let Some(c) = limits.cpus {
+        write(
+            dir,
+            "cpu.max",
+            &format!("{} {PERIOD}", (c * PERIOD as f64) as u64),
+        )?;
+    }
+    Ok(())
+}
+
+impl Limits {
+    /// The cgroup v2 controllers these limits need, each with its flag.
+    fn controllers(&self) -> Vec<(&'static str, &'static str)> {
+        [
+            ("memory", "--memory", self.memory.is_some()),
+            ("pids", "--pids", self.pids.is_some()),
+            ("cpu", "--cpus", self.cpus.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, _, set)| *set)
+        .map(|(c, f, _)| (c, f))
+        .collect()
+    }
+}
+
 pub fn is_v2() -> bool {
     Path::new(ROOT).join("cgroup.controllers").exists()
 }
@@ -53,24 +166,27 @@ impl Cgroup {
     /// A cgroup named `name` with `limits`, allowing the devices `allowed`.
     pub fn create(name: &str, limits: &Limits, allowed: &[Rule]) -> Result<Cgroup, LaunchError> {
         let mut cg = Cgroup::default();
-        // A user's container: no cgroup without delegation to the user (the
-        // PID namespace still takes everything with it, and it can make no
-        // device node to need an allowlist for). Limits are refused.
-        if crate::userns::rootless() {
-            if *limits != Limits::default() {
-                return Err(LaunchError::Cgroup(format!(
-                    "--memory, --pids and --cpus need a cgroup delegated to the user \
-                     (cgroup v2 with a user slice); this host {}: run without them",
-                    if is_v2() {
-                        "has cgroup v2, but delegation is not supported yet"
-                    } else {
-                        "has cgroup v1, which delegates nothing to users"
+        let made = if crate::userns::rootless() {
+            match delegated() {
+                Some(base) => cg.make_delegated(&base, name, limits),
+                // No cgroup: the PID namespace still takes everything with
+                // it, and a user can make no device node to need an
+                // allowlist for.
+                None if *limits == Limits::default() => Ok(()),
+                None => Err(LaunchError::Cgroup(format!(
+                    "--memory, --pids and --cpus as a user need a cgroup v2 delegated to the \
+                     user (e.g. `systemd-run --user --scope -p Delegate=yes ...`); {}: run \
+                     without them",
+                    match v2_mount() {
+                        Some(m) => format!(
+                            "this process's cgroup under {} is not writable by the user",
+                            m.display()
+                        ),
+                        None => "this host has no cgroup v2 hierarchy".to_string(),
                     }
-                )));
+                ))),
             }
-            return Ok(cg);
-        }
-        let made = if is_v2() {
+        } else if is_v2() {
             cg.make_v2(name, limits, allowed)
         } else {
             cg.make_v1(name, limits, allowed)
@@ -105,21 +221,38 @@ impl Cgroup {
             }
         }
         let dir = self.make_dir(parent.join(name))?;
-        if let Some(m) = limits.memory {
-            write(&dir, "memory.max", &m.to_string())?;
-            let _ = fs::write(dir.join("memory.swap.max"), "0");
-        }
-        if let Some(p) = limits.pids {
-            write(&dir, "pids.max", &p.to_string())?;
-        }
-        if let Some(c) = limits.cpus {
-            write(
-                &dir,
-                "cpu.max",
-                &format!("{} {PERIOD}", (c * PERIOD as f64) as u64),
-            )?;
-        }
+        set_v2_limits(&dir, limits)?;
         attach_device_program(&dir, allowed)
+    }
+
+    /// In the user's delegated cgroup `base`. No device program: loading one
+    /// needs privileges a user lacks, and a user makes no device node.
+    fn make_delegated(
+        &mut self,
+        base: &Path,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<(), LaunchError> {
+        let wanted = limits.controllers();
+        if !wanted.is_empty() {
+            let have = words(&base.join("cgroup.controllers"));
+            if let Some((c, flag)) = wanted.iter().find(|(c, _)| !have.iter().any(|h| h == c)) {
+                return Err(LaunchError::Cgroup(format!(
+                    "{flag} needs the {c} controller, which the cgroup delegated to the user \
+                     ({}) does not have (it has: {}): delegate it, or run without {flag}",
+                    base.display(),
+                    if have.is_empty() {
+                        "none".to_string()
+                    } else {
+                        have.join(" ")
+                    }
+                )));
+            }
+            let names: Vec<&str> = wanted.iter().map(|(c, _)| *c).collect();
+            enable(base, &names)?;
+        }
+        let dir = self.make_dir(base.join(name))?;
+        set_v2_limits(&dir, limits)
     }
 
     fn make_v1(

@@ -57,6 +57,24 @@ pub fn default_root() -> PathBuf {
     data.join("unionfs-driver")
 }
 
+/// The snapshotter's socket unless `--address` names one: root's under
+/// /run, a rootless user's in its runtime directory (`$XDG_RUNTIME_DIR`,
+/// else /run/user/UID with UID as the host knows the user).
+pub fn default_socket() -> PathBuf {
+    let run = if !rootless() {
+        PathBuf::from("/run")
+    } else {
+        std::env::var_os("XDG_RUNTIME_DIR")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let uid = unionfs::control::outer_root().unwrap_or(geteuid().as_raw());
+                PathBuf::from(format!("/run/user/{uid}"))
+            })
+    };
+    run.join("unionfs-driver/snapshotter.sock")
+}
+
 /// The first range of `user` (by name or number) in a subid file's text.
 pub fn sub_range(text: &str, name: &str, id: u32) -> Option<Range> {
     text.lines().find_map(|l| {

@@ -14,6 +14,8 @@ const USER: &str = "unionfs-rootless";
 const SOLO: &str = "unionfs-solo";
 /// A user without subordinate ids, given a cgroup v2 of its own.
 const DELEG: &str = "unionfs-deleg";
+/// A user with subordinate ids whose snapshotter runs in its namespace.
+const CTRD: &str = "unionfs-ctrd";
 
 fn subid_lines(name: &str, uid: u32) -> [Option<unionfs_driver::userns::Range>; 2] {
     ["/etc/subuid", "/etc/subgid"].map(|f| {
@@ -561,7 +563,7 @@ fn without_subordinate_ids_a_user_runs_a_container_too() {
 }
 
 #[test]
-fn a_users_own_union_mounts_through_fusermount3_and_unionctl_reaches_it() {
+fn a_users_own_union_mounts_through_fusermount3_and_unionctl_and_snapmerge_reach_it() {
     need_root!();
     fuse_for_users();
     let (uid, gid, _) = user(USER, true);
@@ -625,6 +627,45 @@ fn a_users_own_union_mounts_through_fusermount3_and_unionctl_reaches_it() {
         std::fs::read_to_string(h.dir.join("rw/f")).unwrap(),
         "lowerupper\n"
     );
+    assert_eq!(owner(&h.dir.join("rw/f")), (uid, gid));
+
+    // A snapshot of the user's union, and snapmerge asking its daemon: the
+    // live read-write branch is refused, the frozen one takes the merge.
+    let snapmerge = h.dir.join("snapmerge");
+    std::fs::copy(Path::new(CLI).with_file_name("snapmerge"), &snapmerge).unwrap();
+    for d in ["snap0", "empty"] {
+        std::fs::create_dir(h.dir.join(d)).unwrap();
+        std::os::unix::fs::chown(h.dir.join(d), Some(uid), Some(gid)).unwrap();
+    }
+    let snap0 = h.dir.join("snap0");
+    ok(user_cmd(&h, &unionctl)
+        .arg(&mnt)
+        .arg("--snapshot")
+        .arg(&snap0)
+        .output()
+        .unwrap());
+    ok(user_cmd(&h, Path::new("/bin/sh"))
+        .args(["-c", &format!("echo v2 > {}/f", mnt.display())])
+        .output()
+        .unwrap());
+    assert_eq!(std::fs::read_to_string(snap0.join("f")).unwrap(), "v2\n");
+    let out = user_cmd(&h, &snapmerge)
+        .arg(&snap0)
+        .arg(h.dir.join("empty"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is a read-write branch of the live union at"),
+        "{err}"
+    );
+    ok(user_cmd(&h, &snapmerge)
+        .arg(h.dir.join("rw"))
+        .arg(&snap0)
+        .output()
+        .unwrap());
+    assert_eq!(std::fs::read_to_string(h.dir.join("rw/f")).unwrap(), "v2\n");
     assert_eq!(owner(&h.dir.join("rw/f")), (uid, gid));
 }
 
@@ -824,4 +865,112 @@ fn enabling_controllers_moves_a_delegated_cgroups_processes_into_a_leaf() {
     if enabled_here {
         std::fs::write(root.join("cgroup.subtree_control"), format!("-{ctrl}")).unwrap();
     }
+}
+
+/// A user's snapshotter as rootless containerd runs one (rootlesskit's
+/// user namespace, where the user is root and its subordinate ids the
+/// others, and a mount namespace of its own; the snapshotter started there,
+/// as uid 0 of that namespace): containerd's conformance suite passes, the
+/// union mounted by mount.fuse3 in the namespace.
+#[test]
+fn a_users_snapshotter_passes_the_conformance_suite_in_its_user_namespace() {
+    if !common::containerd::containerd_ready() {
+        return;
+    }
+    need_newuidmap();
+    fuse_for_users();
+    let (uid, gid, start) = user(CTRD, true);
+    let h = home(CTRD, uid, gid);
+    let suite = h.dir.join("containerd-go.test");
+    std::fs::copy(common::containerd::go_tests(), &suite).unwrap();
+    let tmp = h.dir.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)).unwrap();
+    let ids = format!("{},1,65536", start.unwrap());
+    let out = user_cmd(&h, Path::new("/usr/bin/unshare"))
+        .args(["--user", "--map-root-user", "--mount"])
+        .arg(format!("--map-users={ids}"))
+        .arg(format!("--map-groups={ids}"))
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat /proc/self/uid_map && exec \"$0\" \"$@\"",
+        ])
+        .arg(&suite)
+        .args([
+            "-test.root",
+            "-test.v",
+            "-test.run",
+            "TestUnionfsSnapshotter",
+        ])
+        .env(
+            "PATH",
+            format!("{}:/usr/bin:/bin:/usr/sbin:/sbin", h.dir.display()),
+        )
+        .env("TMPDIR", &tmp)
+        .env("UNIONFS_DRIVER", &h.cli)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let map: Vec<Vec<&str>> = text
+        .lines()
+        .take(2)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        map,
+        [
+            vec!["0", &uid.to_string(), "1"],
+            vec!["1", &start.unwrap().to_string(), "65536"]
+        ],
+        "the suite runs as root of the user's namespace: {text}"
+    );
+    let passed = text.matches("--- PASS: TestUnionfsSnapshotter/").count();
+    assert!(
+        out.status.success() && passed >= 20 && !text.contains("--- FAIL"),
+        "conformance suite in the user's namespace ({passed} passed):\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("conformance in a user namespace: {passed} passed");
+
+    // Started by the user directly, it enters a namespace of its own and
+    // serves on a socket in the user's runtime directory by default.
+    let mut sn = user_cmd(&h, &h.cli)
+        .arg("snapshotter")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(sn.stderr.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let sock = h.dir.join("run/unionfs-driver/snapshotter.sock");
+    let listening = std::fs::symlink_metadata(&sock);
+    // runuser's child is the snapshotter; runuser passes on its status.
+    let pg = Command::new("pgrep")
+        .args(["-P", &sn.id().to_string()])
+        .output()
+        .unwrap();
+    let pid: i32 = String::from_utf8_lossy(&pg.stdout).trim().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = sn.wait().unwrap();
+    assert!(
+        line.contains(&format!(
+            "serving containerd's snapshots API on {}",
+            sock.display()
+        )),
+        "{line}"
+    );
+    let m = listening.unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
+    assert_eq!(m.mode() & 0o777, 0o600);
+    assert_eq!(m.uid(), uid);
+    assert!(status.success(), "{status}");
 }

@@ -108,13 +108,11 @@ enum Cmd {
     /// snapshotter plugin over this store.
     #[command(long_about = SNAPSHOTTER_HELP)]
     Snapshotter {
-        /// The socket containerd's config names (made 0600; its directory 0700).
-        #[arg(
-            long,
-            value_name = "SOCKET",
-            default_value = "/run/unionfs-driver/snapshotter.sock"
-        )]
-        address: PathBuf,
+        /// The socket containerd's config names (made 0600; its directory
+        /// 0700). Default /run/unionfs-driver/snapshotter.sock; for an
+        /// unprivileged user $XDG_RUNTIME_DIR/unionfs-driver/snapshotter.sock.
+        #[arg(long, value_name = "SOCKET")]
+        address: Option<PathBuf>,
     },
     /// Drop a container's mount (and with --rm its layer): the launcher's
     /// clean-up when it was killed.
@@ -229,7 +227,10 @@ fn run(cli: Cli) -> Result<(), unionfs_driver::Error> {
             std::process::exit(code);
         }
         Cmd::Release { rm, id } => return release(&root, &id, rm),
-        Cmd::Snapshotter { address } => return unionfs_driver::snapshots::serve(&root, &address),
+        Cmd::Snapshotter { address } => {
+            let address = address.unwrap_or_else(unionfs_driver::userns::default_socket);
+            return unionfs_driver::snapshots::serve(&root, &address);
+        }
         _ => {}
     }
     let s = Store::open(&root)?;

@@ -1,6 +1,8 @@
 //! Helpers for the driver tests: a store in a temp dir, the CLI, tar builders.
 #![allow(dead_code)]
 
+pub mod containerd;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};

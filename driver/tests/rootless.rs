@@ -138,6 +138,16 @@ fn as_user(h: &Home, args: &[&str]) -> Output {
 }
 
 #[track_caller]
+fn ok_bytes(out: Output) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[track_caller]
 fn ok(out: Output) -> String {
     assert!(
         out.status.success(),
@@ -217,6 +227,49 @@ fn an_unprivileged_user_imports_with_the_images_owners_mapped() {
         (start + 65533, start + 65533)
     );
     assert_eq!(owner(&h.dir.join("data/unionfs-driver")).0, uid);
+
+    // apply-diff extracts in the namespace too, and diff gives the tar's
+    // owners back (mapped ids on disk, the image's in the tar).
+    ok(as_user(&h, &["create", "applied"]));
+    let tar = TarBuilder::new()
+        .dir("d/")
+        .file_owned("d/theirs", b"t", 1000, 1001)
+        .symlink_owned("d/link", "theirs", 65534, 65534)
+        .bytes();
+    let mut c = user_cmd(&h, &h.cli);
+    c.args(["apply-diff", "applied"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &tar).unwrap();
+    ok(child.wait_with_output().unwrap());
+    let layer = h.dir.join("data/unionfs-driver/layers/applied");
+    assert_eq!(owner(&layer.join("d/theirs")), (start + 999, start + 1000));
+    assert_eq!(owner(&layer.join("d/link")), (start + 65533, start + 65533));
+    let out = ok_bytes(as_user(&h, &["diff", "applied"]));
+    let mut owners: Vec<(String, u64, u64)> = tar::Archive::new(&out[..])
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let hd = e.header();
+            (
+                e.path().unwrap().display().to_string(),
+                hd.uid().unwrap(),
+                hd.gid().unwrap(),
+            )
+        })
+        .collect();
+    owners.sort();
+    assert_eq!(
+        owners,
+        [
+            ("d".to_string(), 0, 0),
+            ("d/link".to_string(), 65534, 65534),
+            ("d/theirs".to_string(), 1000, 1001),
+        ]
+    );
 
     // Refused input changes nothing and says so in one line.
     let out = as_user(&h, &["import", "/nonexistent"]);
@@ -560,6 +613,27 @@ fn without_subordinate_ids_a_user_runs_a_container_too() {
         "id -u; cat /data/theirs; echo w > /w && cat /w",
     ]));
     assert_eq!(out, "0\ntw\n");
+
+    // The same walls as root's: Docker's capability set, no_new_privs,
+    // seccomp, masked and read-only paths; mounting is refused.
+    let script = "cat /proc/self/status; cat /proc/kcore | /bin/busybox wc -c; \
+                  echo x > /proc/sys/kernel/hostname 2>&1 || echo ro-sys; \
+                  /bin/busybox mount -t tmpfs t /tmp 2>&1 || echo no-mount";
+    let out = ok(run(&["run", "--rm", "img", "--", "/bin/sh", "-c", script]));
+    let field = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+    };
+    assert_eq!(field("Seccomp:").as_deref(), Some("2"), "{out}");
+    assert_eq!(field("NoNewPrivs:").as_deref(), Some("1"), "{out}");
+    assert_eq!(
+        field("CapEff:").as_deref(),
+        Some("00000000a80425fb"),
+        "Docker's default set: {out}"
+    );
+    assert!(out.contains("\n0\n"), "/proc/kcore masked: {out}");
+    assert!(out.contains("ro-sys") && out.contains("no-mount"), "{out}");
 }
 
 #[test]

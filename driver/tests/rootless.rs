@@ -945,9 +945,11 @@ fn enabling_controllers_moves_a_delegated_cgroups_processes_into_a_leaf() {
 /// user namespace, where the user is root and its subordinate ids the
 /// others, and a mount namespace of its own; the snapshotter started there,
 /// as uid 0 of that namespace): containerd's conformance suite passes, the
-/// union mounted by mount.fuse3 in the namespace.
+/// union mounted by mount.fuse3 in the namespace; a real containerd there
+/// imports an image through it with the image's owners mapped; started by
+/// the user, it serves on a socket in the user's runtime directory.
 #[test]
-fn a_users_snapshotter_passes_the_conformance_suite_in_its_user_namespace() {
+fn a_users_snapshotter_serves_containerd_in_the_users_namespace() {
     if !common::containerd::containerd_ready() {
         return;
     }
@@ -1007,6 +1009,101 @@ fn a_users_snapshotter_passes_the_conformance_suite_in_its_user_namespace() {
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("conformance in a user namespace: {passed} passed");
+
+    // containerd and the snapshotter in one user namespace, with a PID
+    // namespace so that both end with the script; /run a tmpfs of its own,
+    // as rootlesskit gives containerd. The snapshotter's store and socket
+    // are its defaults for a user.
+    let d = h.dir.display();
+    let sock = h.dir.join("run/unionfs-driver/snapshotter.sock");
+    let config = format!(
+        "version = 2\nroot = \"{d}/croot\"\nstate = \"{d}/cstate\"\n\
+         disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+         [grpc]\n  address = \"{d}/c.sock\"\n[ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n\
+         [proxy_plugins.unionfs]\n  type = \"snapshot\"\n  address = \"{}\"\n",
+        sock.display()
+    );
+    std::fs::write(h.dir.join("config.toml"), config).unwrap();
+    let layout = busybox_image(&h);
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(h.dir.join("img.tar"))
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::set_permissions(
+        h.dir.join("img.tar"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let script = r#"set -e
+        D="$0"; S="$1"
+        mount -t tmpfs none /run
+        unionfs-driver snapshotter 2> "$D/sn.log" &
+        containerd --config "$D/config.toml" > "$D/c.log" 2>&1 &
+        i=0
+        until [ -S "$D/c.sock" ] && [ -S "$S" ]; do
+            i=$((i+1)); [ $i -lt 600 ] || { echo "no sockets: $(cat "$D/sn.log" "$D/c.log")"; exit 1; }
+            sleep 0.05
+        done
+        ctr -a "$D/c.sock" images import --snapshotter unionfs --index-name img:1 "$D/img.tar"
+        ctr -a "$D/c.sock" snapshots --snapshotter unionfs ls"#;
+    let out = user_cmd(&h, Path::new("/usr/bin/unshare"))
+        .args([
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "--pid",
+            "--mount-proc",
+        ])
+        .args(["--fork", "--kill-child"])
+        .arg(format!("--map-users={ids}"))
+        .arg(format!("--map-groups={ids}"))
+        .args(["--", "/bin/sh", "-c", script])
+        .arg(&h.dir)
+        .arg(&sock)
+        .env(
+            "PATH",
+            format!("{}:/usr/bin:/bin:/usr/sbin:/sbin", h.dir.display()),
+        )
+        .output()
+        .unwrap();
+    let text = ok(out);
+    assert!(text.contains("unpacking img:1"), "{text}");
+    let committed: Vec<&str> = text.lines().filter(|l| l.contains("Committed")).collect();
+    assert_eq!(committed.len(), 1, "one layer, committed: {text}");
+    let chain = committed[0].split_whitespace().next().unwrap();
+    let layer = h
+        .dir
+        .join("data/unionfs-driver/layers")
+        .join(chain.replace(':', "%3A"));
+    assert_eq!(owner(&layer.join("bin/busybox")), (uid, gid), "{text}");
+    assert_eq!(
+        owner(&layer.join("data/theirs")),
+        (start.unwrap() + 999, start.unwrap() + 999),
+        "the image's owner, mapped"
+    );
+    // The PID namespace's end takes everything in it (the kernel kills
+    // them after its init, so they may take a moment).
+    let running = || {
+        let ps = Command::new("ps")
+            .args(["-u", CTRD, "-o", "pid=,comm="])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&ps.stdout).trim().to_string()
+    };
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !running().is_empty() {
+        assert!(
+            std::time::Instant::now() < end,
+            "left running: {}",
+            running()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 
     // Started by the user directly, it enters a namespace of its own and
     // serves on a socket in the user's runtime directory by default.

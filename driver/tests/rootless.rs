@@ -1050,7 +1050,10 @@ fn a_users_snapshotter_serves_containerd_in_the_users_namespace() {
             sleep 0.05
         done
         ctr -a "$D/c.sock" images import --snapshotter unionfs --index-name img:1 "$D/img.tar"
-        ctr -a "$D/c.sock" snapshots --snapshotter unionfs ls"#;
+        ctr -a "$D/c.sock" snapshots --snapshotter unionfs ls
+        # No cgroup: runc cannot make one for a user on cgroup v1.
+        ctr -a "$D/c.sock" run --cgroup "" --cpu-shares 0 --snapshotter unionfs img:1 c1 \
+            /bin/sh -c 'id -u; ls -n /data; echo hi > /written; cat /proc/self/mounts'"#;
     let out = user_cmd(&h, Path::new("/usr/bin/unshare"))
         .args([
             "--user",
@@ -1073,7 +1076,7 @@ fn a_users_snapshotter_serves_containerd_in_the_users_namespace() {
         .unwrap();
     let text = ok(out);
     assert!(text.contains("unpacking img:1"), "{text}");
-    let committed: Vec<&str> = text.lines().filter(|l| l.contains("Committed")).collect();
+    let committed: Vec<&str> = text.lines().filter(|l| l.contains(" Committed")).collect();
     assert_eq!(committed.len(), 1, "one layer, committed: {text}");
     let chain = committed[0].split_whitespace().next().unwrap();
     let layer = h
@@ -1086,6 +1089,28 @@ fn a_users_snapshotter_serves_containerd_in_the_users_namespace() {
         (start.unwrap() + 999, start.unwrap() + 999),
         "the image's owner, mapped"
     );
+    // The container: root inside, the image's owners, its root the union,
+    // its write in its snapshot's layer owned by the user outside.
+    assert!(text.contains("\n0\n"), "uid 0 inside: {text}");
+    assert!(
+        text.lines()
+            .any(|l| l.ends_with(" theirs") && l.contains(" 1000 ")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("unionfs / fuse.unionfs-mount ")),
+        "{text}"
+    );
+    let layers = h.dir.join("data/unionfs-driver/layers");
+    let written: Vec<PathBuf> = std::fs::read_dir(&layers)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("written"))
+        .filter(|p| p.exists())
+        .collect();
+    assert_eq!(written.len(), 1, "in the active snapshot's layer: {text}");
+    assert_eq!(std::fs::read_to_string(&written[0]).unwrap(), "hi\n");
+    assert_eq!(owner(&written[0]), (uid, gid));
     // The PID namespace's end takes everything in it (the kernel kills
     // them after its init, so they may take a moment).
     let running = || {

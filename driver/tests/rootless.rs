@@ -137,6 +137,54 @@ fn as_user(h: &Home, args: &[&str]) -> Output {
     user_cmd(h, &h.cli).args(args).output().unwrap()
 }
 
+/// Wait (10 s at most) until `user` runs nothing and `done` holds.
+#[track_caller]
+fn nothing_left(user: &str, done: impl Fn() -> bool) {
+    let running = || {
+        let ps = Command::new("ps")
+            .args(["-u", user, "-o", "pid=,comm="])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&ps.stdout).trim().to_string()
+    };
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !running().is_empty() || !done() {
+        assert!(
+            std::time::Instant::now() < end,
+            "left running: {}",
+            running()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Start `run` (a `unionfs-driver run ... IMG` through runuser) with a
+/// container that says it started, then SIGKILL the launcher.
+fn kill_launcher_once_started(mut run: Command) {
+    run.args(["--", "/bin/sh", "-c", "echo started; exec sleep 1000"])
+        .stdout(std::process::Stdio::piped());
+    let mut child = run.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "started\n");
+    // runuser's child is the launcher.
+    let pg = Command::new("pgrep")
+        .args(["-P", &child.id().to_string()])
+        .output()
+        .unwrap();
+    let launcher: i32 = String::from_utf8_lossy(&pg.stdout).trim().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(launcher),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = child.wait();
+}
+
 #[track_caller]
 fn ok_bytes(out: Output) -> Vec<u8> {
     assert!(
@@ -467,57 +515,14 @@ fn an_unprivileged_user_runs_a_container_on_the_union() {
     assert!(!layer.exists());
     // Nothing of the user's is left running (the daemon ends once the
     // kernel lets go of its unmounted union).
-    let running = || {
-        let ps = Command::new("ps")
-            .args(["-u", USER, "-o", "pid=,comm="])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&ps.stdout).trim().to_string()
-    };
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !running().is_empty() {
-        assert!(
-            std::time::Instant::now() < end,
-            "left running: {}",
-            running()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    nothing_left(USER, || true);
 
     // The launcher killed: the container, its mount and its layer go too.
     let mut c = user_cmd(&h, &h.cli);
-    c.args(["run", "--rm", "--name", "k1", "img", "--", "/bin/sh", "-c"])
-        .arg("echo started; exec sleep 1000")
-        .stdout(std::process::Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line, "started\n");
-    // The oldest of the user's unionfs-driver processes is the launcher.
-    let pg = Command::new("pgrep")
-        .args(["-o", "-u", USER, "unionfs-driver"])
-        .output()
-        .unwrap();
-    let launcher: i32 = String::from_utf8_lossy(&pg.stdout).trim().parse().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(launcher),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let _ = child.wait();
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !running().is_empty() || h.dir.join("data/unionfs-driver/layers/k1").exists() {
-        assert!(
-            std::time::Instant::now() < end,
-            "left after a kill: {}",
-            running()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    c.args(["run", "--rm", "--name", "k1", "img"]);
+    kill_launcher_once_started(c);
+    let k1 = h.dir.join("data/unionfs-driver/layers/k1");
+    nothing_left(USER, || !k1.exists());
 
     // A host device is the host's node bound in; read-only is refused (only
     // a device cgroup could hold it to reading).
@@ -853,29 +858,8 @@ fn a_users_container_gets_a_cgroup_in_the_cgroup_delegated_to_it() {
 
     // The launcher killed: what the container runs goes with its cgroup.
     let mut c = user_cmd_in(&h, &h.cli, Some(&cg.0));
-    c.args(["run", "--rm", "img", "--", "/bin/sh", "-c"])
-        .arg("echo started; exec sleep 1000")
-        .stdout(std::process::Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line, "started\n");
-    // runuser's child (sh exec'd runuser) is the launcher.
-    let pg = Command::new("pgrep")
-        .args(["-P", &child.id().to_string()])
-        .output()
-        .unwrap();
-    let launcher: i32 = String::from_utf8_lossy(&pg.stdout).trim().parse().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(launcher),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let _ = child.wait();
+    c.args(["run", "--rm", "img"]);
+    kill_launcher_once_started(c);
     let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !cg.children().is_empty() || !procs(&cg.0).is_empty() {
         assert!(
@@ -1113,22 +1097,7 @@ fn a_users_snapshotter_serves_containerd_in_the_users_namespace() {
     assert_eq!(owner(&written[0]), (uid, gid));
     // The PID namespace's end takes everything in it (the kernel kills
     // them after its init, so they may take a moment).
-    let running = || {
-        let ps = Command::new("ps")
-            .args(["-u", CTRD, "-o", "pid=,comm="])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&ps.stdout).trim().to_string()
-    };
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !running().is_empty() {
-        assert!(
-            std::time::Instant::now() < end,
-            "left running: {}",
-            running()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    nothing_left(CTRD, || true);
 
     // Started by the user directly, it enters a namespace of its own and
     // serves on a socket in the user's runtime directory by default.

@@ -159,8 +159,9 @@ fn nothing_left(user: &str, done: impl Fn() -> bool) {
 }
 
 /// Start `run` (a `unionfs-driver run ... IMG` through runuser) with a
-/// container that says it started, then SIGKILL the launcher.
-fn kill_launcher_once_started(mut run: Command) {
+/// container that says it started, call `meanwhile`, then SIGKILL the
+/// launcher.
+fn kill_launcher_once_started(mut run: Command, meanwhile: impl FnOnce()) {
     run.args(["--", "/bin/sh", "-c", "echo started; exec sleep 1000"])
         .stdout(std::process::Stdio::piped());
     let mut child = run.spawn().unwrap();
@@ -171,6 +172,7 @@ fn kill_launcher_once_started(mut run: Command) {
     )
     .unwrap();
     assert_eq!(line, "started\n");
+    meanwhile();
     // runuser's child is the launcher.
     let pg = Command::new("pgrep")
         .args(["-P", &child.id().to_string()])
@@ -520,9 +522,27 @@ fn an_unprivileged_user_runs_a_container_on_the_union() {
     // The launcher killed: the container, its mount and its layer go too.
     let mut c = user_cmd(&h, &h.cli);
     c.args(["run", "--rm", "--name", "k1", "img"]);
-    kill_launcher_once_started(c);
+    // Meanwhile the union's control socket is in the user's runtime
+    // directory (root of the namespace is not root), the user's own.
+    kill_launcher_once_started(c, || {
+        let dir = h.dir.join("run/unionfs");
+        let socks: Vec<std::fs::Metadata> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap())
+            .filter(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+            .collect();
+        assert_eq!(socks.len(), 1, "one union, one socket in {}", dir.display());
+        assert_eq!(socks[0].uid(), uid);
+    });
     let k1 = h.dir.join("data/unionfs-driver/layers/k1");
     nothing_left(USER, || !k1.exists());
+    assert_eq!(
+        std::fs::read_dir(h.dir.join("run/unionfs"))
+            .unwrap()
+            .count(),
+        0,
+        "the socket goes with the union"
+    );
 
     // A host device is the host's node bound in; read-only is refused (only
     // a device cgroup could hold it to reading).
@@ -859,7 +879,7 @@ fn a_users_container_gets_a_cgroup_in_the_cgroup_delegated_to_it() {
     // The launcher killed: what the container runs goes with its cgroup.
     let mut c = user_cmd_in(&h, &h.cli, Some(&cg.0));
     c.args(["run", "--rm", "img"]);
-    kill_launcher_once_started(c);
+    kill_launcher_once_started(c, || {});
     let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !cg.children().is_empty() || !procs(&cg.0).is_empty() {
         assert!(

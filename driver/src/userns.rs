@@ -59,7 +59,7 @@ pub fn default_root() -> PathBuf {
 
 /// The snapshotter's socket unless `--address` names one: root's under
 /// /run, a rootless user's in its runtime directory (`$XDG_RUNTIME_DIR`,
-/// else /run/user/UID with UID as the host knows the user).
+/// else /run/user/UID with UID as the parent namespace knows the user).
 pub fn default_socket() -> PathBuf {
     let run = if !rootless() {
         PathBuf::from("/run")

@@ -665,8 +665,10 @@ fn without_subordinate_ids_a_user_runs_a_container_too() {
 fn a_users_own_union_mounts_through_fusermount3_and_unionctl_and_snapmerge_reach_it() {
     need_root!();
     fuse_for_users();
-    let (uid, gid, _) = user(USER, true);
-    let h = home(USER, uid, gid);
+    // Not USER: its other tests wait until it runs nothing, and this
+    // union's daemon runs for the whole test.
+    let (uid, gid, _) = user(SOLO, false);
+    let h = home(SOLO, uid, gid);
     let unionctl = h.dir.join("unionctl");
     std::fs::copy(Path::new(CLI).with_file_name("unionctl"), &unionctl).unwrap();
     for d in ["rw", "ro", "mnt"] {
@@ -861,34 +863,76 @@ fn a_users_container_gets_a_cgroup_in_the_cgroup_delegated_to_it() {
         own.starts_with(&format!("{rel}/unionfs-run-")),
         "the container is in a cgroup of its own in the delegated one: {text}"
     );
-    assert_eq!(cg.children(), Vec::<String>::new(), "removed after the run");
-    assert_eq!(procs(&cg.0), "", "nothing left in it");
+    // Its cgroup is gone after the run; the launcher waited in the leaf
+    // (its container never starts in the delegated cgroup itself).
+    let leaf = cg.0.join("unionfs-init");
+    let settled = |what: &str| {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while cg.children() != ["unionfs-init"]
+            || !procs(&cg.0).is_empty()
+            || !procs(&leaf).is_empty()
+        {
+            assert!(
+                std::time::Instant::now() < end,
+                "{what}: {:?}, procs {:?} {:?}",
+                cg.children(),
+                procs(&cg.0),
+                procs(&leaf)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    settled("left after the run");
 
-    // A limit whose controller the delegated cgroup lacks: one line naming
-    // the controller and the cgroup; nothing made.
-    let out = run(&["run", "--rm", "--pids", "10", "img", "--", "/bin/true"]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(
-        err.contains("--pids needs the pids controller") && err.contains(&rel),
-        "{err}"
-    );
-    assert_eq!(cg.children(), Vec::<String>::new());
-
-    // The launcher killed: what the container runs goes with its cgroup.
+    // The launcher killed: its container's cgroup goes too. (The container
+    // dies with its PID namespace anyway; the cgroup's removal is the point.)
     let mut c = user_cmd_in(&h, &h.cli, Some(&cg.0));
     c.args(["run", "--rm", "img"]);
     kill_launcher_once_started(c, || {});
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !cg.children().is_empty() || !procs(&cg.0).is_empty() {
-        assert!(
-            std::time::Instant::now() < end,
-            "left after a kill: {:?}, procs {}",
-            cg.children(),
-            procs(&cg.0)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    settled("left after a kill");
+
+    // A limit whose controller the delegated cgroup lacks (here all three:
+    // they are on cgroup v1): one line naming the controller and the
+    // cgroup, nothing made. Where it has them all, the limit is set.
+    let has = std::fs::read_to_string(cg.0.join("cgroup.controllers")).unwrap();
+    let absent = [
+        ("pids", "--pids", "10"),
+        ("memory", "--memory", "64m"),
+        ("cpu", "--cpus", "1"),
+    ]
+    .into_iter()
+    .find(|(c, _, _)| !has.split_whitespace().any(|h| h == *c));
+    match absent {
+        Some((ctrl, flag, value)) => {
+            let out = run(&["run", "--rm", flag, value, "img", "--", "/bin/true"]);
+            assert!(!out.status.success());
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+            assert!(
+                err.contains(&format!("{flag} needs the {ctrl} controller")) && err.contains(&rel),
+                "{err}"
+            );
+            settled("left after a refusal");
+        }
+        None => {
+            let text = ok(run(&[
+                "run",
+                "--rm",
+                "--pids",
+                "10",
+                "img",
+                "--",
+                "/bin/cat",
+                "/proc/self/cgroup",
+            ]));
+            let own = text
+                .lines()
+                .find_map(|l| l.strip_prefix("0::/"))
+                .unwrap_or_else(|| panic!("{text}"));
+            eprintln!("limits applied in the delegated cgroup: {own}");
+            let on = std::fs::read_to_string(cg.0.join("cgroup.subtree_control")).unwrap();
+            assert!(on.split_whitespace().any(|c| c == "pids"), "{on}");
+        }
     }
 }
 
@@ -905,44 +949,69 @@ fn enabling_controllers_moves_a_delegated_cgroups_processes_into_a_leaf() {
         .next()
         .expect("a controller free for cgroup v2 on this host (all are on v1)")
         .to_string();
+    /// Undoes the test's changes whatever happens: the sleeper killed, the
+    /// controller off in the test cgroup, its directories removed, then the
+    /// controller off at the root if the test turned it on.
+    struct Undo {
+        sleeper: std::process::Child,
+        cg: Option<TestCgroup>,
+        root: PathBuf,
+        ctrl: String,
+        enabled_here: bool,
+    }
+    impl Drop for Undo {
+        fn drop(&mut self) {
+            let _ = self.sleeper.kill();
+            let _ = self.sleeper.wait();
+            if let Some(cg) = self.cg.take() {
+                let off = format!("-{}", self.ctrl);
+                let _ = std::fs::write(cg.0.join("cgroup.subtree_control"), off);
+            }
+            if self.enabled_here {
+                let off = format!("-{}", self.ctrl);
+                let _ = std::fs::write(self.root.join("cgroup.subtree_control"), off);
+            }
+        }
+    }
     let root_on = std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap();
     let enabled_here = !root_on.split_whitespace().any(|c| c == ctrl);
     if enabled_here {
         std::fs::write(root.join("cgroup.subtree_control"), format!("+{ctrl}")).unwrap();
     }
-    let cg = TestCgroup::new("unionfs-test-enable");
-    let mut sleeper = Command::new("sleep").arg("1000").spawn().unwrap();
-    std::fs::write(cg.0.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+    let mut undo = Undo {
+        sleeper: Command::new("sleep").arg("1000").spawn().unwrap(),
+        cg: Some(TestCgroup::new("unionfs-test-enable")),
+        root: root.clone(),
+        ctrl: ctrl.clone(),
+        enabled_here,
+    };
+    let cg = undo.cg.as_ref().unwrap().0.clone();
+    let sleeper = undo.sleeper.id();
+    std::fs::write(cg.join("cgroup.procs"), sleeper.to_string()).unwrap();
     // Not without the move: the kernel's rule itself.
-    let e = std::fs::write(cg.0.join("cgroup.subtree_control"), format!("+{ctrl}")).unwrap_err();
+    let e = std::fs::write(cg.join("cgroup.subtree_control"), format!("+{ctrl}")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(nix::libc::EBUSY), "{e}");
 
-    let done = unionfs_driver::launch::cgroup::enable(&cg.0, &[&ctrl]);
-    let moved = std::fs::read_to_string(format!("/proc/{}/cgroup", sleeper.id())).unwrap();
-    let on = std::fs::read_to_string(cg.0.join("cgroup.subtree_control")).unwrap();
-    let _ = sleeper.kill();
-    let _ = sleeper.wait();
-    done.unwrap();
-    let rel = cg.0.strip_prefix(&root).unwrap().display().to_string();
+    unionfs_driver::launch::cgroup::enable(&cg, &[&ctrl]).unwrap();
+    let moved = std::fs::read_to_string(format!("/proc/{sleeper}/cgroup")).unwrap();
+    let rel = cg.strip_prefix(&root).unwrap().display().to_string();
     assert!(
         moved.contains(&format!("0::/{rel}/unionfs-init\n")),
         "{moved}"
     );
+    let on = std::fs::read_to_string(cg.join("cgroup.subtree_control")).unwrap();
     assert_eq!(on.trim(), ctrl);
-    assert_eq!(procs(&cg.0), "");
+    assert_eq!(procs(&cg), "");
     // A container's cgroup beside the leaf has the controller; asking again
     // changes nothing.
-    std::fs::create_dir(cg.0.join("c")).unwrap();
-    let has = std::fs::read_to_string(cg.0.join("c/cgroup.controllers")).unwrap();
+    std::fs::create_dir(cg.join("c")).unwrap();
+    let has = std::fs::read_to_string(cg.join("c/cgroup.controllers")).unwrap();
     assert_eq!(has.trim(), ctrl);
-    unionfs_driver::launch::cgroup::enable(&cg.0, &[&ctrl]).unwrap();
-    assert_eq!(cg.children(), ["c", "unionfs-init"]);
-    // Undone so the root is as it was: children first, then the controller.
-    std::fs::write(cg.0.join("cgroup.subtree_control"), format!("-{ctrl}")).unwrap();
-    drop(cg);
-    if enabled_here {
-        std::fs::write(root.join("cgroup.subtree_control"), format!("-{ctrl}")).unwrap();
-    }
+    unionfs_driver::launch::cgroup::enable(&cg, &[&ctrl]).unwrap();
+    assert_eq!(undo.cg.as_ref().unwrap().children(), ["c", "unionfs-init"]);
+    // The sleeper gone, the directories can go (Undo, in its order).
+    let _ = undo.sleeper.kill();
+    let _ = undo.sleeper.wait();
 }
 
 /// A user's snapshotter as rootless containerd runs one (rootlesskit's

@@ -50,33 +50,69 @@ fn own_path(matches: impl Fn(&str) -> bool) -> String {
         .unwrap_or_default()
 }
 
-/// Where cgroup v2 is mounted: /sys/fs/cgroup on a unified host,
-/// /sys/fs/cgroup/unified on a hybrid one.
-fn v2_mount() -> Option<PathBuf> {
+/// Where cgroup v2 is mounted (/sys/fs/cgroup on a unified host,
+/// /sys/fs/cgroup/unified on a hybrid one), and the directory of the
+/// hierarchy that mount shows as its root.
+fn v2_mount() -> Option<(PathBuf, String)> {
     let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
     info.lines().find_map(|l| {
         let (fields, fs_part) = l.split_once(" - ")?;
-        let point = fields.split(' ').nth(4)?;
-        (fs_part.split(' ').next()? == "cgroup2").then(|| PathBuf::from(point))
+        let f: Vec<&str> = fields.split(' ').collect();
+        (fs_part.split(' ').next()? == "cgroup2")
+            .then(|| Some((PathBuf::from(f.get(4)?), f.get(3)?.to_string())))?
     })
+}
+
+/// This process's cgroup v2 directory, reached through the v2 mount (whose
+/// root may be a directory below the hierarchy's: a cgroup namespace's).
+fn v2_own_dir() -> Option<PathBuf> {
+    let (point, root) = v2_mount()?;
+    let own = format!("/{}", own_path(str::is_empty));
+    let rel = match root.as_str() {
+        "/" => own.as_str(),
+        r => own
+            .strip_prefix(r)
+            .filter(|rest| rest.is_empty() || rest.starts_with('/'))?,
+    };
+    Some(point.join(rel.trim_start_matches('/')))
 }
 
 /// The leaf the processes of a delegated cgroup move into (see `enable`).
 const LEAF: &str = "unionfs-init";
 
 /// The cgroup v2 directory delegated to this process: the one it is in (a
-/// leaf `enable` made counts as its parent), if it may move processes and
-/// hand controllers down there. Ownership decides, as the kernel's
-/// delegation model has it: a cgroup owned by an id outside the user
-/// namespace is not writable from it.
+/// leaf this launcher made counts as its parent), if it may make cgroups,
+/// move processes and hand controllers down there. Ownership decides, as
+/// the kernel's delegation model has it: a cgroup owned by an id outside the
+/// user namespace is not writable from it.
 pub fn delegated() -> Option<PathBuf> {
-    let mut dir = v2_mount()?.join(own_path(str::is_empty));
+    let mut dir = v2_own_dir()?;
     if dir.file_name() == Some(LEAF.as_ref()) {
         dir.pop();
     }
     let writable =
         |f: &str| nix::unistd::access(&dir.join(f), nix::unistd::AccessFlags::W_OK).is_ok();
-    (writable("cgroup.procs") && writable("cgroup.subtree_control")).then_some(dir)
+    (writable("") && writable("cgroup.procs") && writable("cgroup.subtree_control")).then_some(dir)
+}
+
+/// `base`'s leaf, made if missing.
+fn leaf_of(base: &Path) -> Result<PathBuf, LaunchError> {
+    let leaf = base.join(LEAF);
+    match fs::create_dir(&leaf) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            Err(LaunchError::Cgroup(format!("{}: {e}", leaf.display())))
+        }
+        _ => Ok(leaf),
+    }
+}
+
+/// The pids in a cgroup.procs file (0 stands for one outside this PID
+/// namespace: it cannot be named, so it is left out).
+fn pids_in(dir: &Path) -> Vec<String> {
+    words(&dir.join("cgroup.procs"))
+        .into_iter()
+        .filter(|p| p != "0")
+        .collect()
 }
 
 /// The words of a cgroup file such as cgroup.controllers.
@@ -90,10 +126,10 @@ fn words(file: &Path) -> Vec<String> {
 
 /// Hand `controllers` down from `base` to its children. cgroup v2 allows it
 /// only while `base` holds no process itself (its only exception is the
-/// root), so the processes in it (this launcher, the union's daemon, and
-/// whatever else the user runs there) move into a leaf first, as
-/// docker-in-docker does with /init. The leaf and the controllers stay for
-/// the next container; the delegated cgroup goes with its owner's session.
+/// root), so the processes in it (the union's daemon, and whatever else the
+/// user runs there) move into a leaf first, as docker-in-docker does with
+/// /init. The leaf and the controllers stay for the next container; the
+/// delegated cgroup goes with its owner's session.
 pub fn enable(base: &Path, controllers: &[&str]) -> Result<(), LaunchError> {
     let on = words(&base.join("cgroup.subtree_control"));
     let missing: Vec<String> = controllers
@@ -104,22 +140,28 @@ pub fn enable(base: &Path, controllers: &[&str]) -> Result<(), LaunchError> {
     if missing.is_empty() {
         return Ok(());
     }
-    let leaf = base.join(LEAF);
-    if let Err(e) = fs::create_dir(&leaf) {
-        if e.kind() != std::io::ErrorKind::AlreadyExists {
-            return Err(LaunchError::Cgroup(format!("{}: {e}", leaf.display())));
-        }
-    }
+    let leaf = leaf_of(base)?;
     // Processes may fork while they are moved: a few rounds, until none is
     // left (one that exited meanwhile cannot be moved and need not be).
-    for _ in 0..50 {
-        let procs = fs::read_to_string(base.join("cgroup.procs")).unwrap_or_default();
-        if procs.trim().is_empty() {
+    for _ in 0..20 {
+        let pids = pids_in(base);
+        if pids.is_empty() {
             break;
         }
-        for pid in procs.lines() {
+        for pid in pids {
             let _ = fs::write(leaf.join("cgroup.procs"), pid);
         }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let left = fs::read_to_string(base.join("cgroup.procs")).unwrap_or_default();
+    if !left.trim().is_empty() {
+        return Err(LaunchError::Cgroup(format!(
+            "{}: processes that cannot be moved into {LEAF} (pids {}) keep it from handing \
+             controllers down; start the launcher in a cgroup of its own (systemd-run --user \
+             --scope -p Delegate=yes ...)",
+            base.display(),
+            left.split_whitespace().collect::<Vec<_>>().join(" ")
+        )));
     }
     write(base, "cgroup.subtree_control", &missing.join(" "))
 }
@@ -144,6 +186,12 @@ fn set_v2_limits(dir: &Path, limits: &Limits) -> Result<(), LaunchError> {
 }
 
 impl Limits {
+    /// The flags that set these limits, for a message.
+    fn flags(&self) -> String {
+        let f: Vec<&str> = self.controllers().iter().map(|(_, f)| *f).collect();
+        f.join(", ")
+    }
+
     /// The cgroup v2 controllers these limits need, each with its flag.
     fn controllers(&self) -> Vec<(&'static str, &'static str)> {
         [
@@ -174,13 +222,15 @@ impl Cgroup {
                 // allowlist for.
                 None if *limits == Limits::default() => Ok(()),
                 None => Err(LaunchError::Cgroup(format!(
-                    "--memory, --pids and --cpus as a user need a cgroup v2 delegated to the \
-                     user (e.g. `systemd-run --user --scope -p Delegate=yes ...`); {}: run \
-                     without them",
-                    match v2_mount() {
-                        Some(m) => format!(
-                            "this process's cgroup under {} is not writable by the user",
-                            m.display()
+                    "{} as a user need a cgroup v2 delegated to the user; {}: run without \
+                     them",
+                    limits.flags(),
+                    match v2_own_dir() {
+                        Some(d) => format!(
+                            "this process's cgroup {} is not the user's (start under \
+                             `systemd-run --user --scope -p Delegate=yes ...` where systemd \
+                             runs cgroup v2)",
+                            d.display()
                         ),
                         None => "this host has no cgroup v2 hierarchy".to_string(),
                     }
@@ -233,18 +283,31 @@ impl Cgroup {
         name: &str,
         limits: &Limits,
     ) -> Result<(), LaunchError> {
+        // The launcher waits in the leaf, so its container starts there,
+        // never in `base`, where another launcher's `enable` moves every
+        // process it finds.
+        let leaf = leaf_of(base)?;
+        write(&leaf, "cgroup.procs", &std::process::id().to_string())?;
         let wanted = limits.controllers();
         if !wanted.is_empty() {
             let have = words(&base.join("cgroup.controllers"));
             if let Some((c, flag)) = wanted.iter().find(|(c, _)| !have.iter().any(|h| h == c)) {
+                let v2_has = v2_mount().is_some_and(|(m, _)| {
+                    words(&m.join("cgroup.controllers")).contains(&c.to_string())
+                });
                 return Err(LaunchError::Cgroup(format!(
                     "{flag} needs the {c} controller, which the cgroup delegated to the user \
-                     ({}) does not have (it has: {}): delegate it, or run without {flag}",
+                     ({}) does not have (it has: {}): {}",
                     base.display(),
                     if have.is_empty() {
                         "none".to_string()
                     } else {
                         have.join(" ")
+                    },
+                    if v2_has {
+                        format!("delegate it, or run without {flag}")
+                    } else {
+                        format!("this host's cgroup v2 has no {c} controller (it is on cgroup v1): run without {flag}")
                     }
                 )));
             }

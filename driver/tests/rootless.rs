@@ -173,18 +173,19 @@ fn kill_launcher_once_started(mut run: Command, meanwhile: impl FnOnce()) {
     .unwrap();
     assert_eq!(line, "started\n");
     meanwhile();
-    // runuser's child is the launcher.
+    signal_runusers_child(&child, nix::sys::signal::Signal::SIGKILL);
+    let _ = child.wait();
+}
+
+/// Send `sig` to the program runuser runs (`runuser` itself would pass it
+/// on and end by it).
+fn signal_runusers_child(runuser: &std::process::Child, sig: nix::sys::signal::Signal) {
     let pg = Command::new("pgrep")
-        .args(["-P", &child.id().to_string()])
+        .args(["-P", &runuser.id().to_string()])
         .output()
         .unwrap();
-    let launcher: i32 = String::from_utf8_lossy(&pg.stdout).trim().parse().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(launcher),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let _ = child.wait();
+    let pid: i32 = String::from_utf8_lossy(&pg.stdout).trim().parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
 }
 
 #[track_caller]
@@ -1203,17 +1204,7 @@ fn a_users_snapshotter_serves_containerd_in_the_users_namespace() {
     .unwrap();
     let sock = h.dir.join("run/unionfs-driver/snapshotter.sock");
     let listening = std::fs::symlink_metadata(&sock);
-    // runuser's child is the snapshotter; runuser passes on its status.
-    let pg = Command::new("pgrep")
-        .args(["-P", &sn.id().to_string()])
-        .output()
-        .unwrap();
-    let pid: i32 = String::from_utf8_lossy(&pg.stdout).trim().parse().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    signal_runusers_child(&sn, nix::sys::signal::Signal::SIGTERM);
     let status = sn.wait().unwrap();
     assert!(
         line.contains(&format!(

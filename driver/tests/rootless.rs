@@ -848,21 +848,21 @@ fn a_users_container_gets_a_cgroup_in_the_cgroup_delegated_to_it() {
             .unwrap()
     };
     let rel = cg.0.strip_prefix(v2_root()).unwrap().display().to_string();
-    let text = ok(run(&[
-        "run",
-        "--rm",
-        "img",
-        "--",
-        "/bin/cat",
-        "/proc/self/cgroup",
-    ]));
-    let own = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::/"))
-        .unwrap_or_else(|| panic!("{text}"));
+    // The container's cgroup v2 path, as it sees it, run with `limits`.
+    let cgroup_inside = |limits: &[&str]| {
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(limits);
+        args.extend_from_slice(&["img", "--", "/bin/cat", "/proc/self/cgroup"]);
+        let text = ok(run(&args));
+        text.lines()
+            .find_map(|l| l.strip_prefix("0::/"))
+            .unwrap_or_else(|| panic!("{text}"))
+            .to_string()
+    };
+    let own = cgroup_inside(&[]);
     assert!(
         own.starts_with(&format!("{rel}/unionfs-run-")),
-        "the container is in a cgroup of its own in the delegated one: {text}"
+        "the container is in a cgroup of its own in the delegated one: {own}"
     );
     // Its cgroup is gone after the run; the launcher waited in the leaf
     // (its container never starts in the delegated cgroup itself).
@@ -916,20 +916,7 @@ fn a_users_container_gets_a_cgroup_in_the_cgroup_delegated_to_it() {
             settled("left after a refusal");
         }
         None => {
-            let text = ok(run(&[
-                "run",
-                "--rm",
-                "--pids",
-                "10",
-                "img",
-                "--",
-                "/bin/cat",
-                "/proc/self/cgroup",
-            ]));
-            let own = text
-                .lines()
-                .find_map(|l| l.strip_prefix("0::/"))
-                .unwrap_or_else(|| panic!("{text}"));
+            let own = cgroup_inside(&["--pids", "10"]);
             eprintln!("limits applied in the delegated cgroup: {own}");
             let on = std::fs::read_to_string(cg.0.join("cgroup.subtree_control")).unwrap();
             assert!(on.split_whitespace().any(|c| c == "pids"), "{on}");

@@ -32,7 +32,16 @@ then `ctr image pull --snapshotter unionfs ...`, or for Kubernetes
     long_about = "unionfs-driver keeps image layers in a store (each a directory in the OCI \
 layer format, plus JSON metadata) and mounts layer chains with unionfs-mount, one process per \
 mount, as containers/storage does with a mount program. The operations are those of Docker's \
-graph driver. Wherever a layer is expected, an image name stands for its top layer."
+graph driver. Wherever a layer is expected, an image name stands for its top layer.
+
+As an unprivileged user it re-executes itself in a user namespace of its own (the user is root \
+inside; subordinate ids from /etc/subuid and /etc/subgid, through newuidmap/newgidmap, are the \
+image's other owners), with the store in the user's data directory; owners it cannot map are \
+recorded in the user.rootlesscontainers xattr and written back by diff.",
+    after_help = "EXAMPLES:
+    unionfs-driver import --name alpine ./alpine-oci
+    unionfs-driver run --rm alpine -- /bin/sh -c 'id; ls /'
+    unionfs-driver diff alpine > top-layer.tar"
 )]
 struct Cli {
     /// The store (default /var/lib/unionfs-driver; for an unprivileged user

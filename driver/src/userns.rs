@@ -131,9 +131,18 @@ pub fn enter() -> Result<(), Error> {
             None => {
                 drop(w);
                 let mut b = [0u8; 1];
-                let ok = r.read_exact(&mut b).is_ok()
-                    && write_maps(nix::unistd::getppid(), uid, gid, u, g).is_ok();
-                std::process::exit(if ok { 0 } else { 1 });
+                // (The cause is looked for here: the parent, in its new
+                // namespace, has a full bounding set whatever it had before.)
+                let done = match r.read_exact(&mut b) {
+                    Ok(()) => write_maps(nix::unistd::getppid(), uid, gid, u, g)
+                        .map_err(|said| map_failure(&said)),
+                    Err(e) => Err(e.to_string()),
+                };
+                // What went wrong goes back to the parent for its one line.
+                if let Err(why) = &done {
+                    let _ = r.write_all(why.as_bytes());
+                }
+                std::process::exit(if done.is_ok() { 0 } else { 1 });
             }
             Some(pid) => helper = Some((pid, w)),
         }
@@ -142,14 +151,11 @@ pub fn enter() -> Result<(), Error> {
     match helper {
         Some((pid, mut w)) => {
             w.write_all(b"1").map_err(|e| fail("helper", e))?;
-            match nix::sys::wait::waitpid(pid, None) {
-                Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => {}
-                other => {
-                    return Err(fail(
-                        "newuidmap/newgidmap",
-                        format!("failed ({other:?}); see /etc/subuid and /etc/subgid"),
-                    ))
-                }
+            let exited = nix::sys::wait::waitpid(pid, None);
+            if !matches!(exited, Ok(nix::sys::wait::WaitStatus::Exited(_, 0))) {
+                let mut why = String::new();
+                let _ = w.read_to_string(&mut why);
+                return Err(fail("mapping the subordinate ids", why.trim()));
             }
         }
         None => {
@@ -179,22 +185,51 @@ pub fn enter() -> Result<(), Error> {
     Err(fail("re-executing", e))
 }
 
-/// `newuidmap PID 0 UID 1 1 START COUNT`, and the same for gids.
-fn write_maps(pid: nix::unistd::Pid, uid: Uid, gid: Gid, u: Range, g: Range) -> Result<(), ()> {
+/// `newuidmap PID 0 UID 1 1 START COUNT`, and the same for gids; a failure
+/// answers what the tool said.
+fn write_maps(pid: nix::unistd::Pid, uid: Uid, gid: Gid, u: Range, g: Range) -> Result<(), String> {
     for (prog, id, r) in [
         ("newuidmap", uid.as_raw(), u),
         ("newgidmap", gid.as_raw(), g),
     ] {
-        let ok = Command::new(prog)
+        let out = Command::new(prog)
             .args([pid.to_string(), "0".into(), id.to_string(), "1".into()])
             .args(["1".to_string(), r.start.to_string(), r.count.to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            return Err(());
+            .output()
+            .map_err(|e| format!("{prog}: {e}"))?;
+        if !out.status.success() {
+            let said = String::from_utf8_lossy(&out.stderr);
+            let said = said.lines().next().unwrap_or("").trim();
+            return Err(if said.is_empty() {
+                format!("{prog}: {}", out.status)
+            } else {
+                said.to_string()
+            });
         }
     }
     Ok(())
+}
+
+/// The line for a failed newuidmap/newgidmap, with the likely cause: the
+/// setuid tools need CAP_SETUID and CAP_SETGID, which an exec can give only
+/// if they are in the capability bounding set (`setpriv
+/// --bounding-set=-all`, say, takes them away); else the ranges themselves.
+fn map_failure(said: &str) -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let bounding = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+    const SETGID: u64 = 1 << 6;
+    const SETUID: u64 = 1 << 7;
+    let hint = match bounding {
+        Some(b) if b & (SETUID | SETGID) != SETUID | SETGID => {
+            "CAP_SETUID and CAP_SETGID are not in this process's capability bounding set, so \
+             the setuid newuidmap and newgidmap cannot use them"
+        }
+        _ => "check this user's lines in /etc/subuid and /etc/subgid",
+    };
+    format!("{said} ({hint})")
 }
 
 #[cfg(test)]

@@ -266,6 +266,29 @@ fn an_unprivileged_user_imports_with_the_images_owners_mapped() {
     let (uid, gid, start) = user(USER, true);
     let start = start.unwrap();
     let h = home(USER, uid, gid);
+    // Without CAP_SETUID/CAP_SETGID in the bounding set the setuid
+    // newuidmap gets nothing from its bit: one line says so, and nothing is
+    // made.
+    let out = Command::new("setpriv")
+        .args(["--reuid", USER, "--regid", USER, "--init-groups"])
+        .args(["--bounding-set=-all", "--"])
+        .arg(&h.cli)
+        .arg("ls")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", &h.dir)
+        .env("XDG_DATA_HOME", h.dir.join("data"))
+        .current_dir(&h.dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("newuidmap") && err.contains("bounding set"),
+        "{err}"
+    );
+    assert!(!h.dir.join("data").exists());
     let (_, etc) = import(&h);
     assert_eq!(
         owner(&etc.join("root-owned")),

@@ -231,8 +231,14 @@ impl GraphDriver for Store {
             .output()
             .map_err(|e| Error::Io("unionfs-mount".into(), e))?;
         if !out.status.success() {
+            // One line, whatever the mount program printed.
             let msg = String::from_utf8_lossy(&out.stderr);
-            return Err(Error::Mount(format!("mounting {id}: {}", msg.trim())));
+            let lines: Vec<&str> = msg
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            return Err(Error::Mount(format!("mounting {id}: {}", lines.join("; "))));
         }
         self.save_mount_state(&id, &MountState { count: 1 })?;
         Ok(mnt)

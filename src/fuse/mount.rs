@@ -63,9 +63,18 @@ pub fn mount(mountpoint: &Path, args: &MountArgs) -> std::io::Result<OwnedFd> {
     let rootmode = std::fs::metadata(mountpoint)?.mode() & libc::S_IFMT;
     let dev = match fcntl::open("/dev/fuse", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()) {
         Ok(fd) => fd,
-        // Not ours to open: the setuid helper may.
-        Err(nix::errno::Errno::EACCES | nix::errno::Errno::EPERM) => {
-            return fusermount(mountpoint, args)
+        // Not ours to open: the setuid helper may (not in a user namespace
+        // where host root is unmapped, nor where /dev/fuse is root's only).
+        Err(e @ (nix::errno::Errno::EACCES | nix::errno::Errno::EPERM)) => {
+            return fusermount(mountpoint, args).map_err(|f| {
+                Error::new(
+                    f.kind(),
+                    format!(
+                        "/dev/fuse: {e}, and {f} (a user needs /dev/fuse mode 0666, as \
+                         Debian's udev rule makes it)"
+                    ),
+                )
+            })
         }
         Err(e) => {
             return Err(Error::new(
@@ -125,22 +134,30 @@ fn fusermount(mountpoint: &Path, args: &MountArgs) -> std::io::Result<OwnedFd> {
             opts.push(word.to_string());
         }
     }
-    let mut child = Command::new("fusermount3")
+    // Its complaint becomes part of our one line rather than a line of its own.
+    let child = Command::new("fusermount3")
         .arg("-o")
         .arg(opts.join(","))
         .arg("--")
         .arg(mountpoint)
         .env("_FUSE_COMMFD", theirs.as_raw_fd().to_string())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| Error::new(e.kind(), format!("fusermount3: {e}")))?;
     drop(theirs);
     let fd = crate::sys::receive_fd(ours.as_fd());
-    let status = child.wait()?;
+    let out = child.wait_with_output()?;
     match fd {
-        Some(fd) if status.success() => Ok(fd),
-        _ => Err(Error::new(
-            ErrorKind::PermissionDenied,
-            format!("fusermount3 failed ({status})"),
-        )),
+        Some(fd) if out.status.success() => Ok(fd),
+        _ => {
+            let said = String::from_utf8_lossy(&out.stderr);
+            Err(Error::new(
+                ErrorKind::PermissionDenied,
+                match said.lines().map(str::trim).find(|l| !l.is_empty()) {
+                    Some(l) => l.to_string(),
+                    None => format!("fusermount3 failed ({})", out.status),
+                },
+            ))
+        }
     }
 }

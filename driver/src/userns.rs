@@ -103,7 +103,14 @@ fn sub_ranges(uid: Uid) -> Option<(Range, Range)> {
     let read = |f| std::fs::read_to_string(f).unwrap_or_default();
     let u = sub_range(&read("/etc/subuid"), &name, uid.as_raw())?;
     let g = sub_range(&read("/etc/subgid"), &name, uid.as_raw())?;
-    (on_path("newuidmap") && on_path("newgidmap")).then_some((u, g))
+    let tools = on_path("newuidmap") && on_path("newgidmap");
+    if !tools {
+        log::warn!(
+            "{name} has subordinate ids, but newuidmap/newgidmap are not on PATH (Debian's \
+             uidmap): only the user's own id is mapped"
+        );
+    }
+    tools.then_some((u, g))
 }
 
 fn fail(what: &str, e: impl std::fmt::Display) -> Error {

@@ -289,6 +289,20 @@ fn an_unprivileged_user_imports_with_the_images_owners_mapped() {
         "{err}"
     );
     assert!(!h.dir.join("data").exists());
+    // Subordinate ids but no newuidmap: it works with the user's own id,
+    // and a warning says why the others are not mapped.
+    let out = user_cmd(&h, &h.cli)
+        .arg("ls")
+        .env("PATH", "/usr/sbin:/sbin")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("newuidmap/newgidmap are not on PATH") && err.lines().count() == 1,
+        "{err}"
+    );
+    std::fs::remove_dir_all(h.dir.join("data")).unwrap();
     let (_, etc) = import(&h);
     assert_eq!(
         owner(&etc.join("root-owned")),

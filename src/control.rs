@@ -165,17 +165,25 @@ pub fn outer_root() -> Option<u32> {
         .and_then(|f| f.get(1)?.parse().ok())
 }
 
+/// The runtime directory of the user this process is: `$XDG_RUNTIME_DIR`,
+/// else /run/user/UID, UID as the parent namespace knows the user (root of
+/// a rootless user's namespace is that user; the driver asks too).
+pub fn user_runtime_dir() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let uid = outer_root().unwrap_or_else(sys::geteuid);
+            PathBuf::from(format!("/run/user/{uid}"))
+        })
+}
+
 /// The directory holding the sockets of mounts owned by `uid`. Root of a
-/// rootless user's namespace is no root: its sockets go where the user's
-/// do ($XDG_RUNTIME_DIR, else /run/user/UID, UID as the host knows it).
+/// rootless user's namespace is no root: its sockets go where the user's do.
 fn socket_dir(uid: u32) -> PathBuf {
     match (uid, outer_root()) {
         (0, None) => PathBuf::from(ROOT_DIR),
-        (0, Some(outer)) => std::env::var_os("XDG_RUNTIME_DIR")
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(format!("/run/user/{outer}")))
-            .join("unionfs"),
+        (0, Some(_)) => user_runtime_dir().join("unionfs"),
         _ => runtime_dir(uid).join("unionfs"),
     }
 }

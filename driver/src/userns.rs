@@ -61,16 +61,10 @@ pub fn default_root() -> PathBuf {
 /// /run, a rootless user's in its runtime directory (`$XDG_RUNTIME_DIR`,
 /// else /run/user/UID with UID as the parent namespace knows the user).
 pub fn default_socket() -> PathBuf {
-    let run = if !rootless() {
-        PathBuf::from("/run")
+    let run = if rootless() {
+        unionfs::control::user_runtime_dir()
     } else {
-        std::env::var_os("XDG_RUNTIME_DIR")
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                let uid = unionfs::control::outer_root().unwrap_or(geteuid().as_raw());
-                PathBuf::from(format!("/run/user/{uid}"))
-            })
+        PathBuf::from("/run")
     };
     run.join("unionfs-driver/snapshotter.sock")
 }
